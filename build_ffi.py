@@ -1,0 +1,19 @@
+"""Builds ipcbind._ffi, the compiled shim, from src/shim.h (what cffi sees) and src/shim.c."""
+from pathlib import Path
+
+from cffi import FFI
+
+SRC = Path(__file__).resolve().parent / "src"
+
+ffibuilder = FFI()
+ffibuilder.cdef((SRC / "shim.h").read_text())
+ffibuilder.set_source(
+    "ipcbind._ffi",
+    (SRC / "shim.c").read_text(),
+    define_macros=[("_GNU_SOURCE", "1")],
+    libraries=["rt"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=False)

@@ -1,0 +1,689 @@
+"""The syscall-shaped layer: the System V IPC calls, one Python function each.
+
+Arguments that fit their C type go to the kernel unchanged, so the caller sees the
+kernel's own errno; arguments that cannot be represented raise ``TypeError``,
+``ValueError`` or ``OverflowError`` before any system call. A failing call raises
+``OSError`` (see :mod:`ipcbind.errors`). Blocking calls release the GIL and, per
+PEP 475, are retried after EINTR once the program's signal handlers have run.
+
+This is the only module that touches the compiled shim (``ipcbind._ffi``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from errno import EAGAIN, EINTR, ETIMEDOUT
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ._ffi import ffi, lib
+from .errors import syscall_error
+
+__all__ = [
+    "IPC_PRIVATE", "IPC_CREAT", "IPC_EXCL", "IPC_NOWAIT", "IPC_RMID", "IPC_SET", "IPC_STAT",
+    "IPC_INFO", "MSG_NOERROR", "MSG_EXCEPT", "MSG_COPY", "MSG_STAT", "MSG_INFO", "MSG_STAT_ANY",
+    "SEM_UNDO", "GETPID", "GETVAL", "GETALL", "GETNCNT", "GETZCNT", "SETVAL", "SETALL",
+    "SEM_STAT", "SEM_INFO", "SEM_STAT_ANY",
+    "MsqidDs", "SemidDs", "MsgInfo", "SemInfo",
+    "ftok", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semctl",
+]
+
+IPC_PRIVATE: int = lib.IPC_PRIVATE
+IPC_CREAT: int = lib.IPC_CREAT
+IPC_EXCL: int = lib.IPC_EXCL
+IPC_NOWAIT: int = lib.IPC_NOWAIT
+IPC_RMID: int = lib.IPC_RMID
+IPC_SET: int = lib.IPC_SET
+IPC_STAT: int = lib.IPC_STAT
+IPC_INFO: int = lib.IPC_INFO
+MSG_NOERROR: int = lib.MSG_NOERROR
+MSG_EXCEPT: int = lib.MSG_EXCEPT
+MSG_COPY: int = lib.MSG_COPY
+MSG_STAT: int = lib.MSG_STAT
+MSG_INFO: int = lib.MSG_INFO
+MSG_STAT_ANY: int = lib.MSG_STAT_ANY
+SEM_UNDO: int = lib.SEM_UNDO
+GETPID: int = lib.GETPID
+GETVAL: int = lib.GETVAL
+GETALL: int = lib.GETALL
+GETNCNT: int = lib.GETNCNT
+GETZCNT: int = lib.GETZCNT
+SETVAL: int = lib.SETVAL
+SETALL: int = lib.SETALL
+SEM_STAT: int = lib.SEM_STAT
+SEM_INFO: int = lib.SEM_INFO
+SEM_STAT_ANY: int = lib.SEM_STAT_ANY
+CLONE_NEWIPC: int = lib.CLONE_NEWIPC
+
+_ANY_SIZE: int = lib.IPCB_ANY_SIZE
+_NO_TIMEOUT = -1
+
+Buffer = Union[bytes, bytearray, memoryview, Any]
+"""Any object with the buffer protocol (bytes, bytearray, memoryview, array, mmap...)."""
+
+
+# ---- the kernel's structures -----------------------------------------------------
+
+@dataclass(frozen=True)
+class MsqidDs:
+    """A message queue's ``struct msqid_ds`` (what IPC_STAT returns)."""
+
+    __slots__ = ("key", "uid", "gid", "cuid", "cgid", "mode", "qnum", "cbytes", "qbytes",
+                 "lspid", "lrpid", "stime", "rtime", "ctime")
+    key: int
+    uid: int
+    gid: int
+    cuid: int
+    cgid: int
+    mode: int
+    qnum: int
+    cbytes: int
+    qbytes: int
+    lspid: int
+    lrpid: int
+    stime: int
+    rtime: int
+    ctime: int
+
+
+@dataclass(frozen=True)
+class SemidDs:
+    """A semaphore set's ``struct semid_ds`` (what IPC_STAT returns)."""
+
+    __slots__ = ("key", "uid", "gid", "cuid", "cgid", "mode", "nsems", "otime", "ctime")
+    key: int
+    uid: int
+    gid: int
+    cuid: int
+    cgid: int
+    mode: int
+    nsems: int
+    otime: int
+    ctime: int
+
+
+@dataclass(frozen=True)
+class MsgInfo:
+    """``struct msginfo``. With IPC_INFO the fields are the limits; with MSG_INFO,
+    ``msgpool`` counts queues in use, ``msgmap`` messages and ``msgtql`` bytes queued."""
+
+    __slots__ = ("msgpool", "msgmap", "msgmax", "msgmnb", "msgmni", "msgssz", "msgtql", "msgseg")
+    msgpool: int
+    msgmap: int
+    msgmax: int
+    msgmnb: int
+    msgmni: int
+    msgssz: int
+    msgtql: int
+    msgseg: int
+
+
+@dataclass(frozen=True)
+class SemInfo:
+    """``struct seminfo``. With IPC_INFO the fields are the limits; with SEM_INFO,
+    ``semusz`` counts sets in use and ``semaem`` semaphores in use."""
+
+    __slots__ = ("semmap", "semmni", "semmns", "semmnu", "semmsl", "semopm", "semume",
+                 "semusz", "semvmx", "semaem")
+    semmap: int
+    semmni: int
+    semmns: int
+    semmnu: int
+    semmsl: int
+    semopm: int
+    semume: int
+    semusz: int
+    semvmx: int
+    semaem: int
+
+
+_PERM_BITS = 0o777
+
+
+def _msqid_ds(ds: Any) -> MsqidDs:
+    p = ds.msg_perm
+    return MsqidDs(p.__key, p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.msg_qnum,
+                   ds.__msg_cbytes, ds.msg_qbytes, ds.msg_lspid, ds.msg_lrpid, ds.msg_stime,
+                   ds.msg_rtime, ds.msg_ctime)
+
+
+def _semid_ds(ds: Any) -> SemidDs:
+    p = ds.sem_perm
+    return SemidDs(p.__key, p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.sem_nsems,
+                   ds.sem_otime, ds.sem_ctime)
+
+
+def _fields(cls: type, cdata: Any) -> Any:
+    return cls(*(getattr(cdata, name) for name in cls.__slots__))
+
+
+# ---- argument checks (only reached when cffi refused an argument) -----------------
+
+def _limits(ctype: str) -> Tuple[int, int]:
+    bits = 8 * ffi.sizeof(ctype)
+    if ctype.startswith("unsigned") or ctype == "size_t":
+        return 0, 2 ** bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+_LIMITS = {c: _limits(c) for c in ("int", "long", "short", "unsigned short", "size_t")}
+
+
+def _index(call: str, name: str, value: Any) -> int:
+    """value as a Python int, or TypeError naming the argument."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(value.__index__())
+    except (AttributeError, TypeError):
+        raise TypeError(
+            f"{call}: {name} must be an integer, not {type(value).__name__}") from None
+
+
+def _check_int(call: str, name: str, value: Any, ctype: str) -> None:
+    """Raise TypeError or OverflowError, naming the argument, if value can't be a C ctype."""
+    value = _index(call, name, value)
+    lo, hi = _LIMITS[ctype]
+    if not lo <= value <= hi:
+        raise OverflowError(f"{call}: {name}={value} does not fit a C {ctype} ({lo}..{hi})")
+
+
+def _explain(call: str, exc: Exception, **args: Tuple[Any, str]) -> Exception:
+    """The clearest error for arguments cffi refused: the first one that is wrong."""
+    for name, (value, ctype) in args.items():
+        try:
+            _check_int(call, name, value, ctype)
+        except (TypeError, OverflowError) as better:
+            return better
+    return exc
+
+
+def _as_buffer(call: str, data: Any) -> Any:
+    if isinstance(data, str):
+        raise TypeError(f"{call}: data must be a bytes-like object, not str (encode it first)")
+    try:
+        return ffi.from_buffer(data)
+    except TypeError:
+        raise TypeError(
+            f"{call}: data must be a bytes-like object, not {type(data).__name__}") from None
+    except BufferError as e:
+        raise TypeError(f"{call}: data must be a C-contiguous buffer ({e})") from None
+
+
+def _size(call: str, maxsize: Optional[int]) -> int:
+    if maxsize is None:
+        return _ANY_SIZE
+    size = _index(call, "maxsize", maxsize)
+    if size < 0:
+        raise ValueError(f"{call}: maxsize must be >= 0, got {size}")
+    _check_int(call, "maxsize", size, "size_t")
+    # SIZE_MAX means "any size" to the shim; the kernel refuses it anyway (EINVAL).
+    return size if size != _ANY_SIZE else _ANY_SIZE - 1
+
+
+def _deadline(call: str, timeout: Optional[float]) -> Optional[float]:
+    """The monotonic time a call with this timeout must end by; None for no limit."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{call}: timeout must be a number of seconds or None, "
+                        f"not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{call}: timeout must be >= 0 seconds, got {timeout}")
+    if math.isinf(timeout):
+        return None
+    return time.monotonic() + timeout
+
+
+def _remaining_ns(deadline: Optional[float]) -> int:
+    if deadline is None:
+        return _NO_TIMEOUT
+    left = deadline - time.monotonic()
+    return int(left * 1e9) if left > 0 else 0
+
+
+def _timed_out(call: str, timeout: Optional[float]) -> TimeoutError:
+    return TimeoutError(ETIMEDOUT, f"{call}: timed out after {timeout} s")
+
+
+# ---- message queues -----------------------------------------------------------------
+
+def ftok(path: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"], proj_id: int) -> int:
+    """ftok(3): a System V key from an existing file and a project id (low 8 bits used)."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError("ftok: path contains a NUL byte")
+    try:
+        key = lib.ftok(raw, proj_id)
+    except (TypeError, OverflowError) as e:
+        raise _explain("ftok", e, proj_id=(proj_id, "int")) from None
+    if key == -1:
+        err = ffi.errno
+        raise OSError(err, f"ftok(proj_id={proj_id}): {os.strerror(err)}", os.fsdecode(raw))
+    return int(key)
+
+
+def _key(call: str, key: int) -> int:
+    """key_t is a C int; keys are often written as unsigned hex (ipcs shows 0x8badf00d)."""
+    if isinstance(key, int) and not isinstance(key, bool) and 2 ** 31 <= key < 2 ** 32:
+        return key - 2 ** 32
+    _check_int(call, "key", key, "int")
+    return key
+
+
+def msgget(key: int, flags: int = 0) -> int:
+    """msgget(2): the identifier of the queue for ``key`` (IPC_CREAT to create it).
+
+    ``key`` may also be given unsigned (0..2**32-1), as ``ipcs`` prints it.
+    """
+    k = _key("msgget", key)
+    try:
+        r = lib.msgget(k, flags)
+    except (TypeError, OverflowError) as e:
+        raise _explain("msgget", e, flags=(flags, "int")) from None
+    if r < 0:
+        raise syscall_error(ffi.errno, f"msgget(key={key:#x})")
+    return r
+
+
+def msgsnd(msqid: int, mtype: int, data: Buffer, flags: int = 0, *,
+           timeout: Optional[float] = None) -> None:
+    """msgsnd(2): queue ``data`` (any bytes-like object) as a message of type ``mtype``.
+
+    With IPC_NOWAIT a full queue raises ``BlockingIOError`` (EAGAIN). ``timeout``
+    (seconds) bounds the wait for room on a full queue and raises ``TimeoutError``.
+    """
+    if type(data) is not bytes:
+        data = _as_buffer("msgsnd", data)
+    deadline = _deadline("msgsnd", timeout)
+    ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
+    try:
+        while lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, ns):
+            err = ffi.errno
+            if err == EINTR:
+                ns = _remaining_ns(deadline)
+                continue
+            if err == ETIMEDOUT:
+                raise _timed_out(f"msgsnd(msqid={msqid})", timeout)
+            raise syscall_error(err, f"msgsnd(msqid={msqid})")
+    except (TypeError, OverflowError) as e:
+        raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
+                       flags=(flags, "int")) from None
+
+
+def msgrcv(msqid: int, maxsize: Optional[int] = None, msgtyp: int = 0, flags: int = 0, *,
+           timeout: Optional[float] = None) -> Tuple[int, bytes]:
+    """msgrcv(2): take a message from the queue; returns ``(mtype, data)``.
+
+    ``maxsize=None`` makes room for any message, so E2BIG never happens; an int
+    has the kernel's meaning (E2BIG, or truncation with MSG_NOERROR). ``msgtyp``
+    0 takes the first message, > 0 the first of that type (with MSG_EXCEPT: the
+    first of another type), < 0 the first of the lowest type <= ``-msgtyp``. With
+    MSG_COPY (and IPC_NOWAIT) ``msgtyp`` is a 0-based index and the message stays.
+    ``timeout`` (seconds) bounds the wait and raises ``TimeoutError``.
+    """
+    size = _size("msgrcv", maxsize)
+    deadline = _deadline("msgrcv", timeout)
+    ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
+    try:
+        while True:
+            m = lib.ipcb_msgrcv(msqid, size, msgtyp, flags, ns)
+            if m:
+                return m.mtype, ffi.unpack(m.mtext, m.len)
+            err = ffi.errno
+            if err == EINTR:
+                ns = _remaining_ns(deadline)
+                continue
+            if err == ETIMEDOUT:
+                raise _timed_out(f"msgrcv(msqid={msqid})", timeout)
+            raise syscall_error(err, f"msgrcv(msqid={msqid})")
+    except (TypeError, OverflowError) as e:
+        raise _explain("msgrcv", e, msqid=(msqid, "int"), msgtyp=(msgtyp, "long"),
+                       flags=(flags, "int")) from None
+
+
+_MSG_SET_FIELDS = {"uid", "gid", "mode", "qbytes"}
+
+
+def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any:
+    """msgctl(2).
+
+    IPC_STAT -> :class:`MsqidDs`; IPC_SET (``arg``: a mapping with any of uid, gid,
+    mode, qbytes) -> None; IPC_RMID -> None; MSG_STAT / MSG_STAT_ANY (``msqid`` is an
+    index) -> ``(id, MsqidDs)``; IPC_INFO / MSG_INFO -> ``(highest_index, MsgInfo)``.
+    Any other ``cmd`` goes to the kernel as it is and its result is returned.
+    """
+    call = f"msgctl(msqid={msqid})"
+    _check_int("msgctl", "msqid", msqid, "int")
+    _check_int("msgctl", "cmd", cmd, "int")
+    if cmd in (IPC_INFO, MSG_INFO):
+        info = ffi.new("struct msginfo *")
+        r = lib.ipcb_msgctl(msqid, cmd, ffi.cast("struct msqid_ds *", info))
+        if r < 0:
+            raise syscall_error(ffi.errno, call)
+        return r, _fields(MsgInfo, info)
+    ds = ffi.new("struct msqid_ds *")
+    if cmd == IPC_SET:
+        changes = _settable(call, arg, _MSG_SET_FIELDS)
+        if lib.ipcb_msgctl(msqid, IPC_STAT, ds) < 0:
+            raise syscall_error(ffi.errno, call)
+        _assign(call, ds.msg_perm, changes, "qbytes")
+        if "qbytes" in changes:
+            _put(call, ds, "msg_qbytes", "qbytes", changes["qbytes"])
+    r = lib.ipcb_msgctl(msqid, cmd, ds)
+    if r < 0:
+        raise syscall_error(ffi.errno, call)
+    if cmd == IPC_STAT:
+        return _msqid_ds(ds)
+    if cmd in (MSG_STAT, MSG_STAT_ANY):
+        return r, _msqid_ds(ds)
+    if cmd in (IPC_SET, IPC_RMID):
+        return None
+    return r
+
+
+def _settable(call: str, arg: Any, allowed: set) -> Mapping[str, int]:
+    if not isinstance(arg, Mapping):
+        raise TypeError(f"{call}: IPC_SET needs a mapping with any of "
+                        f"{', '.join(sorted(allowed))}, not {type(arg).__name__}")
+    unknown = set(arg) - allowed
+    if unknown:
+        raise ValueError(f"{call}: IPC_SET cannot change {', '.join(sorted(map(str, unknown)))}"
+                         f" (only {', '.join(sorted(allowed))})")
+    return arg
+
+
+def _put(call: str, target: Any, field: str, name: str, value: Any) -> None:
+    try:
+        setattr(target, field, value)
+    except (TypeError, OverflowError):
+        raise TypeError(f"{call}: IPC_SET {name}={value!r} is not a valid value") from None
+
+
+def _assign(call: str, perm: Any, changes: Mapping[str, int], *skip: str) -> None:
+    for name, value in changes.items():
+        if name not in skip:
+            _put(call, perm, name, name, value)
+
+
+# ---- semaphores -------------------------------------------------------------------
+
+def semget(key: int, nsems: int, flags: int = 0) -> int:
+    """semget(2): the identifier of the semaphore set for ``key`` (IPC_CREAT to create it)."""
+    k = _key("semget", key)
+    try:
+        r = lib.semget(k, nsems, flags)
+    except (TypeError, OverflowError) as e:
+        raise _explain("semget", e, nsems=(nsems, "int"), flags=(flags, "int")) from None
+    if r < 0:
+        raise syscall_error(ffi.errno, f"semget(key={key:#x})")
+    return r
+
+
+SemOp = Union[Tuple[int, int], Tuple[int, int, int]]
+
+
+def _sembufs(ops: Iterable[SemOp]) -> Any:
+    try:
+        seq = ops if isinstance(ops, (list, tuple)) else list(ops)
+    except TypeError:
+        raise TypeError(f"semop: ops must be an iterable of (sem_num, sem_op[, sem_flg]), "
+                        f"not {type(ops).__name__}") from None
+    try:
+        return ffi.new("struct sembuf[]", seq)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    for i, op in enumerate(seq):
+        if not isinstance(op, (tuple, list)) or not 2 <= len(op) <= 3:
+            raise TypeError(f"semop: ops[{i}] must be (sem_num, sem_op[, sem_flg]), got {op!r}")
+        for name, value, ctype in zip(("sem_num", "sem_op", "sem_flg"), op,
+                                      ("unsigned short", "short", "short")):
+            _check_int("semop", f"ops[{i}].{name}", value, ctype)
+    raise TypeError(f"semop: ops could not be converted: {seq!r}")
+
+
+def semop(semid: int, ops: Iterable[SemOp], timeout: Optional[float] = None) -> None:
+    """semop(2) / semtimedop(2): apply all ``ops`` atomically, or none of them.
+
+    ``ops``: (sem_num, sem_op) or (sem_num, sem_op, sem_flg) tuples; sem_flg may hold
+    IPC_NOWAIT and SEM_UNDO. ``timeout`` in seconds uses semtimedop (0: do not wait);
+    when it expires the kernel's EAGAIN is raised (``BlockingIOError``).
+    """
+    buf = _sembufs(ops)
+    deadline = _deadline("semop", timeout)
+    ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
+    try:
+        while lib.ipcb_semop(semid, buf, len(buf), ns):
+            err = ffi.errno
+            if err != EINTR:
+                raise syscall_error(err, f"semop(semid={semid})")
+            ns = _remaining_ns(deadline)
+    except (TypeError, OverflowError) as e:
+        raise _explain("semop", e, semid=(semid, "int")) from None
+
+
+_SEM_SET_FIELDS = {"uid", "gid", "mode"}
+_SEM_INT_CMDS = frozenset((GETVAL, GETPID, GETNCNT, GETZCNT))
+
+
+def _nsems(call: str, semid: int) -> int:
+    ds = ffi.new("struct semid_ds *")
+    if lib.ipcb_semctl_ds(semid, 0, IPC_STAT, ds) < 0:
+        raise syscall_error(ffi.errno, call)
+    return int(ds.sem_nsems)
+
+
+def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
+    """semctl(2).
+
+    GETVAL, GETPID, GETNCNT, GETZCNT -> int; SETVAL (``arg`` int) -> None;
+    GETALL -> list of int; SETALL (``arg`` one int per semaphore) -> None;
+    IPC_STAT -> :class:`SemidDs`; IPC_SET (``arg``: mapping with any of uid, gid, mode)
+    -> None; IPC_RMID -> None; SEM_STAT / SEM_STAT_ANY (``semid`` is an index) ->
+    ``(id, SemidDs)``; IPC_INFO / SEM_INFO -> ``(highest_index, SemInfo)``.
+    Any other ``cmd`` goes to the kernel as it is and its result is returned.
+    """
+    call = f"semctl(semid={semid}, semnum={semnum})"
+    _check_int("semctl", "semid", semid, "int")
+    _check_int("semctl", "semnum", semnum, "int")
+    _check_int("semctl", "cmd", cmd, "int")
+    if cmd in _SEM_INT_CMDS or cmd in (SETVAL, IPC_RMID):
+        val = 0
+        if cmd == SETVAL:
+            _check_int("semctl", "SETVAL value", arg, "int")
+            val = arg
+        r = lib.ipcb_semctl_val(semid, semnum, cmd, val)
+        if r < 0:
+            raise syscall_error(ffi.errno, call)
+        return r if cmd in _SEM_INT_CMDS else None
+    if cmd == GETALL:
+        values = ffi.new("unsigned short[]", _nsems(call, semid))
+        if lib.ipcb_semctl_array(semid, GETALL, values) < 0:
+            raise syscall_error(ffi.errno, call)
+        return list(values)
+    if cmd == SETALL:
+        try:
+            wanted = list(arg)
+        except TypeError:
+            raise TypeError(f"{call}: SETALL needs a sequence of int, "
+                            f"not {type(arg).__name__}") from None
+        n = _nsems(call, semid)
+        if len(wanted) != n:
+            raise ValueError(f"{call}: SETALL needs {n} values (one per semaphore), "
+                             f"got {len(wanted)}")
+        for i, v in enumerate(wanted):
+            _check_int("semctl", f"SETALL value [{i}]", v, "unsigned short")
+        if lib.ipcb_semctl_array(semid, SETALL, ffi.new("unsigned short[]", wanted)) < 0:
+            raise syscall_error(ffi.errno, call)
+        return None
+    if cmd in (IPC_INFO, SEM_INFO):
+        info = ffi.new("struct seminfo *")
+        r = lib.ipcb_semctl_ds(semid, semnum, cmd, ffi.cast("struct semid_ds *", info))
+        if r < 0:
+            raise syscall_error(ffi.errno, call)
+        return r, _fields(SemInfo, info)
+    ds = ffi.new("struct semid_ds *")
+    if cmd == IPC_SET:
+        changes = _settable(call, arg, _SEM_SET_FIELDS)
+        if lib.ipcb_semctl_ds(semid, 0, IPC_STAT, ds) < 0:
+            raise syscall_error(ffi.errno, call)
+        _assign(call, ds.sem_perm, changes)
+    r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)
+    if r < 0:
+        raise syscall_error(ffi.errno, call)
+    if cmd == IPC_STAT:
+        return _semid_ds(ds)
+    if cmd in (SEM_STAT, SEM_STAT_ANY):
+        return r, _semid_ds(ds)
+    if cmd == IPC_SET:
+        return None
+    return r
+
+
+# ---- for the layers above: batches in C, the undo ledger, namespaces ---------------
+# Not part of the syscall-shaped API; names start with an underscore.
+
+def _batch_messages(b: Any) -> Tuple[List[int], bytes, List[int]]:
+    """(mtypes, text, ends) of a shim batch; message i is text[ends[i-1]:ends[i]]."""
+    n = b.count
+    if not n:
+        return [], b"", []
+    return ffi.unpack(b.mtypes, n), ffi.unpack(b.text, b.used), ffi.unpack(b.ends, n)
+
+
+def _msgsnd_many(msqid: int, mtypes: Sequence[int], text: bytes, ends: Sequence[int],
+                 flags: int, timeout: Optional[float]) -> int:
+    """Send len(mtypes) messages (message i is text[ends[i-1]:ends[i]]) in one call
+    into C; returns how many were sent.
+
+    With IPC_NOWAIT a full queue ends the batch early (the count says how far it
+    got). Any other failure raises, with ``.sent`` set to the count already sent.
+    """
+    try:
+        c_types = ffi.new("long[]", mtypes)
+    except (TypeError, OverflowError) as e:
+        for i, t in enumerate(mtypes):
+            _check_int("send_many", f"mtype of message {i}", t, "long")
+        raise e
+    c_ends = ffi.new("size_t[]", ends)
+    deadline = _deadline("send_many", timeout)
+    total = len(c_types)
+    done = 0
+    while True:
+        done = lib.ipcb_msgsnd_many(msqid, done, total, c_types, text, c_ends, flags,
+                                    _remaining_ns(deadline))
+        if done == total:
+            return done
+        err = ffi.errno
+        if err == EINTR:
+            continue
+        if err == EAGAIN and flags & IPC_NOWAIT:
+            return done
+        exc = (_timed_out(f"send_many(msqid={msqid})", timeout) if err == ETIMEDOUT
+               else syscall_error(err, f"send_many(msqid={msqid})"))
+        exc.sent = done  # type: ignore[attr-defined]
+        raise exc
+
+
+def _msgrcv_many(msqid: int, max_count: int, maxsize: Optional[int], msgtyp: int, flags: int,
+                 timeout: Optional[float]) -> Tuple[List[int], bytes, List[int], int]:
+    """Receive up to max_count messages in one call into C.
+
+    The first message is waited for as ``flags``/``timeout`` say, the rest are taken
+    only while already queued. Returns ``(mtypes, text, ends, err)``: ``err`` is the
+    errno that ended the batch after at least one message (0 if none); failing
+    before the first message raises. Messages taken are always returned.
+    """
+    size = _size("receive_many", maxsize)
+    _check_int("receive_many", "max_count", max_count, "size_t")
+    deadline = _deadline("receive_many", timeout)
+    while True:
+        b = lib.ipcb_msgrcv_many(msqid, max_count, size, msgtyp, flags,
+                                 _remaining_ns(deadline))
+        if b == ffi.NULL:
+            raise MemoryError("receive_many: no memory for the receive buffers")
+        if b.count or not b.err:
+            mtypes, text, ends = _batch_messages(b)
+            return mtypes, text, ends, b.err
+        err = b.err
+        if err == EINTR:
+            continue
+        if err == ETIMEDOUT:
+            raise _timed_out(f"receive_many(msqid={msqid})", timeout)
+        raise syscall_error(err, f"receive_many(msqid={msqid})")
+
+
+def _msgcopy_all(msqid: int) -> Optional[Tuple[List[int], bytes, List[int]]]:
+    """Copy every message with MSG_COPY in one call into C, taking none.
+
+    Returns ``(mtypes, text, ends)``, or None when IPC_STAT before and after differ
+    (or the queue ran short): the copy may be torn and should be taken again.
+    """
+    b = lib.ipcb_msgcopy_all(msqid)
+    if b == ffi.NULL:
+        raise MemoryError("peek_all: no memory for the copy buffers")
+    if b.err:
+        raise syscall_error(b.err, f"msgrcv(msqid={msqid}, MSG_COPY)")
+    if b.changed:
+        return None
+    return _batch_messages(b)
+
+
+def _semop1(semid: int, num: int, op: int, flg: int, timeout: Optional[float]) -> None:
+    """semop with a single operation, without building an array in Python."""
+    deadline = _deadline("semop", timeout)
+    ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
+    try:
+        while lib.ipcb_semop1(semid, num, op, flg, ns):
+            err = ffi.errno
+            if err != EINTR:
+                raise syscall_error(err, f"semop(semid={semid})")
+            ns = _remaining_ns(deadline)
+    except (TypeError, OverflowError) as e:
+        raise _explain("semop", e, semid=(semid, "int"), sem_num=(num, "unsigned short"),
+                       sem_op=(op, "short"), sem_flg=(flg, "short")) from None
+
+
+def _ledger() -> dict:
+    """The SEM_UNDO adjustments this process made through ipcbind: {semid: [adj, ...]}.
+
+    Lists are as long as the highest semaphore number used plus one.
+    """
+    cap = 64
+    while True:
+        out = ffi.new("int[]", cap)
+        need = lib.ipcb_ledger_dump(out, cap)
+        if need <= cap:
+            break
+        cap = need + 16
+    result = {}
+    i = 0
+    while i < need:
+        semid, n = out[i], out[i + 1]
+        result[semid] = list(out[i + 2:i + 2 + n])
+        i += 2 + n
+    return result
+
+
+def _ledger_drop(semid: int) -> None:
+    """Forget the ledger's entry for a set that no longer exists."""
+    lib.ipcb_ledger_drop(semid)
+
+
+def _setns_ipc(fd: int) -> None:
+    """setns(2) into the IPC namespace open as ``fd``, for the calling thread."""
+    if lib.setns(fd, CLONE_NEWIPC):
+        raise syscall_error(ffi.errno, f"setns(fd={fd}, CLONE_NEWIPC)")
+
+
+def _unshare_ipc() -> None:
+    """unshare(2) a fresh IPC namespace, for the calling thread."""
+    if lib.unshare(CLONE_NEWIPC):
+        raise syscall_error(ffi.errno, "unshare(CLONE_NEWIPC)")
+
+
+def _wake_signal() -> int:
+    """The real-time signal that interrupts msgsnd/msgrcv at a deadline (-1: none free)."""
+    return int(lib.ipcb_wake_signal())

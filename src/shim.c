@@ -1,0 +1,713 @@
+/* ipcbind shim: small, non-variadic wrappers around the System V IPC calls.
+ *
+ * Every wrapper returns like the call it wraps (-1 or NULL with errno set) and
+ * never touches Python objects, so cffi can release the GIL around all of them.
+ * Buffers for messages belong to the calling thread and are reused between calls.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+
+/* glibc defines these only with _GNU_SOURCE, or not at all when it is old. */
+#ifndef MSG_EXCEPT
+#define MSG_EXCEPT 020000
+#endif
+#ifndef MSG_COPY
+#define MSG_COPY 040000
+#endif
+#ifndef MSG_STAT_ANY
+#define MSG_STAT_ANY 13
+#endif
+#ifndef SEM_STAT_ANY
+#define SEM_STAT_ANY 20
+#endif
+#ifndef CLONE_NEWIPC
+#define CLONE_NEWIPC 0x08000000
+#endif
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+
+/* maxsize meaning "whatever size the message has". */
+#define IPCB_ANY_SIZE ((size_t)-1)
+
+/* semctl's fourth argument; the caller must define it (semctl(2)). */
+union ipcb_semun {
+    int val;
+    struct semid_ds *buf;
+    unsigned short *array;
+};
+
+struct ipcb_rmsg {
+    ssize_t len;
+    long mtype;    /* mtype and mtext are the struct msgbuf the kernel fills */
+    char mtext[];
+};
+
+struct ipcb_batch {
+    size_t count;
+    size_t used;
+    long *mtypes;
+    size_t *ends;  /* end offset of message i in text */
+    char *text;
+    int err;       /* errno that ended the batch early, 0 if none */
+    int changed;   /* copy_all: the queue changed while it was read */
+    size_t cap;
+    size_t text_cap;
+};
+
+/* ---- per-thread buffers ------------------------------------------------ */
+
+struct ipcb_tls {
+    struct ipcb_rmsg *rbuf;
+    size_t rcap;            /* bytes of mtext in rbuf */
+    char *sbuf;             /* a long mtype followed by the text */
+    size_t scap;
+    struct ipcb_batch batch;
+};
+
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+static __thread struct ipcb_tls *tls_cur;
+
+/* Large batch buffers are given back at the next batch instead of kept. */
+#define IPCB_KEEP_BYTES (1u << 20)
+#define IPCB_FIRST_RCAP 8192u
+
+static void tls_free(void *p)
+{
+    struct ipcb_tls *t = p;
+    free(t->rbuf);
+    free(t->sbuf);
+    free(t->batch.mtypes);
+    free(t->batch.ends);
+    free(t->batch.text);
+    free(t);
+}
+
+static void tls_init(void)
+{
+    pthread_key_create(&tls_key, tls_free);
+}
+
+static struct ipcb_tls *tls(void)
+{
+    struct ipcb_tls *t = tls_cur;
+    if (t)
+        return t;
+    pthread_once(&tls_once, tls_init);
+    t = calloc(1, sizeof *t);
+    if (!t || pthread_setspecific(tls_key, t)) {
+        free(t);
+        errno = ENOMEM;
+        return NULL;
+    }
+    tls_cur = t;
+    return t;
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem, size_t header)
+{
+    size_t n = *cap ? *cap : 16;
+    void *q;
+    if (need <= *cap && *p)
+        return 0;
+    while (n < need) {
+        if (n > (SIZE_MAX - header) / 2 / elem) {
+            n = need;
+            break;
+        }
+        n *= 2;
+    }
+    if (n > (SIZE_MAX - header) / elem) {
+        errno = ENOMEM;
+        return -1;
+    }
+    q = realloc(*p, header + n * elem);
+    if (!q) {
+        errno = ENOMEM;
+        return -1;
+    }
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+static struct ipcb_rmsg *rbuf(struct ipcb_tls *t, size_t need)
+{
+    if (need < IPCB_FIRST_RCAP)
+        need = IPCB_FIRST_RCAP;
+    if (grow((void **)&t->rbuf, &t->rcap, need, 1, sizeof(struct ipcb_rmsg)))
+        return NULL;
+    return t->rbuf;
+}
+
+/* ---- timeouts ------------------------------------------------------------
+ * msgsnd and msgrcv have no timeout. A POSIX timer aimed at the calling thread
+ * sends it a signal whose handler does nothing and which is installed without
+ * SA_RESTART, so the blocked call returns EINTR; a message is never half taken.
+ * The timer fires again every IPCB_REFIRE_NS after the deadline: a signal that
+ * lands just before the thread enters the call cannot leave it asleep. */
+
+#define IPCB_REFIRE_NS 2000000L
+
+static int wake_sig = -1;
+static pthread_once_t wake_once = PTHREAD_ONCE_INIT;
+
+static void wake_handler(int sig)
+{
+    (void)sig;
+}
+
+static void wake_init(void)
+{
+    int s;
+    for (s = SIGRTMAX; s >= SIGRTMIN; s--) {
+        struct sigaction old, sa;
+        if (sigaction(s, NULL, &old))
+            continue;
+        if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL)
+            continue;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = wake_handler;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(s, &sa, NULL) == 0) {
+            wake_sig = s;
+            return;
+        }
+    }
+}
+
+int ipcb_wake_signal(void)
+{
+    pthread_once(&wake_once, wake_init);
+    return wake_sig;
+}
+
+struct deadline {
+    timer_t timer;
+    struct timespec end;
+};
+
+static void ts_add_ns(struct timespec *ts, long long ns)
+{
+    ts->tv_sec += ns / 1000000000LL;
+    ts->tv_nsec += ns % 1000000000LL;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static int deadline_start(struct deadline *d, long long ns)
+{
+    struct sigevent sev;
+    struct itimerspec its;
+    if (ipcb_wake_signal() < 0) {
+        errno = ENOSYS;
+        return -1;
+    }
+    if (ns < 1)
+        ns = 1;  /* an it_value of zero would disarm the timer */
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = wake_sig;
+    sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    if (timer_create(CLOCK_MONOTONIC, &sev, &d->timer))
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &d->end);
+    ts_add_ns(&d->end, ns);
+    memset(&its, 0, sizeof its);
+    ts_add_ns(&its.it_value, ns);
+    its.it_interval.tv_nsec = IPCB_REFIRE_NS;
+    if (timer_settime(d->timer, 0, &its, NULL)) {
+        int e = errno;
+        timer_delete(d->timer);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+/* Ends the timer. A call that failed with EINTR after the deadline becomes
+ * ETIMEDOUT; any other EINTR came from a signal of the program's own. */
+static void deadline_stop(struct deadline *d, int failed)
+{
+    int e = errno;
+    timer_delete(d->timer);
+    if (failed && e == EINTR) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > d->end.tv_sec ||
+            (now.tv_sec == d->end.tv_sec && now.tv_nsec >= d->end.tv_nsec))
+            e = ETIMEDOUT;
+    }
+    errno = e;
+}
+
+/* ---- message queues ------------------------------------------------------ */
+
+int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
+                long long timeout_ns)
+{
+    struct ipcb_tls *t = tls();
+    struct deadline d;
+    int r;
+    if (!t || grow((void **)&t->sbuf, &t->scap, len, 1, sizeof(long)))
+        return -1;
+    memcpy(t->sbuf, &mtype, sizeof mtype);
+    if (len)
+        memcpy(t->sbuf + sizeof mtype, data, len);
+    if (timeout_ns < 0)
+        return msgsnd(msqid, t->sbuf, len, flags);
+    if (deadline_start(&d, timeout_ns))
+        return -1;
+    r = msgsnd(msqid, t->sbuf, len, flags);
+    deadline_stop(&d, r < 0);
+    return r;
+}
+
+static long read_msgmax(void)
+{
+    long v = -1;
+    FILE *f = fopen("/proc/sys/kernel/msgmax", "re");
+    if (f) {
+        if (fscanf(f, "%ld", &v) != 1)
+            v = -1;
+        fclose(f);
+    }
+    return v;
+}
+
+/* One msgrcv into the thread's buffer. With maxsize larger than the buffer the
+ * call is first made with the buffer's size and without MSG_NOERROR; on E2BIG
+ * (the message stays queued) the buffer grows and the call is made again, so
+ * the caller sees exactly what a buffer of maxsize bytes would have given.
+ * MSG_COPY copies at most msgmax bytes, so growing past msgmax is pointless. */
+static struct ipcb_rmsg *recv_one(struct ipcb_tls *t, int msqid, size_t maxsize,
+                                  long msgtyp, int flags)
+{
+    size_t limit = maxsize;
+    int copy_limited = 0;
+    if (maxsize != IPCB_ANY_SIZE && (long)maxsize < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (!rbuf(t, 0))
+        return NULL;
+    for (;;) {
+        size_t size = limit < t->rcap ? limit : t->rcap;
+        int f = size < maxsize ? (flags & ~MSG_NOERROR) : flags;
+        ssize_t n = msgrcv(msqid, &t->rbuf->mtype, size, msgtyp, f);
+        if (n >= 0) {
+            t->rbuf->len = n;
+            return t->rbuf;
+        }
+        if (errno != E2BIG || size >= limit)
+            return NULL;
+        if ((flags & MSG_COPY) && !copy_limited) {
+            long m = read_msgmax();
+            copy_limited = 1;
+            if (m > 0 && (size_t)m < limit)
+                limit = (size_t)m;
+            if (size >= limit) {
+                errno = E2BIG;
+                return NULL;
+            }
+        }
+        if (!rbuf(t, size <= limit / 2 ? size * 2 : limit))
+            return NULL;
+    }
+}
+
+struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
+                              long long timeout_ns)
+{
+    struct ipcb_tls *t = tls();
+    struct ipcb_rmsg *m;
+    struct deadline d;
+    if (!t)
+        return NULL;
+    if (timeout_ns < 0)
+        return recv_one(t, msqid, maxsize, msgtyp, flags);
+    if (deadline_start(&d, timeout_ns))
+        return NULL;
+    m = recv_one(t, msqid, maxsize, msgtyp, flags);
+    deadline_stop(&d, m == NULL);
+    return m;
+}
+
+/* Sends messages from..count-1 in order (message i is text[ends[i-1]:ends[i]]);
+ * returns the index reached. When that is less than count, errno says why.
+ * The timeout applies to each message that must wait for room. */
+size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes,
+                        const char *text, const size_t *ends, int flags, long long timeout_ns)
+{
+    size_t i;
+    for (i = from; i < count; i++) {
+        size_t start = i ? ends[i - 1] : 0;
+        if (ipcb_msgsnd(msqid, mtypes[i], text + start, ends[i] - start, flags, timeout_ns))
+            return i;
+    }
+    return count;
+}
+
+static struct ipcb_batch *batch_reset(struct ipcb_tls *t)
+{
+    struct ipcb_batch *b = &t->batch;
+    if (b->text_cap > IPCB_KEEP_BYTES) {
+        free(b->text);
+        b->text = NULL;
+        b->text_cap = 0;
+    }
+    if (b->cap > IPCB_KEEP_BYTES / sizeof(long)) {
+        free(b->mtypes);
+        free(b->ends);
+        b->mtypes = NULL;
+        b->ends = NULL;
+        b->cap = 0;
+    }
+    b->count = 0;
+    b->used = 0;
+    b->err = 0;
+    b->changed = 0;
+    return b;
+}
+
+static int batch_push(struct ipcb_batch *b, long mtype, const char *data, size_t len)
+{
+    if (b->count == b->cap) {
+        size_t cap = b->cap, cap2 = b->cap;
+        if (grow((void **)&b->mtypes, &cap, b->count + 1, sizeof(long), 0) ||
+            grow((void **)&b->ends, &cap2, b->count + 1, sizeof(size_t), 0))
+            return -1;
+        b->cap = cap < cap2 ? cap : cap2;
+    }
+    if (grow((void **)&b->text, &b->text_cap, b->used + len, 1, 0))
+        return -1;
+    memcpy(b->text + b->used, data, len);
+    b->used += len;
+    b->mtypes[b->count] = mtype;
+    b->ends[b->count] = b->used;
+    b->count++;
+    return 0;
+}
+
+/* Receives up to max_count messages: the first as flags and timeout say, the
+ * rest only while they are already queued. An error after the first message
+ * ends the batch and is left in err; the messages already taken are kept. */
+struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
+                                    long msgtyp, int flags, long long timeout_ns)
+{
+    struct ipcb_tls *t = tls();
+    struct ipcb_batch *b;
+    size_t i;
+    if (!t)
+        return NULL;
+    b = batch_reset(t);
+    for (i = 0; i < max_count; i++) {
+        struct ipcb_rmsg *m;
+        if (i == 0 && timeout_ns >= 0)
+            m = ipcb_msgrcv(msqid, maxsize, msgtyp, flags, timeout_ns);
+        else
+            m = recv_one(t, msqid, maxsize, msgtyp, i ? flags | IPC_NOWAIT : flags);
+        if (!m) {
+            if (i == 0 || errno != ENOMSG)
+                b->err = errno;
+            break;
+        }
+        if (batch_push(b, m->mtype, m->mtext, (size_t)m->len)) {
+            b->err = errno;  /* that message is lost to ENOMEM: say so */
+            break;
+        }
+    }
+    return b;
+}
+
+int ipcb_msgctl(int msqid, int cmd, struct msqid_ds *buf)
+{
+    return msgctl(msqid, cmd, buf);
+}
+
+static int same_queue(const struct msqid_ds *a, const struct msqid_ds *b)
+{
+    return a->msg_qnum == b->msg_qnum && a->__msg_cbytes == b->__msg_cbytes &&
+           a->msg_stime == b->msg_stime && a->msg_rtime == b->msg_rtime &&
+           a->msg_ctime == b->msg_ctime && a->msg_lspid == b->msg_lspid &&
+           a->msg_lrpid == b->msg_lrpid;
+}
+
+/* Copies every message with MSG_COPY, without taking any. MSG_COPY walks the
+ * queue from its head on each call and copies the whole user buffer into the
+ * kernel first, so the buffer starts near the average message size and only
+ * grows (on E2BIG) to the largest message seen. changed is set when IPC_STAT
+ * before and after differ, or the queue ran out early. */
+struct ipcb_batch *ipcb_msgcopy_all(int msqid)
+{
+    struct ipcb_tls *t = tls();
+    struct ipcb_batch *b;
+    struct msqid_ds before, after;
+    size_t i, n, size = 64, msgmax = 0;
+    if (!t)
+        return NULL;
+    b = batch_reset(t);
+    if (msgctl(msqid, IPC_STAT, &before)) {
+        b->err = errno;
+        return b;
+    }
+    n = before.msg_qnum;
+    if (n && before.__msg_cbytes / n > size)
+        size = before.__msg_cbytes / n;
+    if (!rbuf(t, size)) {
+        b->err = errno;
+        return b;
+    }
+    for (i = 0; i < n; i++) {
+        ssize_t got = msgrcv(msqid, &t->rbuf->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
+        if (got < 0 && errno == E2BIG) {
+            if (!msgmax) {
+                long m = read_msgmax();
+                msgmax = m > 0 ? (size_t)m : 8192;
+            }
+            if (size >= msgmax) {
+                b->err = E2BIG;
+                return b;
+            }
+            size = size * 2 < msgmax ? size * 2 : msgmax;
+            if (!rbuf(t, size)) {
+                b->err = errno;
+                return b;
+            }
+            i--;
+            continue;
+        }
+        if (got < 0) {
+            if (errno == ENOMSG)
+                b->changed = 1;
+            else
+                b->err = errno;
+            return b;
+        }
+        if (batch_push(b, t->rbuf->mtype, t->rbuf->mtext, (size_t)got)) {
+            b->err = errno;
+            return b;
+        }
+    }
+    if (msgctl(msqid, IPC_STAT, &after))
+        b->err = errno;
+    else if (!same_queue(&before, &after))
+        b->changed = 1;
+    return b;
+}
+
+/* ---- the SEM_UNDO ledger ---------------------------------------------------
+ * What this process asked the kernel to undo through ipcbind, per set: the
+ * negated sum of its SEM_UNDO operations, as the kernel's semadj. Shared by the
+ * threads of the process, emptied in a forked child. */
+
+struct undo_set {
+    int semid;
+    size_t n;
+    int *adj;
+    struct undo_set *next;
+};
+
+static struct undo_set *ledger;
+static pthread_mutex_t ledger_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t ledger_once = PTHREAD_ONCE_INIT;
+
+static void ledger_free_all(void)
+{
+    while (ledger) {
+        struct undo_set *u = ledger;
+        ledger = u->next;
+        free(u->adj);
+        free(u);
+    }
+}
+
+static void ledger_prefork(void) { pthread_mutex_lock(&ledger_lock); }
+static void ledger_parent(void) { pthread_mutex_unlock(&ledger_lock); }
+
+static void ledger_child(void)
+{
+    pthread_mutex_init(&ledger_lock, NULL);
+    ledger_free_all();  /* semadj is not inherited across fork */
+}
+
+static void ledger_init(void)
+{
+    pthread_atfork(ledger_prefork, ledger_parent, ledger_child);
+}
+
+static struct undo_set **ledger_find(int semid)
+{
+    struct undo_set **p = &ledger;
+    while (*p && (*p)->semid != semid)
+        p = &(*p)->next;
+    return p;
+}
+
+static void ledger_remove(struct undo_set **p)
+{
+    struct undo_set *u = *p;
+    *p = u->next;
+    free(u->adj);
+    free(u);
+}
+
+static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
+{
+    struct undo_set **p, *u;
+    size_t i, max = 0;
+    int any = 0;
+    for (i = 0; i < nops; i++) {
+        if ((ops[i].sem_flg & SEM_UNDO) && ops[i].sem_op) {
+            any = 1;
+            if (ops[i].sem_num >= max)
+                max = (size_t)ops[i].sem_num + 1;
+        }
+    }
+    if (!any)
+        return;
+    pthread_once(&ledger_once, ledger_init);
+    pthread_mutex_lock(&ledger_lock);
+    p = ledger_find(semid);
+    u = *p;
+    if (!u) {
+        u = calloc(1, sizeof *u);
+        if (!u)
+            goto out;
+        u->semid = semid;
+        u->next = ledger;
+        ledger = u;
+    }
+    if (u->n < max) {
+        int *a = realloc(u->adj, max * sizeof *a);
+        if (!a)
+            goto out;
+        memset(a + u->n, 0, (max - u->n) * sizeof *a);
+        u->adj = a;
+        u->n = max;
+    }
+    for (i = 0; i < nops; i++)
+        if (ops[i].sem_flg & SEM_UNDO)
+            u->adj[ops[i].sem_num] -= ops[i].sem_op;
+out:
+    pthread_mutex_unlock(&ledger_lock);
+}
+
+/* SETVAL and SETALL zero the semadj of the semaphores they set, in every process;
+ * num < 0 means the whole set. IPC_RMID drops the set. */
+static void ledger_clear(int semid, int num, int drop)
+{
+    struct undo_set **p;
+    pthread_mutex_lock(&ledger_lock);
+    p = ledger_find(semid);
+    if (*p) {
+        if (drop || num < 0)
+            ledger_remove(p);
+        else if ((size_t)num < (*p)->n)
+            (*p)->adj[num] = 0;
+    }
+    pthread_mutex_unlock(&ledger_lock);
+}
+
+void ipcb_ledger_drop(int semid)
+{
+    ledger_clear(semid, -1, 1);
+}
+
+/* Writes semid, n, adj[0..n-1] for each set with something to undo; returns
+ * the number of ints needed, which may exceed cap (then call again). */
+size_t ipcb_ledger_dump(int *out, size_t cap)
+{
+    struct undo_set *u;
+    size_t need = 0;
+    pthread_mutex_lock(&ledger_lock);
+    for (u = ledger; u; u = u->next) {
+        size_t i;
+        int any = 0;
+        for (i = 0; i < u->n; i++)
+            any |= u->adj[i] != 0;
+        if (!any)
+            continue;
+        if (need + 2 + u->n <= cap) {
+            out[need] = u->semid;
+            out[need + 1] = (int)u->n;
+            memcpy(out + need + 2, u->adj, u->n * sizeof *u->adj);
+        }
+        need += 2 + u->n;
+    }
+    pthread_mutex_unlock(&ledger_lock);
+    return need;
+}
+
+/* ---- semaphores -------------------------------------------------------------- */
+
+int ipcb_semop(int semid, struct sembuf *ops, size_t nops, long long timeout_ns)
+{
+    int r;
+    if (timeout_ns < 0) {
+        r = semop(semid, ops, nops);
+    } else {
+        struct timespec ts;
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000LL);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
+        r = semtimedop(semid, ops, nops, &ts);
+    }
+    if (r == 0)
+        ledger_apply(semid, ops, nops);
+    return r;
+}
+
+int ipcb_semop1(int semid, unsigned short num, short op, short flg, long long timeout_ns)
+{
+    struct sembuf b;
+    b.sem_num = num;
+    b.sem_op = op;
+    b.sem_flg = flg;
+    return ipcb_semop(semid, &b, 1, timeout_ns);
+}
+
+int ipcb_semctl_val(int semid, int semnum, int cmd, int val)
+{
+    union ipcb_semun arg;
+    int r;
+    arg.val = val;
+    r = semctl(semid, semnum, cmd, arg);
+    if (r >= 0 && (cmd == SETVAL || cmd == IPC_RMID))
+        ledger_clear(semid, semnum, cmd == IPC_RMID);
+    return r;
+}
+
+int ipcb_semctl_array(int semid, int cmd, unsigned short *values)
+{
+    union ipcb_semun arg;
+    int r;
+    arg.array = values;
+    r = semctl(semid, 0, cmd, arg);
+    if (r >= 0 && cmd == SETALL)
+        ledger_clear(semid, -1, 0);
+    return r;
+}
+
+int ipcb_semctl_ds(int semid, int semnum, int cmd, struct semid_ds *buf)
+{
+    union ipcb_semun arg;
+    arg.buf = buf;
+    return semctl(semid, semnum, cmd, arg);
+}

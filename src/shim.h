@@ -1,0 +1,152 @@
+/* The interface cffi sees (cdef syntax). Struct layouts and constant values are
+ * left to the C compiler ("...") so they are right on every architecture. */
+
+typedef int... key_t;
+typedef int... uid_t;
+typedef int... gid_t;
+typedef int... mode_t;
+typedef int... pid_t;
+typedef int... time_t;
+typedef int... msgqnum_t;
+typedef int... msglen_t;
+typedef int... __syscall_ulong_t;
+
+#define IPC_PRIVATE ...
+#define IPC_CREAT ...
+#define IPC_EXCL ...
+#define IPC_NOWAIT ...
+#define IPC_RMID ...
+#define IPC_SET ...
+#define IPC_STAT ...
+#define IPC_INFO ...
+#define MSG_NOERROR ...
+#define MSG_EXCEPT ...
+#define MSG_COPY ...
+#define MSG_STAT ...
+#define MSG_INFO ...
+#define MSG_STAT_ANY ...
+#define SEM_UNDO ...
+#define GETPID ...
+#define GETVAL ...
+#define GETALL ...
+#define GETNCNT ...
+#define GETZCNT ...
+#define SETVAL ...
+#define SETALL ...
+#define SEM_STAT ...
+#define SEM_INFO ...
+#define SEM_STAT_ANY ...
+#define CLONE_NEWIPC ...
+#define IPCB_ANY_SIZE ...
+
+struct ipc_perm {
+    key_t __key;
+    uid_t uid;
+    gid_t gid;
+    uid_t cuid;
+    gid_t cgid;
+    mode_t mode;
+    ...;
+};
+
+struct msqid_ds {
+    struct ipc_perm msg_perm;
+    time_t msg_stime;
+    time_t msg_rtime;
+    time_t msg_ctime;
+    __syscall_ulong_t __msg_cbytes;
+    msgqnum_t msg_qnum;
+    msglen_t msg_qbytes;
+    pid_t msg_lspid;
+    pid_t msg_lrpid;
+    ...;
+};
+
+struct msginfo {
+    int msgpool;
+    int msgmap;
+    int msgmax;
+    int msgmnb;
+    int msgmni;
+    int msgssz;
+    int msgtql;
+    unsigned short msgseg;
+    ...;
+};
+
+struct semid_ds {
+    struct ipc_perm sem_perm;
+    time_t sem_otime;
+    time_t sem_ctime;
+    __syscall_ulong_t sem_nsems;
+    ...;
+};
+
+struct seminfo {
+    int semmap;
+    int semmni;
+    int semmns;
+    int semmnu;
+    int semmsl;
+    int semopm;
+    int semume;
+    int semusz;
+    int semvmx;
+    int semaem;
+    ...;
+};
+
+struct sembuf {
+    unsigned short sem_num;
+    short sem_op;
+    short sem_flg;
+    ...;
+};
+
+/* A received message, in a buffer owned by the calling thread. */
+struct ipcb_rmsg {
+    ssize_t len;
+    long mtype;
+    char mtext[];
+};
+
+/* Several messages, in buffers owned by the calling thread. */
+struct ipcb_batch {
+    size_t count;
+    size_t used;
+    long *mtypes;
+    size_t *ends;
+    char *text;
+    int err;
+    int changed;
+    ...;
+};
+
+/* Plain libc calls with fixed arguments. */
+key_t ftok(const char *pathname, int proj_id);
+int msgget(key_t key, int msgflg);
+int semget(key_t key, int nsems, int semflg);
+int setns(int fd, int nstype);
+int unshare(int flags);
+
+int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
+                long long timeout_ns);
+struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
+                              long long timeout_ns);
+size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes,
+                        const char *text, const size_t *ends, int flags, long long timeout_ns);
+struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
+                                    long msgtyp, int flags, long long timeout_ns);
+struct ipcb_batch *ipcb_msgcopy_all(int msqid);
+int ipcb_msgctl(int msqid, int cmd, struct msqid_ds *buf);
+
+int ipcb_semop(int semid, struct sembuf *ops, size_t nops, long long timeout_ns);
+int ipcb_semop1(int semid, unsigned short num, short op, short flg, long long timeout_ns);
+int ipcb_semctl_val(int semid, int semnum, int cmd, int val);
+int ipcb_semctl_array(int semid, int cmd, unsigned short *values);
+int ipcb_semctl_ds(int semid, int semnum, int cmd, struct semid_ds *buf);
+
+size_t ipcb_ledger_dump(int *out, size_t cap);
+void ipcb_ledger_drop(int semid);
+
+int ipcb_wake_signal(void);

@@ -1,0 +1,101 @@
+"""Shared fixtures: every IPC object a test makes is removed afterwards, also when
+the test fails, and no test touches an object it did not make."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Callable, Iterator, List
+
+import pytest
+
+import ipcbind
+from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def make_queue() -> Iterator[Callable[..., int]]:
+    """Factory: make_queue(mode=0o600, key=IPC_PRIVATE) -> msqid, removed at teardown."""
+    made: List[int] = []
+
+    def make(mode: int = 0o600, key: int = IPC_PRIVATE, flags: int = IPC_CREAT) -> int:
+        q = ipcbind.msgget(key, flags | mode)
+        made.append(q)
+        return q
+
+    yield make
+    for q in made:
+        try:
+            ipcbind.msgctl(q, IPC_RMID)
+        except OSError:
+            pass  # the test removed it itself
+
+
+@pytest.fixture
+def msq(make_queue: Callable[..., int]) -> int:
+    """A fresh private message queue (mode 0600)."""
+    return make_queue()
+
+
+@pytest.fixture
+def make_semset() -> Iterator[Callable[..., int]]:
+    """Factory: make_semset(nsems=1, mode=0o600, key=IPC_PRIVATE) -> semid, removed at teardown."""
+    made: List[int] = []
+
+    def make(nsems: int = 1, mode: int = 0o600, key: int = IPC_PRIVATE,
+             flags: int = IPC_CREAT) -> int:
+        s = ipcbind.semget(key, nsems, flags | mode)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        try:
+            ipcbind.semctl(s, 0, IPC_RMID)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def semset(make_semset: Callable[..., int]) -> int:
+    """A fresh private set of one semaphore (mode 0600)."""
+    return make_semset()
+
+
+def run_in_child(fn: Callable[[], int], *, uid: int | None = None, timeout: float = 10) -> int:
+    """Run fn in a forked child (as ``uid`` if given, which needs root) and return
+    its exit status; fn's return value is the exit code, an exception is 70.
+    The child is killed if it outlives ``timeout``."""
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            code = fn()
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    import time
+    end = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} did not finish within {timeout} s")
+        time.sleep(0.005)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to switch to another uid)")
