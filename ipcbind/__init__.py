@@ -13,6 +13,13 @@ from .errors import (
     QueueChangedError,
     TooBigError,
 )
+from .namespace import (
+    NamespaceReturnError,
+    enter_namespace,
+    namespace_id,
+    namespace_pids,
+    shares_namespace,
+)
 from .syscalls import (
     GETALL,
     GETNCNT,
