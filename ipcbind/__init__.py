@@ -20,6 +20,13 @@ from .namespace import (
     namespace_pids,
     shares_namespace,
 )
+from .snapshot import (
+    FreezeError,
+    RestoreConflictError,
+    RestoreError,
+    Snapshot,
+    SnapshotFormatError,
+)
 from .syscalls import (
     GETALL,
     GETNCNT,

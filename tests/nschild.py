@@ -2,7 +2,7 @@
 
 The child unshares its IPC namespace, runs ``setup()`` there (making queues and
 sets), sends setup's JSON-able result back, then either waits or keeps calling
-``loop()`` until the test is done. It is always reaped at the end of the ``with``
+``loop(result)`` until the test is done. It is always reaped at the end of the ``with``
 block (killed if it lingers), and it exits by itself if the test process dies
 (its control pipe reaches end of file); the namespace, and everything in it, dies
 with it.
@@ -27,7 +27,7 @@ needs_ns_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (CAP_SYS_ADMIN) to make and enter IPC namespaces")
 
 
-def _child(setup: Callable[[], Any], loop: Optional[Callable[[], None]], ctl: int,
+def _child(setup: Callable[[], Any], loop: Optional[Callable[[Any], None]], ctl: int,
            out: int) -> None:
     code = 70
     try:
@@ -39,7 +39,7 @@ def _child(setup: Callable[[], Any], loop: Optional[Callable[[], None]], ctl: in
             os.read(ctl, 1)
         else:
             while not select.select([ctl], [], [], 0)[0]:
-                loop()
+                loop(result)
         code = 0
     except BaseException as e:
         try:
@@ -68,7 +68,7 @@ def reap(pid: int, timeout: float = 10) -> int:
 
 @contextmanager
 def ns_child(setup: Callable[[], Any] = lambda: None,
-             loop: Optional[Callable[[], None]] = None) -> Iterator[Tuple[int, Any]]:
+             loop: Optional[Callable[[Any], None]] = None) -> Iterator[Tuple[int, Any]]:
     """Yield (pid, setup's result) of a child holding a fresh IPC namespace."""
     ctl_r, ctl_w = os.pipe()
     out_r, out_w = os.pipe()
