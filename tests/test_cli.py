@@ -18,7 +18,8 @@ from nschild import needs_ns_root, ns_child
 
 from ipcbind import syscalls as sc
 from ipcbind.cli import main
-from ipcbind.snapshot import load, loads, snapshot
+from ipcbind.namespace import enter_namespace, list_queues
+from ipcbind.snapshot import Limits, QueueState, Snapshot, dump, load, loads, snapshot
 
 NO_SUCH_PID = 4194305
 
@@ -221,3 +222,21 @@ def test_dump_shows_progress_on_a_terminal(tmp_path: Any) -> None:
             os.close(master)
     assert r.returncode == 0
     assert b"0/2 queue" in shown and b"1/2 semaphore set" in shown
+
+
+@needs_ns_root
+def test_restore_that_fails_half_way_exits_1_and_leaves_nothing(tmp_path: Any,
+                                                                capsys: Any) -> None:
+    too_long = QueueState(9, 0x99, 0, 0, 0, 0, 0o600, 16384, ((1, b"x" * 9000),))
+    snap = Snapshot("2026-01-01T00:00:00.000000Z", 1, None, None,
+                    Limits(9000, 16384, 32000, 32000, 1024000000, 500, 32000),
+                    (QueueState(3, 0x33, 0, 0, 0, 0, 0o600, 16384, ((1, b"ok"),)), too_long), ())
+    path = tmp_path / "ns.json"
+    dump(snap, path)
+    with ns_child() as (other, _):
+        code, _ = run("restore", path, "--pid", other)
+        with enter_namespace(other):
+            left = list_queues()
+    err = capsys.readouterr().err
+    assert code == 1 and left == []
+    assert "message 0 (9000 bytes)" in err and "removed the 2 object(s)" in err

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from typing import Any, Dict, List
 
@@ -397,3 +400,26 @@ def test_loader_rejects_damaged_or_foreign_files_with_a_clear_error(name: str) -
 
 def test_snapshot_format_error_is_a_value_error() -> None:
     assert issubclass(SnapshotFormatError, ValueError)
+
+
+@needs_ns_root
+def test_freeze_lets_the_writer_go_on_a_real_ctrl_c() -> None:
+    code = ("import sys, time\n"
+            "from ipcbind.snapshot import freeze_namespace\n"
+            "with freeze_namespace(int(sys.argv[1])):\n"
+            "    print('frozen', flush=True)\n"
+            "    time.sleep(60)\n")
+    with ns_child(_writer_setup, _write_forever) as (pid, q):
+        p = subprocess.Popen([sys.executable, "-c", code, str(pid)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            assert p.stdout is not None and p.stdout.readline() == b"frozen\n"
+            assert _still(pid, q)
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert b"KeyboardInterrupt" in err
+        assert _moves(pid, q)
