@@ -350,6 +350,19 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
     return m;
 }
 
+/* The common cases, with fewer arguments for cffi to convert: no timeout, and
+ * (for receiving) room for a message of any size. */
+int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags)
+{
+    return ipcb_msgsnd(msqid, mtype, data, len, flags, -1);
+}
+
+struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags)
+{
+    struct ipcb_tls *t = tls();
+    return t ? recv_one(t, msqid, IPCB_ANY_SIZE, msgtyp, flags) : NULL;
+}
+
 /* Sends messages from..count-1 in order (message i is text[ends[i-1]:ends[i]]);
  * returns the index reached. When that is less than count, errno says why.
  * The timeout applies to each message that must wait for room. */
