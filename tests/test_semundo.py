@@ -25,7 +25,7 @@ import ipcbind as ipc
 from ipcbind import GETALL, IPC_RMID, IPC_STAT, SEM_UNDO, SETALL, SETVAL
 from ipcbind.semundo import SemundoNotSupportedError
 
-from conftest import run_in_child
+from conftest import needs_root, run_in_child
 
 FIXTURES = Path(__file__).parent / "fixtures" / "semundo_proc"
 SEMVMX = 32767
@@ -415,6 +415,20 @@ def test_restore_rejects_bad_entries_before_any_change(
         assert e.value.errno == errno.EINVAL and f"set {gone}" in str(e.value)
     assert ipc.tracked_semundo() == tracked
     assert values(s) == [3, 3]
+
+
+@needs_root
+def test_restore_passes_eacces_through(make_semset: Callable[..., int]) -> None:
+    s = make_semset(1, mode=0o600)
+
+    def restore() -> int:
+        try:
+            ipc.restore_semundo({s: [1]})
+        except PermissionError as e:
+            return 0 if e.errno == errno.EACCES and f"set {s}" in str(e) else 2
+        return 1
+
+    assert run_in_child(restore, uid=65534) == 0
 
 
 def test_restore_writes_the_kernel_file_where_it_exists(make_semset: Callable[..., int],
