@@ -22,25 +22,28 @@ import psutil
 from . import syscalls as sc
 from .errors import NotSupportedError, QueueChangedError
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
-                        list_semaphore_sets, namespace_id)
+                        list_semaphore_sets, namespace_id, shares_namespace)
+from .semundo import read_semundo
 from .snapshot import (FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError,
                        dump, dumps, load, loads, restore, snapshot)
 
 JSON_VERSION = 1
 """The ``version`` field of every JSON document the commands print."""
 
-OK, FAILED, USAGE, NOT_FOUND, NO_PERMISSION, BAD_FILE, CONFLICT, INTERRUPTED = (
-    0, 1, 2, 3, 4, 5, 6, 130)
+OK, FAILED, USAGE, NOT_FOUND, NO_PERMISSION, BAD_FILE, CONFLICT, UNSUPPORTED, INTERRUPTED = (
+    0, 1, 2, 3, 4, 5, 6, 7, 130)
 EXIT_CODES = {
     OK: "success",
     FAILED: "the operation failed (a restore that was rolled back, a queue that kept "
             "changing, a freeze that failed, any other system error)",
     USAGE: "bad command line (unknown command or option, bad number, --freeze without "
-           "another namespace's --pid)",
+           "the --pid of another namespace)",
     NOT_FOUND: "no such queue, message index, process or file",
     NO_PERMISSION: "permission denied (the message says which privilege is missing)",
     BAD_FILE: "the snapshot file is damaged, foreign or of an unknown version",
     CONFLICT: "restore refused: the namespace already has an object with that id or key",
+    UNSUPPORTED: "the kernel does not provide it (/proc/<pid>/semundo on any mainline kernel, "
+                 "MSG_COPY without CONFIG_CHECKPOINT_RESTORE)",
     INTERRUPTED: "interrupted (Ctrl-C); anything frozen was thawed, a restore was undone",
 }
 
@@ -275,6 +278,10 @@ def _counts(snap: Any) -> Dict[str, int]:
 
 
 def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
+    if args.freeze and (args.pid is None or shares_namespace(args.pid)):
+        raise CliError("--freeze needs the --pid of a process in another IPC namespace "
+                       "(freezing our own would stop this process and the whole system)",
+                       USAGE)
     snap = snapshot(args.pid, freeze=args.freeze, retries=args.retries,
                     progress=_progress(sys.stderr))
     if args.output in (None, "-"):
@@ -303,6 +310,22 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
     else:
         out.write(f"restored {len(done.queues)} queue(s) {list(done.queues)} and "
                   f"{len(done.semaphore_sets)} semaphore set(s) {list(done.semaphore_sets)}\n")
+    return OK
+
+
+def cmd_semundo(args: argparse.Namespace, out: IO[str]) -> int:
+    with _inside(args.pid):
+        try:
+            entries = read_semundo(args.process, proc_root=args.proc_root)
+        except ValueError as e:
+            raise CliError(str(e), FAILED) from None
+    if args.json:
+        _print_json({"pid": args.pid, "process": args.process, "semundo": [
+            {"semid": semid, "adjustments": adjs} for semid, adjs in entries.items()]}, out)
+        return OK
+    rows = [("semid", "adjustments")]
+    rows += [(str(semid), " ".join(map(str, adjs))) for semid, adjs in entries.items()]
+    out.write(_table(rows))
     return OK
 
 
@@ -392,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the file")
     p.set_defaults(run=cmd_restore)
 
+    p = sub.add_parser("semundo", parents=[common, with_json],
+                       help="a process's SEM_UNDO adjustments from /proc/PID/semundo (a "
+                            "kernel file no mainline kernel has: then exit 7, explained)")
+    p.add_argument("process", type=_pid, metavar="PID", help="the process to read")
+    p.add_argument("--proc-root", default="/proc", metavar="DIR",
+                   help="read DIR/PID/semundo (a copy of a /proc tree) instead of /proc")
+    p.set_defaults(run=cmd_semundo)
+
     p = sub.add_parser("demo", parents=[common],
                        help="create a queue, peek at it without consuming, remove it")
     p.set_defaults(run=cmd_demo)
@@ -399,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _code_for(e: BaseException) -> int:
+    if isinstance(e, NotSupportedError):
+        return UNSUPPORTED
     if isinstance(e, SnapshotFormatError):
         return BAD_FILE
     if isinstance(e, RestoreConflictError):
@@ -409,19 +442,18 @@ def _code_for(e: BaseException) -> int:
         return NO_PERMISSION
     if isinstance(e, (ProcessLookupError, FileNotFoundError)):
         return NOT_FOUND
-    if isinstance(e, ValueError):
-        return USAGE
     return FAILED
 
 
 def _message(e: BaseException) -> str:
-    if isinstance(e, NotSupportedError):
-        return (f"{e.strerror or e}: this kernel has no MSG_COPY (it needs "
+    if isinstance(e, NotSupportedError) and "msgrcv" in str(e.strerror):
+        return (f"{e.strerror}: this kernel has no MSG_COPY (it needs "
                 "CONFIG_CHECKPOINT_RESTORE)")
     if isinstance(e, FileNotFoundError) and e.filename:
         return f"no such file: {e.filename}"
     if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        name = os.fsdecode(e.filename) if e.filename else ""
+        return f"{name}: {e.strerror}" if name and name not in e.strerror else e.strerror
     return str(e)
 
 

@@ -114,7 +114,7 @@ def test_unknown_pid_exits_3(capsys: Any) -> None:
 
 def test_freeze_of_our_own_namespace_exits_2(capsys: Any) -> None:
     assert run("dump", "--freeze", "--pid", os.getpid())[0] == 2
-    assert "refusing to stop" in capsys.readouterr().err
+    assert "--freeze needs the --pid of a process in another" in capsys.readouterr().err
 
 
 def test_restore_of_a_missing_file_exits_3(tmp_path: Any, capsys: Any) -> None:
@@ -139,6 +139,42 @@ def test_no_permission_exits_4_saying_what_is_missing() -> None:
         return 0 if code == 4 and "CAP_SYS_PTRACE" in sys.stderr.getvalue() else 1
 
     assert run_in_child(child, uid=NOBODY) == 0
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "semundo_proc")
+
+
+def test_semundo_without_the_kernel_file_exits_7_and_explains(capsys: Any) -> None:
+    if os.path.exists("/proc/self/semundo"):
+        pytest.skip("this kernel has /proc/<pid>/semundo")
+    assert run("semundo", os.getpid())[0] == 7
+    err = capsys.readouterr().err
+    assert err.startswith(f"ipcbind: error: /proc/{os.getpid()}/semundo: ")
+    assert "never merged into mainline" in err and err.count("\n") == 1
+
+
+def test_semundo_of_an_unknown_process_exits_3(capsys: Any) -> None:
+    assert run("semundo", NO_SUCH_PID)[0] == 3
+    assert f"no such process: process {NO_SUCH_PID}" in capsys.readouterr().err
+
+
+def test_semundo_prints_the_files_adjustments() -> None:
+    code, out = run("semundo", 100, "--proc-root", FIXTURES)
+    assert code == 0
+    assert out == "semid  adjustments\n5      2 -1 0\n7      -32768 32767\n"
+
+
+def test_semundo_json() -> None:
+    code, out = run("semundo", 100, "--proc-root", FIXTURES, "--json")
+    assert code == 0 and json.loads(out) == {
+        "version": 1, "pid": None, "process": 100,
+        "semundo": [{"semid": 5, "adjustments": [2, -1, 0]},
+                    {"semid": 7, "adjustments": [-32768, 32767]}]}
+
+
+def test_semundo_malformed_file_exits_1_naming_the_line(capsys: Any) -> None:
+    assert run("semundo", 103, "--proc-root", FIXTURES)[0] == 1
+    assert "line 2" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_and_errors_are_one_line() -> None:
