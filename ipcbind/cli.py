@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "kernel file no mainline kernel has: then exit 7, explained)")
     p.add_argument("process", type=_pid, metavar="PID", help="the process to read")
     p.add_argument("--proc-root", default="/proc", metavar="DIR",
-                   help="read DIR/PID/semundo (a copy of a /proc tree) instead of /proc")
+                   help="read DIR/PID/semundo (a directory laid out like /proc) instead of /proc")
     p.set_defaults(run=cmd_semundo)
 
     p = sub.add_parser("demo", parents=[common],
