@@ -512,7 +512,13 @@ def freeze_namespace(pid: int) -> Iterator[Optional[str]]:
 # ---- restoring --------------------------------------------------------------------------
 
 def _set_next_id(kind: str, ident: int) -> None:
-    _write_proc(f"{kind}_next_id", str(ident))
+    try:
+        _write_proc(f"{kind}_next_id", str(ident))
+    except PermissionError as e:
+        raise PermissionError(e.errno, f"cannot choose the id through /proc/sys/kernel/"
+                              f"{kind}_next_id: that needs CAP_SYS_ADMIN or "
+                              "CAP_CHECKPOINT_RESTORE over the namespace (root in the user "
+                              "namespace that owns it)") from None
 
 
 def _clear_next_id(kind: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from conftest import NOBODY, run_in_child
 from nschild import needs_ns_root, ns_child
 
 from ipcbind import syscalls as sc
@@ -423,3 +424,23 @@ def test_freeze_lets_the_writer_go_on_a_real_ctrl_c() -> None:
                 p.wait()
         assert b"KeyboardInterrupt" in err
         assert _moves(pid, q)
+
+
+def test_restore_without_privilege_says_what_is_missing_and_creates_nothing() -> None:
+    snap = _snap((_queue(2 ** 30 + 17, 0),), ())
+
+    def attempt() -> int:
+        try:
+            restore(snap)
+        except RestoreError as e:
+            if not isinstance(e.__cause__, PermissionError) or "CAP_SYS_ADMIN" not in str(e):
+                return 2
+            # Other processes make queues here too: look only for the one it wanted.
+            return 0 if "removed the 0 object" in str(e) and 2 ** 30 + 17 not in dict(
+                list_queues()) else 3
+        return 1
+
+    if os.geteuid() == 0:
+        assert run_in_child(attempt, uid=NOBODY) == 0
+    else:
+        assert attempt() == 0
