@@ -15,7 +15,7 @@ import os
 import pwd
 import sys
 from contextlib import nullcontext
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 
@@ -107,7 +107,7 @@ def _process_name(pid: int) -> Optional[str]:
     if pid <= 0:
         return None
     try:
-        return psutil.Process(pid).name()
+        return str(psutil.Process(pid).name())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 
@@ -172,7 +172,7 @@ def _ls_data() -> Dict[str, Any]:
             "stime": ds.stime, "rtime": ds.rtime, "ctime": ds.ctime,
         })
     sets = []
-    for semid, ds in list_semaphore_sets():
+    for semid, sds in list_semaphore_sets():
         try:
             values: Optional[List[int]] = sc.semctl(semid, 0, sc.GETALL)
         except OSError as e:
@@ -180,10 +180,10 @@ def _ls_data() -> Dict[str, Any]:
                 raise
             values = None
         sets.append({
-            "id": semid, "key": _key(ds.key), "uid": ds.uid, "gid": ds.gid,
-            "owner": _owner(ds.uid), "cuid": ds.cuid, "cgid": ds.cgid,
-            "mode": f"{ds.mode:04o}", "nsems": ds.nsems, "values": values,
-            "otime": ds.otime, "ctime": ds.ctime,
+            "id": semid, "key": _key(sds.key), "uid": sds.uid, "gid": sds.gid,
+            "owner": _owner(sds.uid), "cuid": sds.cuid, "cgid": sds.cgid,
+            "mode": f"{sds.mode:04o}", "nsems": sds.nsems, "values": values,
+            "otime": sds.otime, "ctime": sds.ctime,
         })
     return {"namespace": namespace_id()[1], "queues": queues, "semaphore_sets": sets}
 
@@ -194,8 +194,8 @@ def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
     if args.json:
         _print_json({"pid": args.pid, **data}, out)
         return OK
-    rows = [("key", "msqid", "owner", "perms", "used-bytes", "messages", "qbytes",
-             "last-sender", "last-receiver")]
+    rows: List[Tuple[str, ...]] = [("key", "msqid", "owner", "perms", "used-bytes",
+                                    "messages", "qbytes", "last-sender", "last-receiver")]
     for q in data["queues"]:
         rows.append((q["key"], str(q["id"]), q["owner"], q["mode"][1:], str(q["cbytes"]),
                      str(q["qnum"]), str(q["qbytes"]), _who(q["lspid"]), _who(q["lrpid"])))
@@ -323,7 +323,7 @@ def cmd_semundo(args: argparse.Namespace, out: IO[str]) -> int:
         _print_json({"pid": args.pid, "process": args.process, "semundo": [
             {"semid": semid, "adjustments": adjs} for semid, adjs in entries.items()]}, out)
         return OK
-    rows = [("semid", "adjustments")]
+    rows: List[Tuple[str, ...]] = [("semid", "adjustments")]
     rows += [(str(semid), " ".join(map(str, adjs))) for semid, adjs in entries.items()]
     out.write(_table(rows))
     return OK

@@ -169,10 +169,11 @@ def enter_namespace(pid: int) -> Iterator[NamespaceId]:
                 try:
                     sc._setns_ipc(target)
                 except PermissionError as e:
+                    err = e.errno or errno.EPERM
                     raise PermissionError(
-                        e.errno, f"entering the IPC namespace of pid {pid} needs CAP_SYS_ADMIN "
-                        "in the user namespace that owns it (setns: "
-                        f"{os.strerror(e.errno)})") from None
+                        err, f"entering the IPC namespace of pid {pid} needs CAP_SYS_ADMIN "
+                        f"in the user namespace that owns it (setns: {os.strerror(err)})"
+                    ) from None
                 yield there
             finally:
                 _return_home(original, home, pid)

@@ -24,11 +24,12 @@ import json
 import os
 import re
 import signal
+from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import (IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence,
+from typing import (IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set,
                     Tuple, Union)
 
 from . import syscalls as sc
@@ -330,7 +331,7 @@ def _cgroup_of(pid: int) -> Optional[str]:
 
 
 def _procs_below(path: str) -> List[int]:
-    found = []
+    found: List[int] = []
     for d, _, _ in os.walk(path):
         try:
             with open(os.path.join(d, "cgroup.procs")) as f:
@@ -423,7 +424,7 @@ class _Holder:
         _wait_for(lambda: _state(pid) in ("", "T", "t", "Z", "X"), f"pid {pid}")
 
     def hold(self) -> None:
-        handled: set = set()
+        handled: Set[int] = set()
         # Repeat until a pass finds no new process: one not yet stopped may fork.
         while True:
             pids = [p for p in namespace_pids(self.pid) if p not in handled and p != os.getpid()]
@@ -442,10 +443,8 @@ class _Holder:
         failures: List[str] = []
         interrupted: Optional[BaseException] = None
         steps: List[Callable[[], None]] = []
-        for path in reversed(self.cgroups):
-            steps.append(lambda path=path: _thaw_cgroup(path))
-        for p in reversed(self.stopped):
-            steps.append(lambda p=p: _continue(p))
+        steps.extend(partial(_thaw_cgroup, path) for path in reversed(self.cgroups))
+        steps.extend(partial(_continue, p) for p in reversed(self.stopped))
         for step in steps:
             # A Ctrl-C must not leave a process stopped: finish, then re-raise it.
             while True:
@@ -481,7 +480,7 @@ def _continue(pid: int) -> None:
 
 
 @contextmanager
-def freeze_namespace(pid: int) -> Iterator[Optional[str]]:
+def freeze_namespace(pid: Optional[int]) -> Iterator[Optional[str]]:
     """Hold every process of the IPC namespace of ``pid`` still, and always let it go.
 
     Processes whose cgroup (v2) holds only processes of that namespace are frozen
@@ -648,12 +647,11 @@ class _Restorer:
     def undo(self) -> List[str]:
         """Remove what was created and put the limits back; what could not be undone."""
         left = []
-        steps: List[Tuple[str, Callable[[], None]]] = []
+        steps: List[Tuple[str, Callable[[], Any]]] = []
         for semid in reversed(self.sets):
-            steps.append((f"semaphore set {semid}",
-                          lambda semid=semid: sc.semctl(semid, 0, sc.IPC_RMID)))
+            steps.append((f"semaphore set {semid}", partial(sc.semctl, semid, 0, sc.IPC_RMID)))
         for msqid in reversed(self.queues):
-            steps.append((f"queue {msqid}", lambda msqid=msqid: sc.msgctl(msqid, sc.IPC_RMID)))
+            steps.append((f"queue {msqid}", partial(sc.msgctl, msqid, sc.IPC_RMID)))
         if self.old_limits is not None:
             old = self.old_limits
             steps.append(("the namespace's previous limits", lambda: _write_limits(old)))
@@ -831,14 +829,14 @@ class _Checker:
             raise self.fail(where, f"unknown field {', '.join(map(str, extra))}")
         return v
 
-    def int(self, v: Any, where: str, lo: int, hi: int) -> int:
+    def integer(self, v: Any, where: str, lo: int, hi: int) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.fail(where, f"must be an integer, not {json.dumps(v)[:40]}")
         if not lo <= v <= hi:
             raise self.fail(where, f"{v} is outside {lo}..{hi}")
         return v
 
-    def list(self, v: Any, where: str) -> List[Any]:
+    def listof(self, v: Any, where: str) -> List[Any]:
         if not isinstance(v, list):
             raise self.fail(where, f"must be a list, not {type(v).__name__}")
         return v
@@ -855,18 +853,18 @@ class _Checker:
         return int(self.text(v, where, r"0[0-7]{3}"), 8)
 
     def owner(self, o: Mapping[str, Any], where: str) -> Tuple[int, int, int, int]:
-        return tuple(self.int(o[f], f"{where}.{f}", 0, _U32)  # type: ignore[return-value]
+        return tuple(self.integer(o[f], f"{where}.{f}", 0, _U32)  # type: ignore[return-value]
                      for f in ("uid", "gid", "cuid", "cgid"))
 
     def queue(self, v: Any, where: str) -> QueueState:
         o = self.obj(v, where, ("id", "key", "uid", "gid", "cuid", "cgid", "mode", "qbytes",
                                 "messages"))
         messages = []
-        for i, m in enumerate(self.list(o["messages"], f"{where}.messages")):
+        for i, m in enumerate(self.listof(o["messages"], f"{where}.messages")):
             at = f"{where}.messages[{i}]"
             m = self.obj(m, at, ("type", "size", "data"))
-            mtype = self.int(m["type"], f"{at}.type", 1, _MTYPE_MAX)
-            size = self.int(m["size"], f"{at}.size", 0, 2 ** 31 - 1)
+            mtype = self.integer(m["type"], f"{at}.type", 1, _MTYPE_MAX)
+            size = self.integer(m["size"], f"{at}.size", 0, 2 ** 31 - 1)
             encoded = self.text(m["data"], f"{at}.data", r"[A-Za-z0-9+/]*={0,2}")
             try:
                 data = base64.b64decode(encoded, validate=True)
@@ -875,36 +873,37 @@ class _Checker:
             if len(data) != size:
                 raise self.fail(at, f"size says {size} bytes but data holds {len(data)}")
             messages.append((mtype, data))
-        return QueueState(self.int(o["id"], f"{where}.id", 0, 2 ** 31 - 1),
+        return QueueState(self.integer(o["id"], f"{where}.id", 0, 2 ** 31 - 1),
                           self.key(o["key"], f"{where}.key"), *self.owner(o, where),
                           self.mode(o["mode"], f"{where}.mode"),
-                          self.int(o["qbytes"], f"{where}.qbytes", 0, 2 ** 63 - 1),
+                          self.integer(o["qbytes"], f"{where}.qbytes", 0, 2 ** 63 - 1),
                           tuple(messages))
 
     def semset(self, v: Any, where: str) -> SemaphoreSetState:
         o = self.obj(v, where, ("id", "key", "uid", "gid", "cuid", "cgid", "mode", "values"))
-        values = self.list(o["values"], f"{where}.values")
+        values = self.listof(o["values"], f"{where}.values")
         if not values:
             raise self.fail(f"{where}.values", "a set has at least one semaphore")
         return SemaphoreSetState(
-            self.int(o["id"], f"{where}.id", 0, 2 ** 31 - 1), self.key(o["key"], f"{where}.key"),
+            self.integer(o["id"], f"{where}.id", 0, 2 ** 31 - 1),
+            self.key(o["key"], f"{where}.key"),
             *self.owner(o, where), self.mode(o["mode"], f"{where}.mode"),
-            tuple(self.int(x, f"{where}.values[{i}]", 0, SEMVMX) for i, x in enumerate(values)))
+            tuple(self.integer(x, f"{where}.values[{i}]", 0, SEMVMX) for i, x in enumerate(values)))
 
     def limits(self, v: Any) -> Limits:
         o = self.obj(v, "limits", ("msgmax", "msgmnb", "msgmni", "sem"))
-        sem = self.list(o["sem"], "limits.sem")
+        sem = self.listof(o["sem"], "limits.sem")
         if len(sem) != 4:
             raise self.fail("limits.sem", f"must hold 4 numbers, not {len(sem)}")
-        return Limits(*(self.int(o[f], f"limits.{f}", 0, 2 ** 31 - 1)
+        return Limits(*(self.integer(o[f], f"limits.{f}", 0, 2 ** 31 - 1)
                         for f in ("msgmax", "msgmnb", "msgmni")),
-                      *(self.int(x, f"limits.sem[{i}]", 0, 2 ** 31 - 1)
+                      *(self.integer(x, f"limits.sem[{i}]", 0, 2 ** 31 - 1)
                         for i, x in enumerate(sem)))
 
     @staticmethod
     def unique(objs: Sequence[Any], where: str) -> None:
-        ids: set = set()
-        keys: set = set()
+        ids: Set[int] = set()
+        keys: Set[int] = set()
         for o in objs:
             if o.id in ids:
                 raise _Checker.fail(where, f"id {o.id} appears twice")
@@ -930,19 +929,19 @@ class _Checker:
         ns = self.obj(o["namespace"], "namespace", ("inode", "pid"))
         pid = ns["pid"]
         if pid is not None:
-            pid = self.int(pid, "namespace.pid", 1, 2 ** 31 - 1)
+            pid = self.integer(pid, "namespace.pid", 1, 2 ** 31 - 1)
         frozen = o["frozen"]
         if frozen is not None:
             frozen = self.text(frozen, "frozen", r"cgroup|sigstop|cgroup\+sigstop")
         queues = tuple(self.queue(q, f"queues[{i}]")
-                       for i, q in enumerate(self.list(o["queues"], "queues")))
+                       for i, q in enumerate(self.listof(o["queues"], "queues")))
         sets = tuple(self.semset(s, f"semaphore_sets[{i}]")
-                     for i, s in enumerate(self.list(o["semaphore_sets"], "semaphore_sets")))
+                     for i, s in enumerate(self.listof(o["semaphore_sets"], "semaphore_sets")))
         self.unique(queues, "queues")
         self.unique(sets, "semaphore_sets")
         return Snapshot(self.text(o["taken_at"], "taken_at",
                                   r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"),
-                        self.int(ns["inode"], "namespace.inode", 0, 2 ** 64 - 1), pid, frozen,
+                        self.integer(ns["inode"], "namespace.inode", 0, 2 ** 64 - 1), pid, frozen,
                         self.limits(o["limits"]), queues, sets)
 
 
