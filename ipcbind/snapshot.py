@@ -341,6 +341,20 @@ def _procs_below(path: str) -> List[int]:
     return found
 
 
+def _in_frozen_cgroup(pid: int) -> bool:
+    """Whether pid sits in a frozen cgroup (v2): held already, and a SIGSTOP would wait
+    until someone thaws it."""
+    root = _cgroup2_root()
+    rel = _cgroup_of(pid)
+    if root is None or rel is None or rel == "/":
+        return False
+    try:
+        with open(os.path.join(root, rel.lstrip("/"), "cgroup.events")) as f:
+            return "frozen 1" in f.read().split("\n")
+    except OSError:
+        return False
+
+
 def _state(pid: int) -> str:
     """The one-letter state of /proc/PID/stat ('' if the process is gone)."""
     try:
@@ -370,17 +384,17 @@ class _Holder:
         used = [m for m, on in (("cgroup", self.cgroups), ("sigstop", self.stopped)) if on]
         return "+".join(used) or None
 
-    def freezable(self, pids: Sequence[int]) -> Dict[str, List[int]]:
-        """{cgroup directory: its pids} for the cgroups the freezer can hold.
+    def freezable(self, pids: Sequence[int], members: Sequence[int]) -> Dict[str, List[int]]:
+        """{cgroup directory: its pids} for the cgroups of ``pids`` the freezer can hold.
 
-        Only a cgroup (with everything below it) that holds nothing but this
-        namespace's processes, and not us, is frozen as a whole.
+        Only a cgroup (with everything below it) that holds nothing but ``members``
+        (this namespace's processes), and not us, is frozen as a whole.
         """
         root = _cgroup2_root()
         if root is None:
             return {}
         ours = _cgroup_of(os.getpid())
-        members = set(pids)
+        allowed = set(members)
         groups: Dict[str, List[int]] = {}
         for p in pids:
             rel = _cgroup_of(p)
@@ -394,7 +408,7 @@ class _Holder:
                 continue
             if not os.access(os.path.join(path, "cgroup.freeze"), os.W_OK):
                 continue
-            if not set(_procs_below(path)) <= members:
+            if not set(_procs_below(path)) <= allowed:
                 continue
             usable[path] = ps
         return usable
@@ -427,17 +441,17 @@ class _Holder:
         handled: Set[int] = set()
         # Repeat until a pass finds no new process: one not yet stopped may fork.
         while True:
-            pids = [p for p in namespace_pids(self.pid) if p not in handled and p != os.getpid()]
-            if not pids:
+            current = [p for p in namespace_pids(self.pid) if p != os.getpid()]
+            new = [p for p in current if p not in handled]
+            if not new:
                 return
-            groups = self.freezable(pids)
-            for path, ps in groups.items():
+            for path, ps in self.freezable(new, current).items():
                 self.freeze_cgroup(path)
                 handled.update(ps)
-            for p in pids:
-                if p not in handled:
+            for p in new:
+                if p not in handled and not _in_frozen_cgroup(p):
                     self.stop(p)
-                    handled.add(p)
+                handled.add(p)
 
     def release(self) -> None:
         failures: List[str] = []

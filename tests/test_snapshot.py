@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -250,24 +250,18 @@ def _cgroup2() -> str:
     return ""
 
 
-@needs_ns_root
-def test_freeze_uses_the_cgroup_freezer_when_the_namespace_has_its_own_cgroup() -> None:
+@pytest.fixture
+def cgroup() -> Iterator[str]:
+    """A fresh cgroup v2 directory, removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_SYS_ADMIN) to make IPC namespaces and cgroups")
     root = _cgroup2()
     if not root or not os.access(root, os.W_OK):
         pytest.skip("no writable cgroup v2 hierarchy")
     path = os.path.join(root, f"ipcbind-test-{os.getpid()}")
     os.mkdir(path)
     try:
-        with ns_child(_writer_setup, _write_forever) as (pid, q):
-            with open(os.path.join(path, "cgroup.procs"), "w") as f:
-                f.write(str(pid))
-            assert _moves(pid, q)
-            with freeze_namespace(pid) as how:
-                assert how == "cgroup"
-                assert "frozen 1" in open(os.path.join(path, "cgroup.events")).read()
-                assert _still(pid, q)
-            assert "frozen 0" in open(os.path.join(path, "cgroup.events")).read()
-            assert _moves(pid, q)
+        yield path
     finally:
         for _ in range(100):
             try:
@@ -275,6 +269,53 @@ def test_freeze_uses_the_cgroup_freezer_when_the_namespace_has_its_own_cgroup() 
                 break
             except OSError:
                 time.sleep(0.05)  # the reaped child leaves the cgroup a moment later
+
+
+def _events(path: str) -> str:
+    with open(os.path.join(path, "cgroup.events")) as f:
+        return f.read()
+
+
+def _move(pid: int, path: str) -> None:
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+
+
+def test_freeze_uses_the_cgroup_freezer_when_the_namespace_has_its_own_cgroup(
+        cgroup: str) -> None:
+    with ns_child(_writer_setup, _write_forever) as (pid, q):
+        _move(pid, cgroup)
+        assert _moves(pid, q)
+        with freeze_namespace(pid) as how:
+            assert how == "cgroup"
+            assert "frozen 1" in _events(cgroup)
+            assert _still(pid, q)
+        assert "frozen 0" in _events(cgroup)
+        assert _moves(pid, q)
+
+
+def test_freeze_leaves_a_cgroup_someone_else_froze_as_it_was(cgroup: str) -> None:
+    # A process of another namespace shares the cgroup, so it is not ours to freeze;
+    # but it is frozen already, and a SIGSTOP would wait for a thaw that never comes.
+    outsider = subprocess.Popen(["sleep", "30"])
+    try:
+        with ns_child(_writer_setup, _write_forever) as (pid, q):
+            _move(pid, cgroup)
+            _move(outsider.pid, cgroup)
+            with open(os.path.join(cgroup, "cgroup.freeze"), "w") as f:
+                f.write("1")
+            try:
+                with freeze_namespace(pid) as how:
+                    assert how is None
+                    assert _still(pid, q)
+                assert "frozen 1" in _events(cgroup)
+            finally:
+                with open(os.path.join(cgroup, "cgroup.freeze"), "w") as f:
+                    f.write("0")
+            assert _moves(pid, q)
+    finally:
+        outsider.kill()
+        outsider.wait()
 
 
 @needs_ns_root
