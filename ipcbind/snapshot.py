@@ -342,14 +342,20 @@ def _procs_below(path: str) -> List[int]:
 
 
 def _in_frozen_cgroup(pid: int) -> bool:
-    """Whether pid sits in a frozen cgroup (v2): held already, and a SIGSTOP would wait
-    until someone thaws it."""
+    """Whether pid sits in a frozen (or freezing) cgroup v2: held already, and a SIGSTOP
+    would wait for a thaw that is not ours to make."""
     root = _cgroup2_root()
     rel = _cgroup_of(pid)
     if root is None or rel is None or rel == "/":
         return False
+    path = os.path.join(root, rel.lstrip("/"))
     try:
-        with open(os.path.join(root, rel.lstrip("/"), "cgroup.events")) as f:
+        # cgroup.freeze says a freeze was asked for here (it may still be under way);
+        # cgroup.events says the cgroup is frozen, also through an ancestor.
+        with open(os.path.join(path, "cgroup.freeze")) as f:
+            if f.read().strip() == "1":
+                return True
+        with open(os.path.join(path, "cgroup.events")) as f:
             return "frozen 1" in f.read().split("\n")
     except OSError:
         return False
