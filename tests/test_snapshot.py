@@ -485,3 +485,17 @@ def test_restore_without_privilege_says_what_is_missing_and_creates_nothing() ->
         assert run_in_child(attempt, uid=NOBODY) == 0
     else:
         assert attempt() == 0
+
+
+@needs_ns_root
+def test_restore_interrupted_by_ctrl_c_removes_what_it_made_and_lets_it_through() -> None:
+    snap = _snap((_queue(5, 0x100), _queue(9)), (_semset(3),))
+
+    def progress(done: int, total: int, what: str) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with ns_child() as (other, _):
+        with pytest.raises(KeyboardInterrupt):
+            restore(snap, other, progress=progress)
+        assert _empty_namespace_objects(other) == ([], [])
