@@ -276,3 +276,20 @@ def test_restore_that_fails_half_way_exits_1_and_leaves_nothing(tmp_path: Any,
     err = capsys.readouterr().err
     assert code == 1 and left == []
     assert "message 0 (9000 bytes)" in err and "removed the 2 object(s)" in err
+
+
+def _next_msg_id_777() -> None:
+    with open("/proc/sys/kernel/msg_next_id", "w") as f:
+        f.write("777")
+
+
+@needs_ns_root
+def test_demo_runs_inside_the_namespace_given_by_pid() -> None:
+    with ns_child(_next_msg_id_777) as (pid, _):
+        code, out = run("demo", "--pid", pid)
+        with enter_namespace(pid):
+            left = list_queues()
+    made = int(out.split()[2])
+    assert code == 0 and left == []
+    assert out.splitlines()[-1] == f"removed queue {made}"
+    assert made == 777  # the id armed in that namespace only
