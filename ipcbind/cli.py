@@ -35,7 +35,8 @@ OK, FAILED, USAGE, NOT_FOUND, NO_PERMISSION, BAD_FILE, CONFLICT, UNSUPPORTED, IN
 EXIT_CODES = {
     OK: "success",
     FAILED: "the operation failed (a restore that was rolled back, a queue that kept "
-            "changing, a freeze that failed, any other system error)",
+            "changing, a freeze that failed, a malformed semundo file, any other system "
+            "error)",
     USAGE: "bad command line (unknown command or option, bad number, --freeze without "
            "the --pid of another namespace)",
     NOT_FOUND: "no such queue, message index, process or file",
@@ -189,6 +190,7 @@ def _ls_data() -> Dict[str, Any]:
 
 
 def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
+    """``ls``: queues and semaphore sets, like ipcs, with process names and values."""
     with _inside(args.pid):
         data = _ls_data()
     if args.json:
@@ -249,6 +251,7 @@ def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
 
 
 def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
+    """``peek ID``: a queue's messages, copied with MSG_COPY, as text, hex or JSON."""
     with _inside(args.pid):
         messages = _peek(args.id, args.index)
     fmt = "json" if args.json else args.format
@@ -278,6 +281,7 @@ def _counts(snap: Any) -> Dict[str, int]:
 
 
 def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
+    """``dump``: a snapshot of the namespace, to a file or stdout."""
     if args.freeze and (args.pid is None or shares_namespace(args.pid)):
         raise CliError("--freeze needs the --pid of a process in another IPC namespace "
                        "(freezing our own would stop this process and the whole system)",
@@ -299,6 +303,7 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
+    """``restore FILE``: recreate a snapshot file's objects, all or nothing."""
     if args.file == "-":
         snap = loads(sys.stdin.buffer.read())
     else:
@@ -314,6 +319,7 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_semundo(args: argparse.Namespace, out: IO[str]) -> int:
+    """``semundo PID``: the process's SEM_UNDO adjustments from its semundo file."""
     with _inside(args.pid):
         try:
             entries = read_semundo(args.process, proc_root=args.proc_root)
@@ -330,6 +336,7 @@ def cmd_semundo(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
+    """``demo``: the README's first command, in the namespace of ``--pid`` if given."""
     with _inside(args.pid):
         return demo(out)
 
@@ -370,6 +377,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ipcbind`` command."""
     epilog = "exit codes:\n" + "\n".join(f"  {c:<4} {text}" for c, text in EXIT_CODES.items())
     parser = _Parser(prog="ipcbind", description=__doc__, epilog=epilog,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
