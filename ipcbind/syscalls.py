@@ -691,7 +691,11 @@ def _wake_signal() -> int:
 
 # ---- fast paths for the single send and receive of the layer above ---------------
 
+# Bound once: looking a function up on the cffi lib object costs more than the call.
 _tuple_new = tuple.__new__
+_c_msgsnd = lib.ipcb_msgsnd
+_c_msgrcv = lib.ipcb_msgrcv
+_unpack = ffi.unpack
 
 
 def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
@@ -700,7 +704,7 @@ def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
     EINTR) takes :func:`msgsnd`'s path, which explains or retries."""
     if type(data) is bytes:
         try:
-            if not lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, _NO_TIMEOUT):
+            if not _c_msgsnd(msqid, mtype, data, len(data), flags, _NO_TIMEOUT):
                 return
         except (TypeError, OverflowError):
             pass
@@ -717,11 +721,11 @@ def _msgrcv1(msqid: int, msgtyp: int, flags: int, cls: type) -> Any:
     built with ``tuple.__new__`` (``cls.__new__`` is not called). Arguments cffi
     refuses and EINTR take :func:`msgrcv`'s path, which explains or retries."""
     try:
-        m = lib.ipcb_msgrcv(msqid, _ANY_SIZE, msgtyp, flags, _NO_TIMEOUT)
+        m = _c_msgrcv(msqid, _ANY_SIZE, msgtyp, flags, _NO_TIMEOUT)
     except (TypeError, OverflowError):
         return _tuple_new(cls, msgrcv(msqid, None, msgtyp, flags))
     if m:
-        return _tuple_new(cls, (m.mtype, ffi.unpack(m.mtext, m.len)))
+        return _tuple_new(cls, (m.mtype, _unpack(m.mtext, m.len)))
     err = ffi.errno
     if err != EINTR:
         raise syscall_error(err, f"msgrcv(msqid={msqid})")
