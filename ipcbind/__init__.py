@@ -13,6 +13,7 @@ from .errors import (
     QueueChangedError,
     TooBigError,
 )
+from .msg import Message, MessageQueue
 from .syscalls import (
     GETALL,
     GETNCNT,
