@@ -85,7 +85,7 @@ def _mode(call: str, mode: Any) -> int:
 
 def _msgmax() -> Optional[int]:
     try:
-        return _sc.msgctl(0, IPC_INFO)[1].msgmax
+        return int(_sc.msgctl(0, IPC_INFO)[1].msgmax)
     except OSError:
         return None
 
@@ -104,7 +104,7 @@ def _send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException
     return exc
 
 
-def _timeout_error(call: str, timeout: float) -> TimeoutError:
+def _timeout_error(call: str, timeout: Optional[float]) -> TimeoutError:
     return TimeoutError(errno.ETIMEDOUT, f"{call}: timed out after {timeout} s")
 
 
@@ -574,7 +574,8 @@ class MessageQueue:
 
     def stat(self) -> MsqidDs:
         """IPC_STAT: owner, mode, counts, limits, pids and times of the queue."""
-        return _sc.msgctl(self._id, IPC_STAT)
+        ds: MsqidDs = _sc.msgctl(self._id, IPC_STAT)
+        return ds
 
     def remove(self) -> None:
         """Removes the queue (IPC_RMID). Its messages are gone and waiting senders
