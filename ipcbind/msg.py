@@ -39,6 +39,8 @@ from .syscalls import (
     MSG_NOERROR,
     Buffer,
     MsqidDs,
+    _msgrcv1,
+    _msgsnd1,
 )
 
 __all__ = ["Message", "MessageQueue"]
@@ -262,7 +264,7 @@ class MessageQueue:
         """
         if timeout is None:
             try:
-                return _sc._msgsnd1(self._id, mtype, data, 0 if block else IPC_NOWAIT)
+                return _msgsnd1(self._id, mtype, data, 0 if block else IPC_NOWAIT)
             except OSError as e:
                 better = _send_error("send", e, mtype, data)
                 if better is e:
@@ -370,7 +372,7 @@ class MessageQueue:
             The message.
         """
         if timeout is None and maxsize is None and not except_type and not truncate:
-            return _sc._msgrcv1(self._id, mtype, 0 if block else IPC_NOWAIT, Message)
+            return _msgrcv1(self._id, mtype, 0 if block else IPC_NOWAIT, Message)
         flags = _receive_flags("receive", mtype, except_type, maxsize, truncate)
         if timeout is None:
             return _new(Message, _sc.msgrcv(self._id, maxsize, mtype,
