@@ -285,6 +285,25 @@ def test_remove_wakes_a_waiting_receiver_with_identifier_removed(q: MessageQueue
     assert len(caught) == 1 and isinstance(caught[0], IdentifierRemovedError)
 
 
+def test_remove_wakes_a_waiting_sender_with_identifier_removed(q: MessageQueue) -> None:
+    fill(q)
+    caught: List[BaseException] = []
+
+    def wait() -> None:
+        try:
+            q.send(b"no room")
+        except BaseException as e:
+            caught.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    q.remove()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(caught) == 1 and isinstance(caught[0], IdentifierRemovedError)
+
+
 # ---- stat, len, bool, iteration -----------------------------------------------------
 
 def test_stat_counts_messages_and_bytes(q: MessageQueue) -> None:

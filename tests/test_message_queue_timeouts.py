@@ -5,6 +5,7 @@ machine is shared; the real latency is measured by bench/timeout_latency.py."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -56,7 +57,6 @@ def test_receive_timeout_raises_timeout_error_after_the_deadline(q: MessageQueue
 
 
 def test_receive_timeout_error_is_an_oserror_with_etimedout(q: MessageQueue) -> None:
-    import errno
     with pytest.raises(TimeoutError) as e:
         q.receive(timeout=0.01)
     assert e.value.errno == errno.ETIMEDOUT
