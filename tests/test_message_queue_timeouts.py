@@ -13,7 +13,8 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Iterator, List
+from contextlib import contextmanager
+from typing import Callable, Iterator, List
 
 import pytest
 
@@ -321,70 +322,66 @@ def test_ctrl_c_interrupts_a_receive_with_a_long_timeout() -> None:
         MessageQueue.from_id(msqid).stat()
 
 
+@contextmanager
+def signal_after(delay: float, handler: Callable[..., None]) -> Iterator[None]:
+    """Install handler for SIGUSR1 and send SIGUSR1 to this thread after delay.
+    The timer is joined before the old handler is back, so that a late signal
+    cannot meet the default action (which ends the process)."""
+    old = signal.signal(signal.SIGUSR1, handler)
+    timer = threading.Timer(delay, signal.pthread_kill,
+                            args=(threading.get_ident(), signal.SIGUSR1))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
+        signal.signal(signal.SIGUSR1, old)
+
+
 def test_a_custom_signal_handler_runs_and_the_receive_goes_on(q: MessageQueue) -> None:
     ran: List[float] = []
-    old = signal.signal(signal.SIGUSR1, lambda *_: ran.append(time.monotonic()))
-    try:
-        main = threading.get_ident()
-        threading.Timer(0.2, signal.pthread_kill, args=(main, signal.SIGUSR1)).start()
-        send_later(q, 0.6)
-        start = time.monotonic()
+
+    def handler(*_: object) -> None:
+        ran.append(time.monotonic())
+        send_later(q, 0.2)  # the message comes only after the handler has run
+
+    start = time.monotonic()
+    with signal_after(0.2, handler):
         assert q.receive(timeout=30).data == b"late"
-        assert len(ran) == 1
-        assert ran[0] - start < 0.2 + SLACK
-    finally:
-        signal.signal(signal.SIGUSR1, old)
+    assert len(ran) == 1
+    assert ran[0] - start < 0.2 + SLACK
 
 
 def test_a_signal_handler_keeps_the_deadline(q: MessageQueue) -> None:
     ran: List[int] = []
-    old = signal.signal(signal.SIGUSR1, lambda *_: ran.append(1))
-    try:
-        main = threading.get_ident()
-        threading.Timer(0.2, signal.pthread_kill, args=(main, signal.SIGUSR1)).start()
-        start = time.monotonic()
+    start = time.monotonic()
+    with signal_after(0.2, lambda *_: ran.append(1)):
         with pytest.raises(TimeoutError):
-            q.receive(timeout=0.6)
-        assert 0.6 <= time.monotonic() - start < 0.6 + SLACK
-        assert ran == [1]
-    finally:
-        signal.signal(signal.SIGUSR1, old)
+            q.receive(timeout=1.5)
+        assert 1.5 <= time.monotonic() - start < 1.5 + SLACK
+    assert ran == [1]
+
+
+class Stop(Exception):
+    pass
+
+
+def raise_stop(*_: object) -> None:
+    raise Stop
 
 
 def test_an_exception_from_a_signal_handler_propagates_out_of_receive(q: MessageQueue) -> None:
-    class Stop(Exception):
-        pass
-
-    def handler(*_: object) -> None:
-        raise Stop
-
-    old = signal.signal(signal.SIGUSR1, handler)
-    try:
-        main = threading.get_ident()
-        threading.Timer(0.2, signal.pthread_kill, args=(main, signal.SIGUSR1)).start()
-        start = time.monotonic()
+    start = time.monotonic()
+    with signal_after(0.2, raise_stop):
         with pytest.raises(Stop):
             q.receive(timeout=30)
-        assert time.monotonic() - start < 0.2 + SLACK
-    finally:
-        signal.signal(signal.SIGUSR1, old)
+    assert time.monotonic() - start < 0.2 + SLACK
     q.send(b"kept")
     assert q.receive(block=False).data == b"kept"
 
 
 def test_an_exception_from_a_signal_handler_propagates_out_of_send(q: MessageQueue) -> None:
-    class Stop(Exception):
-        pass
-
-    def handler(*_: object) -> None:
-        raise Stop
-
     fill(q)
-    old = signal.signal(signal.SIGUSR1, handler)
-    try:
-        main = threading.get_ident()
-        threading.Timer(0.2, signal.pthread_kill, args=(main, signal.SIGUSR1)).start()
+    with signal_after(0.2, raise_stop):
         with pytest.raises(Stop):
             q.send(b"x", timeout=30)
-    finally:
-        signal.signal(signal.SIGUSR1, old)
