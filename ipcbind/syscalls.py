@@ -16,8 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from errno import EAGAIN, EINTR, ETIMEDOUT
-from typing import (Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar,
-                    Union)
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._ffi import ffi, lib
 from .errors import syscall_error
@@ -716,10 +715,7 @@ def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
     msgsnd(msqid, mtype, data, flags)
 
 
-_T = TypeVar("_T", bound=Tuple[Any, ...])
-
-
-def _msgrcv1(msqid: int, msgtyp: int, flags: int, cls: Type[_T]) -> _T:
+def _msgrcv1(msqid: int, msgtyp: int, flags: int, cls: Any) -> Any:
     """msgrcv of a message of any size, without a timeout, in as few steps as
     possible. Returns ``(mtype, data)`` as an instance of ``cls``, a tuple subclass,
     built with ``tuple.__new__`` (``cls.__new__`` is not called). Arguments cffi
