@@ -372,7 +372,8 @@ class MessageQueue:
             The message.
         """
         if timeout is None and maxsize is None and not except_type and not truncate:
-            return _msgrcv1(self._id, mtype, 0 if block else IPC_NOWAIT, Message)
+            msg: Message = _msgrcv1(self._id, mtype, 0 if block else IPC_NOWAIT, Message)
+            return msg
         flags = _receive_flags("receive", mtype, except_type, maxsize, truncate)
         if timeout is None:
             return _new(Message, _sc.msgrcv(self._id, maxsize, mtype,
