@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
@@ -289,7 +290,7 @@ def test_many_threads_with_short_timeouts_lose_and_duplicate_nothing(q: MessageQ
 
 # ---- signals ----------------------------------------------------------------------
 
-def test_ctrl_c_interrupts_a_receive_with_a_long_timeout() -> None:
+def test_ctrl_c_interrupts_a_receive_with_a_long_timeout(tmp_path: Path) -> None:
     """A process waiting in receive(timeout=60) gets SIGINT, as from Ctrl-C: it must
     raise KeyboardInterrupt at once and remove its queue on the way out."""
     code = textwrap.dedent("""
@@ -304,8 +305,9 @@ def test_ctrl_c_interrupts_a_receive_with_a_long_timeout() -> None:
                 print(f"interrupted after {time.monotonic() - start:.3f}", flush=True)
                 sys.exit(3)
     """)
+    # Run outside the source tree, where "-c" would import the package uncompiled.
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert child.stdout is not None
         msqid = int(child.stdout.readline())
