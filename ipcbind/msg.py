@@ -273,6 +273,7 @@ class MessageQueue:
         self._send_timed(data, mtype, block, timeout)
 
     def _send_timed(self, data: Buffer, mtype: int, block: bool, timeout: float) -> None:
+        _sc._deadline("send", timeout)  # refuses what is no timeout before "== 0" below
         if not block:
             raise ValueError("send: a timeout needs block=True")
         try:
@@ -313,8 +314,10 @@ class MessageQueue:
             OSError: as :meth:`send`. An exception raised part-way through has a
                 ``sent`` attribute: the number of messages sent before it.
         """
-        if timeout is not None and not block:
-            raise ValueError("send_many: a timeout needs block=True")
+        if timeout is not None:
+            _sc._deadline("send_many", timeout)
+            if not block:
+                raise ValueError("send_many: a timeout needs block=True")
         try:
             pairs = messages if isinstance(messages, (list, tuple)) else list(messages)
         except TypeError:
@@ -378,6 +381,7 @@ class MessageQueue:
         if timeout is None:
             return _new(Message, _sc.msgrcv(self._id, maxsize, mtype,
                                             flags if block else flags | IPC_NOWAIT))
+        _sc._deadline("receive", timeout)
         if not block:
             raise ValueError("receive: a timeout needs block=True")
         if timeout == 0:
@@ -412,6 +416,8 @@ class MessageQueue:
         if max_count < 1:
             raise ValueError(f"receive_many: max_count must be >= 1, got {max_count}")
         flags = _receive_flags("receive_many", mtype, except_type, maxsize, truncate)
+        if timeout is not None:
+            _sc._deadline("receive_many", timeout)
         if not block:
             if timeout is not None:
                 raise ValueError("receive_many: a timeout needs block=True")

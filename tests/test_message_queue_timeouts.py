@@ -135,11 +135,25 @@ def test_receive_timeout_with_options(q: MessageQueue) -> None:
     assert q.receive(1, timeout=1, except_type=True).mtype == 2
 
 
-@pytest.mark.parametrize("timeout, exc", [(-1, ValueError), (float("nan"), ValueError),
-                                          ("1", TypeError), (True, TypeError)])
+BAD_TIMEOUTS = [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError),
+                (True, TypeError), (False, TypeError)]
+
+
+@pytest.mark.parametrize("timeout, exc", BAD_TIMEOUTS)
 def test_receive_refuses_a_bad_timeout(q: MessageQueue, timeout: object, exc: type) -> None:
     with pytest.raises(exc, match="timeout"):
         q.receive(timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout, exc", BAD_TIMEOUTS)
+def test_send_and_batches_refuse_a_bad_timeout(q: MessageQueue, timeout: object,
+                                               exc: type) -> None:
+    for call in (lambda: q.send(b"x", timeout=timeout),  # type: ignore[arg-type]
+                 lambda: q.send_many([(1, b"x")], timeout=timeout),  # type: ignore[arg-type]
+                 lambda: q.receive_many(1, timeout=timeout)):  # type: ignore[arg-type]
+        with pytest.raises(exc, match="timeout"):
+            call()
+    assert len(q) == 0
 
 
 def test_receive_timeout_needs_block(q: MessageQueue) -> None:
