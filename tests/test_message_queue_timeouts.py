@@ -401,3 +401,46 @@ def test_an_exception_from_a_signal_handler_propagates_out_of_send(q: MessageQue
     with signal_after(0.2, raise_stop):
         with pytest.raises(Stop):
             q.send(b"x", timeout=30)
+
+
+# The same without a timeout: the single-call fast paths must retry after EINTR too.
+
+def test_a_signal_handler_runs_and_a_receive_without_timeout_goes_on(q: MessageQueue) -> None:
+    ran: List[int] = []
+
+    def handler(*_: object) -> None:
+        ran.append(1)
+        send_later(q, 0.2)
+
+    with signal_after(0.2, handler):
+        assert q.receive().data == b"late"
+    assert ran == [1]
+
+
+def test_an_exception_from_a_signal_handler_propagates_out_of_receive_without_timeout(
+        q: MessageQueue) -> None:
+    with signal_after(0.2, raise_stop):
+        with pytest.raises(Stop):
+            q.receive()
+
+
+def test_a_signal_handler_runs_and_a_send_without_timeout_goes_on(q: MessageQueue) -> None:
+    fill(q)
+    ran: List[int] = []
+
+    def handler(*_: object) -> None:
+        ran.append(1)
+        threading.Timer(0.2, q.receive).start()
+
+    with signal_after(0.2, handler):
+        q.send(b"after the signal")
+    assert ran == [1]
+    assert q.peek_all()[-1].data == b"after the signal"
+
+
+def test_an_exception_from_a_signal_handler_propagates_out_of_send_without_timeout(
+        q: MessageQueue) -> None:
+    fill(q)
+    with signal_after(0.2, raise_stop):
+        with pytest.raises(Stop):
+            q.send(b"x")
