@@ -673,7 +673,7 @@ def test_peek_all_during_rotation_is_consistent_or_raises_queue_changed(
         range(last - depth, last))
 
 
-def test_peek_all_gives_up_with_queue_changed_error() -> None:
+def test_queue_changed_error_names_the_queue_and_the_attempts() -> None:
     err = QueueChangedError(5, 3)
     assert isinstance(err, RuntimeError)
     assert "5" in str(err) and "3 attempts" in str(err)
