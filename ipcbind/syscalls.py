@@ -721,3 +721,46 @@ def _unshare_ipc() -> None:
 def _wake_signal() -> int:
     """The real-time signal that interrupts msgsnd/msgrcv at a deadline (-1: none free)."""
     return int(lib.ipcb_wake_signal())
+
+
+# ---- fast paths for the single send and receive of the layer above ---------------
+
+# Bound once: looking a function up on the cffi lib object costs more than the call.
+_tuple_new = tuple.__new__
+_c_msgsnd = lib.ipcb_msgsnd
+_c_msgrcv = lib.ipcb_msgrcv
+_unpack = ffi.unpack
+
+
+def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
+    """msgsnd without a timeout in as few steps as possible: a ``bytes`` payload
+    costs one call into C. Anything else (other buffers, arguments cffi refuses,
+    EINTR) takes :func:`msgsnd`'s path, which explains or retries."""
+    if type(data) is bytes:
+        try:
+            if not _c_msgsnd(msqid, mtype, data, len(data), flags, _NO_TIMEOUT):
+                return
+        except (TypeError, OverflowError):
+            pass
+        else:
+            err = ffi.errno
+            if err != EINTR:
+                raise syscall_error(err, f"msgsnd(msqid={msqid})")
+    msgsnd(msqid, mtype, data, flags)
+
+
+def _msgrcv1(msqid: int, msgtyp: int, flags: int, cls: Any) -> Any:
+    """msgrcv of a message of any size, without a timeout, in as few steps as
+    possible. Returns ``(mtype, data)`` as an instance of ``cls``, a tuple subclass,
+    built with ``tuple.__new__`` (``cls.__new__`` is not called). Arguments cffi
+    refuses and EINTR take :func:`msgrcv`'s path, which explains or retries."""
+    try:
+        m = _c_msgrcv(msqid, _ANY_SIZE, msgtyp, flags, _NO_TIMEOUT)
+    except (TypeError, OverflowError):
+        return _tuple_new(cls, msgrcv(msqid, None, msgtyp, flags))
+    if m:
+        return _tuple_new(cls, (m.mtype, _unpack(m.mtext, m.len)))
+    err = ffi.errno
+    if err != EINTR:
+        raise syscall_error(err, f"msgrcv(msqid={msqid})")
+    return _tuple_new(cls, msgrcv(msqid, None, msgtyp, flags))
