@@ -431,13 +431,15 @@ def _sembufs(ops: Iterable[SemOp]) -> Any:
     except TypeError:
         raise TypeError(f"semop: ops must be an iterable of (sem_num, sem_op[, sem_flg]), "
                         f"not {type(ops).__name__}") from None
+    # cffi would also take (sem_num,) or a dict, filling the missing fields with 0.
+    for i, op in enumerate(seq):
+        if not isinstance(op, (tuple, list)) or not 2 <= len(op) <= 3:
+            raise TypeError(f"semop: ops[{i}] must be (sem_num, sem_op[, sem_flg]), got {op!r}")
     try:
         return ffi.new("struct sembuf[]", seq)
     except (TypeError, ValueError, OverflowError):
         pass
     for i, op in enumerate(seq):
-        if not isinstance(op, (tuple, list)) or not 2 <= len(op) <= 3:
-            raise TypeError(f"semop: ops[{i}] must be (sem_num, sem_op[, sem_flg]), got {op!r}")
         for name, value, ctype in zip(("sem_num", "sem_op", "sem_flg"), op,
                                       ("unsigned short", "short", "short")):
             _check_int("semop", f"ops[{i}].{name}", value, ctype)
