@@ -15,8 +15,8 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from errno import EAGAIN, EINTR, ETIMEDOUT
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from errno import EACCES, EAGAIN, EINTR, ETIMEDOUT
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._ffi import ffi, lib
 from .errors import syscall_error
@@ -367,8 +367,7 @@ def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
     ds = ffi.new("struct msqid_ds *")
     if cmd == IPC_SET:
         changes = _settable(call, arg, _MSG_SET_FIELDS)
-        if lib.ipcb_msgctl(msqid, IPC_STAT, ds) < 0:
-            raise syscall_error(ffi.errno, call)
+        _current(call, msqid, MSG_STAT_ANY, lambda i, c: lib.ipcb_msgctl(i, c, ds))
         _assign(call, ds.msg_perm, changes, "qbytes")
         if "qbytes" in changes:
             _put(call, ds, "msg_qbytes", "qbytes", changes["qbytes"])
@@ -382,6 +381,28 @@ def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
     if cmd in (IPC_SET, IPC_RMID):
         return None
     return r
+
+
+# An id's low bits are its index: 15 bits, or 24 with the ipcmni_extend boot option.
+_INDEX_BITS = (15, 24)
+
+
+def _current(call: str, ident: int, stat_any: int, stat: Callable[[int, int], int]) -> None:
+    """Fill the struct that IPC_SET will take with the object's current values.
+
+    ``stat(id_or_index, cmd)`` runs msgctl/semctl into that struct. IPC_STAT needs
+    read permission but IPC_SET only ownership, so on EACCES the object is read by
+    its index with MSG_STAT_ANY/SEM_STAT_ANY: the owner of a mode-0 object can still
+    change it, and anyone else gets the kernel's own EPERM from IPC_SET.
+    """
+    if stat(ident, IPC_STAT) >= 0:
+        return
+    err = ffi.errno
+    if err == EACCES:
+        for bits in _INDEX_BITS:
+            if stat(ident & ((1 << bits) - 1), stat_any) == ident:
+                return
+    raise syscall_error(err, call)
 
 
 def _settable(call: str, arg: Any, allowed: set) -> Mapping[str, int]:
@@ -529,8 +550,7 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
     ds = ffi.new("struct semid_ds *")
     if cmd == IPC_SET:
         changes = _settable(call, arg, _SEM_SET_FIELDS)
-        if lib.ipcb_semctl_ds(semid, 0, IPC_STAT, ds) < 0:
-            raise syscall_error(ffi.errno, call)
+        _current(call, semid, SEM_STAT_ANY, lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
         _assign(call, ds.sem_perm, changes)
     r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)
     if r < 0:
