@@ -27,7 +27,7 @@ from ipcbind import (
     MSG_STAT,
     MSG_STAT_ANY,
 )
-from conftest import run_in_child
+from conftest import NOBODY, run_in_child
 from sysv_helpers import (
     CAP_SYS_RESOURCE,
     IS_ROOT,
@@ -492,3 +492,21 @@ def test_msg_stat_needs_read_permission_msg_stat_any_does_not() -> None:
         assert run_as_stranger(child) == 0
     finally:
         ipc.msgctl(q, IPC_RMID)
+
+
+def test_msgctl_ipc_set_by_an_owner_without_read_permission_keeps_other_fields(
+        make_queue: Callable[..., int]) -> None:
+    """IPC_SET needs ownership, not read permission; uid, gid and qbytes that the
+    call does not name keep their values."""
+    q = make_queue(mode=0o000)
+    ipc.msgctl(q, IPC_SET, {"qbytes": 1234})
+    owner = NOBODY if IS_ROOT else os.geteuid()
+    if IS_ROOT:
+        ipc.msgctl(q, IPC_SET, {"uid": owner})
+
+    def child() -> int:
+        ipc.msgctl(q, IPC_SET, {"mode": 0o640})
+        return 0
+    assert run_in_child(child, uid=owner if IS_ROOT else None) == 0
+    s = stat(q)
+    assert (s.mode, s.uid, s.gid, s.qbytes) == (0o640, owner, os.getegid(), 1234)

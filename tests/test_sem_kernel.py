@@ -33,8 +33,8 @@ from ipcbind import (
     SETALL,
     SETVAL,
 )
-from conftest import run_in_child
-from sysv_helpers import reap, run_as_stranger, sem_limits, start_child, wait_until
+from conftest import NOBODY, run_in_child
+from sysv_helpers import IS_ROOT, reap, run_as_stranger, sem_limits, start_child, wait_until
 
 SEMVMX = 32767
 
@@ -497,3 +497,18 @@ def random_key() -> Callable[[], int]:
             if free:
                 return key
     return pick
+
+
+def test_semctl_ipc_set_by_an_owner_without_read_permission_keeps_other_fields(
+        make_semset: Callable[..., int]) -> None:
+    s = make_semset(mode=0o000)
+    owner = NOBODY if IS_ROOT else os.geteuid()
+    if IS_ROOT:
+        ipc.semctl(s, 0, IPC_SET, {"uid": owner})
+
+    def child() -> int:
+        ipc.semctl(s, 0, IPC_SET, {"mode": 0o640})
+        return 0
+    assert run_in_child(child, uid=owner if IS_ROOT else None) == 0
+    st = ipc.semctl(s, 0, IPC_STAT)
+    assert (st.mode, st.uid, st.gid) == (0o640, owner, os.getegid())
