@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from conftest import NOBODY, run_in_child
 
@@ -105,13 +105,16 @@ def reap(pid: int, timeout: float = 10.0) -> int:
         time.sleep(0.002)
 
 
+def semop_then_exit(semid: int, ops: List[Tuple[int, int]]) -> int:
+    """A child's body: semop (waiting as long as it takes), then exit code 0."""
+    import ipcbind
+    ipcbind.semop(semid, ops)
+    return 0
+
+
 def run_as_stranger(fn: Callable[[], int]) -> int:
     """Run fn in a child without the owner's rights over an object of mode 0o000:
     as uid 65534 when root (root's CAP_IPC_OWNER would bypass the mode), otherwise
     as this same user, whom mode 0o000 already shuts out."""
     return run_in_child(fn, uid=NOBODY if IS_ROOT else None)
 
-
-def other_uid() -> Optional[int]:
-    """A uid that owns nothing here (None when not root: switching needs root)."""
-    return NOBODY if IS_ROOT else None

@@ -34,7 +34,15 @@ from ipcbind import (
     SETVAL,
 )
 from conftest import NOBODY, run_in_child
-from sysv_helpers import IS_ROOT, reap, run_as_stranger, sem_limits, start_child, wait_until
+from sysv_helpers import (
+    IS_ROOT,
+    reap,
+    run_as_stranger,
+    sem_limits,
+    semop_then_exit,
+    start_child,
+    wait_until,
+)
 
 SEMVMX = 32767
 
@@ -173,7 +181,7 @@ def test_semtimedop_timeout_is_eagain(semset: int) -> None:
 
 
 def test_semop_returns_when_another_process_makes_room(semset: int) -> None:
-    pid = start_child(lambda: (ipc.semop(semset, [(0, 2)]), 0)[1])
+    pid = start_child(lambda: semop_then_exit(semset, [(0, 2)]))
     ipc.semop(semset, [(0, -2)], timeout=10)
     assert reap(pid) == 0
     assert val(semset) == 0
@@ -340,7 +348,7 @@ def test_semctl_unknown_cmd_is_einval(semset: int) -> None:
 
 def test_semctl_getpid_is_the_last_process_to_operate(semset: int) -> None:
     assert ipc.semctl(semset, 0, GETPID) == 0
-    pid = start_child(lambda: (ipc.semop(semset, [(0, 1)]), 0)[1])
+    pid = start_child(lambda: semop_then_exit(semset, [(0, 1)]))
     assert reap(pid) == 0
     assert ipc.semctl(semset, 0, GETPID) == pid
     ipc.semop(semset, [(0, -1)])
@@ -348,7 +356,7 @@ def test_semctl_getpid_is_the_last_process_to_operate(semset: int) -> None:
 
 
 def test_semctl_getncnt_counts_a_process_waiting_for_an_increase(semset: int) -> None:
-    pid = start_child(lambda: (ipc.semop(semset, [(0, -1)]), 0)[1])
+    pid = start_child(lambda: semop_then_exit(semset, [(0, -1)]))
     try:
         wait_until(lambda: ipc.semctl(semset, 0, GETNCNT) == 1, what="GETNCNT == 1")
         assert ipc.semctl(semset, 0, GETZCNT) == 0
@@ -360,7 +368,7 @@ def test_semctl_getncnt_counts_a_process_waiting_for_an_increase(semset: int) ->
 
 def test_semctl_getzcnt_counts_a_process_waiting_for_zero(semset: int) -> None:
     ipc.semctl(semset, 0, SETVAL, 1)
-    pid = start_child(lambda: (ipc.semop(semset, [(0, 0)]), 0)[1])
+    pid = start_child(lambda: semop_then_exit(semset, [(0, 0)]))
     try:
         wait_until(lambda: ipc.semctl(semset, 0, GETZCNT) == 1, what="GETZCNT == 1")
         assert ipc.semctl(semset, 0, GETNCNT) == 0
