@@ -132,6 +132,7 @@ def test_msgsnd_without_write_permission_is_eacces() -> None:
         return 2
     try:
         assert run_as_stranger(child) == 0
+        ipc.msgctl(q, IPC_SET, {"mode": 0o600})   # so that a normal user may look
         assert stat(q).qnum == 0
     finally:
         ipc.msgctl(q, IPC_RMID)
