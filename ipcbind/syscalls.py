@@ -331,7 +331,10 @@ def msgrcv(msqid: int, maxsize: Optional[int] = None, msgtyp: int = 0, flags: in
         while True:
             m = lib.ipcb_msgrcv(msqid, size, msgtyp, flags, ns)
             if m:
-                return m.mtype, ffi.unpack(m.mtext, m.len)
+                try:
+                    return m.mtype, ffi.unpack(m.mtext, m.len)
+                finally:
+                    lib.ipcb_msgrcv_done(m)
             err = ffi.errno
             if err == EINTR:
                 ns = _remaining_ns(deadline)
@@ -626,10 +629,13 @@ def _msgrcv_many(msqid: int, max_count: int, maxsize: Optional[int], msgtyp: int
                                  _remaining_ns(deadline))
         if b == ffi.NULL:
             raise MemoryError("receive_many: no memory for the receive buffers")
-        if b.count or not b.err:
-            mtypes, text, ends = _batch_messages(b)
-            return mtypes, text, ends, b.err
-        err = b.err
+        try:
+            if b.count or not b.err:
+                mtypes, text, ends = _batch_messages(b)
+                return mtypes, text, ends, b.err
+            err = b.err
+        finally:
+            lib.ipcb_batch_done(b)
         if err == EINTR:
             continue
         if err == ETIMEDOUT:
@@ -646,11 +652,14 @@ def _msgcopy_all(msqid: int) -> Optional[Tuple[List[int], bytes, List[int]]]:
     b = lib.ipcb_msgcopy_all(msqid)
     if b == ffi.NULL:
         raise MemoryError("peek_all: no memory for the copy buffers")
-    if b.err:
-        raise syscall_error(b.err, f"msgrcv(msqid={msqid}, MSG_COPY)")
-    if b.changed:
-        return None
-    return _batch_messages(b)
+    try:
+        if b.err:
+            raise syscall_error(b.err, f"msgrcv(msqid={msqid}, MSG_COPY)")
+        if b.changed:
+            return None
+        return _batch_messages(b)
+    finally:
+        lib.ipcb_batch_done(b)
 
 
 def _semop1(semid: int, num: int, op: int, flg: int, timeout: Optional[float]) -> None:

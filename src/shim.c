@@ -3,6 +3,10 @@
  * Every wrapper returns like the call it wraps (-1 or NULL with errno set) and
  * never touches Python objects, so cffi can release the GIL around all of them.
  * Buffers for messages belong to the calling thread and are reused between calls.
+ * A buffer handed to the caller is lent, not shared: until the caller gives it
+ * back (ipcb_msgrcv_done, ipcb_batch_done) the thread's next call uses another,
+ * because a Python signal handler may run, and receive, before the caller has
+ * copied the first message out.
  */
 #include <errno.h>
 #include <limits.h>
@@ -52,6 +56,7 @@ union ipcb_semun {
 };
 
 struct ipcb_rmsg {
+    size_t cap;    /* bytes of mtext allocated; kept while the buffer is lent */
     ssize_t len;
     long mtype;    /* mtype and mtext are the struct msgbuf the kernel fills */
     char mtext[];
@@ -72,11 +77,11 @@ struct ipcb_batch {
 /* ---- per-thread buffers ------------------------------------------------ */
 
 struct ipcb_tls {
-    struct ipcb_rmsg *rbuf;
+    struct ipcb_rmsg *rbuf; /* NULL while lent */
     size_t rcap;            /* bytes of mtext in rbuf */
     char *sbuf;             /* a long mtype followed by the text */
     size_t scap;
-    struct ipcb_batch batch;
+    struct ipcb_batch *batch; /* NULL while lent */
 };
 
 static pthread_key_t tls_key;
@@ -87,14 +92,22 @@ static __thread struct ipcb_tls *tls_cur;
 #define IPCB_KEEP_BYTES (1u << 20)
 #define IPCB_FIRST_RCAP 8192u
 
+static void batch_free(struct ipcb_batch *b)
+{
+    if (!b)
+        return;
+    free(b->mtypes);
+    free(b->ends);
+    free(b->text);
+    free(b);
+}
+
 static void tls_free(void *p)
 {
     struct ipcb_tls *t = p;
     free(t->rbuf);
     free(t->sbuf);
-    free(t->batch.mtypes);
-    free(t->batch.ends);
-    free(t->batch.text);
+    batch_free(t->batch);
     free(t);
 }
 
@@ -150,8 +163,11 @@ static struct ipcb_rmsg *rbuf(struct ipcb_tls *t, size_t need)
 {
     if (need < IPCB_FIRST_RCAP)
         need = IPCB_FIRST_RCAP;
+    if (!t->rbuf)
+        t->rcap = 0;
     if (grow((void **)&t->rbuf, &t->rcap, need, 1, sizeof(struct ipcb_rmsg)))
         return NULL;
+    t->rbuf->cap = t->rcap;
     return t->rbuf;
 }
 
@@ -333,14 +349,11 @@ static struct ipcb_rmsg *recv_one(struct ipcb_tls *t, int msqid, size_t maxsize,
     }
 }
 
-struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
-                              long long timeout_ns)
+static struct ipcb_rmsg *recv_timed(struct ipcb_tls *t, int msqid, size_t maxsize,
+                                    long msgtyp, int flags, long long timeout_ns)
 {
-    struct ipcb_tls *t = tls();
     struct ipcb_rmsg *m;
     struct deadline d;
-    if (!t)
-        return NULL;
     if (timeout_ns < 0)
         return recv_one(t, msqid, maxsize, msgtyp, flags);
     if (deadline_start(&d, timeout_ns))
@@ -348,6 +361,37 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
     m = recv_one(t, msqid, maxsize, msgtyp, flags);
     deadline_stop(&d, m == NULL);
     return m;
+}
+
+/* The message comes back in the thread's buffer, lent to the caller until
+ * ipcb_msgrcv_done. */
+struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
+                              long long timeout_ns)
+{
+    struct ipcb_tls *t = tls();
+    struct ipcb_rmsg *m;
+    if (!t)
+        return NULL;
+    m = recv_timed(t, msqid, maxsize, msgtyp, flags, timeout_ns);
+    if (m) {
+        t->rbuf = NULL;
+        t->rcap = 0;
+    }
+    return m;
+}
+
+/* Gives a lent buffer back; a call made meanwhile may have made another one,
+ * and then the larger of the two is kept. */
+void ipcb_msgrcv_done(struct ipcb_rmsg *m)
+{
+    struct ipcb_tls *t = tls_cur;
+    if (t && (!t->rbuf || t->rcap < m->cap)) {
+        free(t->rbuf);
+        t->rbuf = m;
+        t->rcap = m->cap;
+    } else {
+        free(m);
+    }
 }
 
 /* Sends messages from..count-1 in order (message i is text[ends[i-1]:ends[i]]);
@@ -365,9 +409,18 @@ size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes
     return count;
 }
 
+/* The thread's batch, emptied; NULL with ENOMEM. */
 static struct ipcb_batch *batch_reset(struct ipcb_tls *t)
 {
-    struct ipcb_batch *b = &t->batch;
+    struct ipcb_batch *b = t->batch;
+    if (!b) {
+        b = calloc(1, sizeof *b);
+        if (!b) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        t->batch = b;
+    }
     if (b->text_cap > IPCB_KEEP_BYTES) {
         free(b->text);
         b->text = NULL;
@@ -418,10 +471,13 @@ struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
     if (!t)
         return NULL;
     b = batch_reset(t);
+    if (!b)
+        return NULL;
+    t->batch = NULL;  /* lent to the caller until ipcb_batch_done */
     for (i = 0; i < max_count; i++) {
         struct ipcb_rmsg *m;
         if (i == 0 && timeout_ns >= 0)
-            m = ipcb_msgrcv(msqid, maxsize, msgtyp, flags, timeout_ns);
+            m = recv_timed(t, msqid, maxsize, msgtyp, flags, timeout_ns);
         else
             m = recv_one(t, msqid, maxsize, msgtyp, i ? flags | IPC_NOWAIT : flags);
         if (!m) {
@@ -435,6 +491,17 @@ struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
         }
     }
     return b;
+}
+
+/* Gives a lent batch back (or frees it when a call made meanwhile has made
+ * another one). */
+void ipcb_batch_done(struct ipcb_batch *b)
+{
+    struct ipcb_tls *t = tls_cur;
+    if (t && !t->batch)
+        t->batch = b;
+    else
+        batch_free(b);
 }
 
 int ipcb_msgctl(int msqid, int cmd, struct msqid_ds *buf)
@@ -464,6 +531,9 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
     if (!t)
         return NULL;
     b = batch_reset(t);
+    if (!b)
+        return NULL;
+    t->batch = NULL;  /* lent to the caller until ipcb_batch_done */
     if (msgctl(msqid, IPC_STAT, &before)) {
         b->err = errno;
         return b;

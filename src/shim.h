@@ -103,14 +103,17 @@ struct sembuf {
     ...;
 };
 
-/* A received message, in a buffer owned by the calling thread. */
+/* A received message, in a buffer of the calling thread lent to the caller
+ * until ipcb_msgrcv_done. */
 struct ipcb_rmsg {
+    size_t cap;
     ssize_t len;
     long mtype;
     char mtext[];
 };
 
-/* Several messages, in buffers owned by the calling thread. */
+/* Several messages, in buffers of the calling thread lent to the caller until
+ * ipcb_batch_done. */
 struct ipcb_batch {
     size_t count;
     size_t used;
@@ -138,6 +141,8 @@ size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes
 struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
                                     long msgtyp, int flags, long long timeout_ns);
 struct ipcb_batch *ipcb_msgcopy_all(int msqid);
+void ipcb_msgrcv_done(struct ipcb_rmsg *m);
+void ipcb_batch_done(struct ipcb_batch *b);
 int ipcb_msgctl(int msqid, int cmd, struct msqid_ds *buf);
 
 int ipcb_semop(int semid, struct sembuf *ops, size_t nops, long long timeout_ns);
