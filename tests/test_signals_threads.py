@@ -336,3 +336,77 @@ def test_semop_timeouts_in_several_threads_are_eagain(semset: int) -> None:
     for c in callers:
         c.join(10)
         assert isinstance(c.error, BlockingIOError)
+
+
+# ---- a handler that receives while a received message is on its way out -----------------
+
+@pytest.fixture
+def usr1() -> Iterator[Callable[[Callable[[int, Any], None]], None]]:
+    """usr1(handler): install a SIGUSR1 handler; the old one comes back at teardown."""
+    old = signal.getsignal(signal.SIGUSR1)
+    yield lambda handler: signal.signal(signal.SIGUSR1, handler) and None
+    signal.signal(signal.SIGUSR1, old)
+
+
+def send_and_signal(q: int, ack: int, count: int) -> Callable[[], int]:
+    """A child's body: send message i, at once SIGUSR1 the parent, wait for its ack.
+
+    The signal lands while the parent wakes up with the message, so its handler
+    runs before the parent has copied the message out of the shim's buffer."""
+    parent = os.getpid()
+
+    def child() -> int:
+        for i in range(count):
+            ipc.msgsnd(q, 1 + i % 3, b"message %d" % i)
+            os.kill(parent, signal.SIGUSR1)
+            ipc.msgrcv(ack)
+        return 0
+    return child
+
+
+def test_a_handler_receiving_in_the_same_thread_does_not_overwrite_the_message(
+        make_queue: Callable[..., int], usr1: Callable[..., None]) -> None:
+    q, other, ack = make_queue(), make_queue(), make_queue()
+    ipc.msgsnd(other, 99, b"H" * 8000)
+
+    def handler(signum: int, frame: Any) -> None:
+        ipc.msgsnd(other, *ipc.msgrcv(other, None, 0, IPC_NOWAIT))
+    usr1(handler)
+    pid = start_child(send_and_signal(q, ack, 40))
+    got = []
+    try:
+        for _ in range(40):
+            got.append(ipc.msgrcv(q))
+            ipc.msgsnd(ack, 1, b"")
+    finally:
+        ipc.msgctl(ack, IPC_RMID)
+        reap(pid)
+    assert got == [(1 + i % 3, b"message %d" % i) for i in range(40)]
+
+
+def test_a_handler_batch_receiving_does_not_overwrite_a_batch(
+        make_queue: Callable[..., int], usr1: Callable[..., None]) -> None:
+    from ipcbind.syscalls import _msgcopy_all, _msgrcv_many
+    q, other, ack = make_queue(), make_queue(), make_queue()
+    for i in range(3):
+        ipc.msgsnd(other, 50 + i, b"peeked %d" % i)
+
+    def handler(signum: int, frame: Any) -> None:
+        _msgcopy_all(other)
+        _msgrcv_many(other, 0, None, 0, IPC_NOWAIT, None)
+    usr1(handler)
+    pid = start_child(send_and_signal(q, ack, 40))
+    got = []
+    try:
+        for _ in range(40):
+            mtypes, text, ends, err = _msgrcv_many(q, 1, None, 0, 0, None)
+            got.append((mtypes, text, ends, err))
+            ipc.msgsnd(ack, 1, b"")
+    finally:
+        ipc.msgctl(ack, IPC_RMID)
+        reap(pid)
+    expected = []
+    for i in range(40):
+        text = b"message %d" % i
+        expected.append(([1 + i % 3], text, [len(text)], 0))
+    assert got == expected
