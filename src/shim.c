@@ -674,7 +674,7 @@ static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
         u->n = max;
     }
     for (i = 0; i < nops; i++)
-        if (ops[i].sem_flg & SEM_UNDO)
+        if ((ops[i].sem_flg & SEM_UNDO) && ops[i].sem_op)
             u->adj[ops[i].sem_num] -= ops[i].sem_op;
 out:
     pthread_mutex_unlock(&ledger_lock);
