@@ -223,6 +223,11 @@ def _size(call: str, maxsize: Optional[int]) -> int:
     return size if size != _ANY_SIZE else _ANY_SIZE - 1
 
 
+# Longer timeouts (about 146 years, infinity included) mean no limit: the shim
+# takes nanoseconds in a C long long.
+_LONGEST_TIMEOUT = 2.0 ** 62 / 1e9
+
+
 def _deadline(call: str, timeout: Optional[float]) -> Optional[float]:
     """The monotonic time a call with this timeout must end by; None for no limit."""
     if timeout is None:
@@ -230,10 +235,10 @@ def _deadline(call: str, timeout: Optional[float]) -> Optional[float]:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"{call}: timeout must be a number of seconds or None, "
                         f"not {type(timeout).__name__}")
+    if timeout > _LONGEST_TIMEOUT:
+        return None
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"{call}: timeout must be >= 0 seconds, got {timeout}")
-    if math.isinf(timeout):
-        return None
     return time.monotonic() + timeout
 
 
