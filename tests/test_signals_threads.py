@@ -410,3 +410,11 @@ def test_a_handler_batch_receiving_does_not_overwrite_a_batch(
         text = b"message %d" % i
         expected.append(([1 + i % 3], text, [len(text)], 0))
     assert got == expected
+
+
+def test_timeouts_too_long_for_the_kernel_mean_no_limit(msq: int, semset: int) -> None:
+    for timeout in (1e10, 10 ** 400, float("inf")):
+        ipc.msgsnd(msq, 1, b"x", timeout=timeout)
+        assert ipc.msgrcv(msq, timeout=timeout) == (1, b"x")
+        ipc.semop(semset, [(0, 1)], timeout=timeout)
+        ipc.semop(semset, [(0, -1)], timeout=timeout)
