@@ -121,6 +121,12 @@ def test_msgsnd_to_an_unknown_id_is_einval(make_queue: Callable[..., int]) -> No
     assert e.value.errno == errno.EINVAL
 
 
+def test_msgsnd_to_a_negative_id_is_einval() -> None:
+    with pytest.raises(OSError) as e:
+        ipc.msgsnd(-1, 1, b"x", IPC_NOWAIT)
+    assert e.value.errno == errno.EINVAL
+
+
 def test_msgsnd_without_write_permission_is_eacces() -> None:
     q = ipc.msgget(ipc.IPC_PRIVATE, IPC_CREAT | 0o000)
 

@@ -84,6 +84,10 @@ def test_semop_on_an_unknown_id_is_einval(make_semset: Callable[..., int]) -> No
     assert errno_of(lambda: ipc.semop(s, [(0, 1)])) == errno.EINVAL
 
 
+def test_semop_on_a_negative_id_is_einval() -> None:
+    assert errno_of(lambda: ipc.semop(-1, [(0, 1, IPC_NOWAIT)])) == errno.EINVAL
+
+
 def test_semop_sem_num_at_or_past_nsems_is_efbig(make_semset: Callable[..., int]) -> None:
     s = make_semset(2)
     assert errno_of(lambda: ipc.semop(s, [(0, 1), (2, 1)])) == errno.EFBIG
