@@ -57,18 +57,21 @@ def wait_blocked(task_dir: str, word: str, timeout: float = 10.0) -> None:
     """Wait until the task at ``task_dir`` (/proc/PID or /proc/self/task/TID) sleeps in a
     kernel function whose name holds ``word`` (e.g. "msgrcv").
 
-    Where wchan is hidden (it reads "0"), settle for the task being asleep plus a pause.
+    Where wchan is hidden (it reads "0"), settle for the task staying asleep for 0.2 s.
     """
     end = time.monotonic() + timeout
+    asleep_since = None
     while time.monotonic() < end:
         wchan = _read(f"{task_dir}/wchan")
         if word in wchan:
             return
-        if wchan in ("", "0"):
-            stat = _read(f"{task_dir}/stat")
-            if stat and stat.rsplit(")", 1)[1].split()[0] == "S":
-                time.sleep(0.2)
+        stat = _read(f"{task_dir}/stat")
+        if wchan in ("", "0") and stat and stat.rsplit(")", 1)[1].split()[0] == "S":
+            asleep_since = asleep_since or time.monotonic()
+            if time.monotonic() - asleep_since > 0.2:
                 return
+        else:
+            asleep_since = None
         time.sleep(0.002)
     raise AssertionError(f"{task_dir} did not block in {word} within {timeout} s")
 
