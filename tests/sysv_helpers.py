@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 from conftest import NOBODY, run_in_child
 
