@@ -320,6 +320,16 @@ def test_msg_copy_short_buffer_is_e2big(msq: int) -> None:
 
 
 @needs_msg_copy
+def test_msg_copy_buffer_larger_than_msgmax_is_capped_not_refused(msq: int) -> None:
+    msgmax = proc_int("msgmax")
+    data = os.urandom(msgmax)
+    ipc.msgsnd(msq, 1, data)
+    for maxsize in (None, msgmax, 10 * msgmax):
+        assert ipc.msgrcv(msq, maxsize, 0, MSG_COPY | IPC_NOWAIT) == (1, data)
+    assert stat(msq).qnum == 1
+
+
+@needs_msg_copy
 def test_msg_copy_with_msg_noerror_and_short_buffer_is_einval_not_truncated(msq: int) -> None:
     ipc.msgsnd(msq, 1, b"0123456789")
     with pytest.raises(OSError) as e:
