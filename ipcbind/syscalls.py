@@ -305,8 +305,10 @@ def msgsnd(msqid: int, mtype: int, data: Buffer, flags: int = 0, *,
     deadline = _deadline("msgsnd", timeout)
     ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
     try:
-        while lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, ns):
-            err = ffi.errno
+        while True:
+            err = lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, ns)
+            if not err:
+                return
             if err == EINTR:
                 ns = _remaining_ns(deadline)
                 continue
@@ -335,12 +337,14 @@ def msgrcv(msqid: int, maxsize: Optional[int] = None, msgtyp: int = 0, flags: in
     try:
         while True:
             m = lib.ipcb_msgrcv(msqid, size, msgtyp, flags, ns)
-            if m:
-                try:
+            if not m:
+                raise MemoryError("msgrcv: no memory for the receive buffer")
+            try:
+                if m.len >= 0:
                     return m.mtype, ffi.unpack(m.mtext, m.len)
-                finally:
-                    lib.ipcb_msgrcv_done(m)
-            err = ffi.errno
+                err = m.err
+            finally:
+                lib.ipcb_msgrcv_done(m)
             if err == EINTR:
                 ns = _remaining_ns(deadline)
                 continue
@@ -486,8 +490,10 @@ def semop(semid: int, ops: Iterable[SemOp], timeout: Optional[float] = None) -> 
     deadline = _deadline("semop", timeout)
     ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
     try:
-        while lib.ipcb_semop(semid, buf, len(buf), ns):
-            err = ffi.errno
+        while True:
+            err = lib.ipcb_semop(semid, buf, len(buf), ns)
+            if not err:
+                return
             if err != EINTR:
                 raise syscall_error(err, f"semop(semid={semid})")
             ns = _remaining_ns(deadline)
@@ -601,12 +607,13 @@ def _msgsnd_many(msqid: int, mtypes: Sequence[int], text: bytes, ends: Sequence[
     deadline = _deadline("send_many", timeout)
     total = len(c_types)
     done = 0
+    c_err = ffi.new("int *")
     while True:
         done = lib.ipcb_msgsnd_many(msqid, done, total, c_types, text, c_ends, flags,
-                                    _remaining_ns(deadline))
+                                    _remaining_ns(deadline), c_err)
         if done == total:
             return done
-        err = ffi.errno
+        err = c_err[0]
         if err == EINTR:
             continue
         if err == EAGAIN and flags & IPC_NOWAIT:
@@ -672,8 +679,10 @@ def _semop1(semid: int, num: int, op: int, flg: int, timeout: Optional[float]) -
     deadline = _deadline("semop", timeout)
     ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
     try:
-        while lib.ipcb_semop1(semid, num, op, flg, ns):
-            err = ffi.errno
+        while True:
+            err = lib.ipcb_semop1(semid, num, op, flg, ns)
+            if not err:
+                return
             if err != EINTR:
                 raise syscall_error(err, f"semop(semid={semid})")
             ns = _remaining_ns(deadline)

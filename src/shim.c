@@ -2,6 +2,9 @@
  *
  * Every wrapper returns like the call it wraps (-1 or NULL with errno set) and
  * never touches Python objects, so cffi can release the GIL around all of them.
+ * The blocking ones (msgsnd, msgrcv, semop and their batches) hand back the errno
+ * itself instead: a signal interrupts them, and its Python handler runs, and may
+ * make calls that change errno, before the caller could read errno.
  * Buffers for messages belong to the calling thread and are reused between calls.
  * A buffer handed to the caller is lent, not shared: until the caller gives it
  * back (ipcb_msgrcv_done, ipcb_batch_done) the thread's next call uses another,
@@ -57,6 +60,7 @@ union ipcb_semun {
 
 struct ipcb_rmsg {
     size_t cap;    /* bytes of mtext allocated; kept while the buffer is lent */
+    int err;       /* errno when len is -1 */
     ssize_t len;
     long mtype;    /* mtype and mtext are the struct msgbuf the kernel fills */
     char mtext[];
@@ -276,8 +280,8 @@ static void deadline_stop(struct deadline *d, int failed)
 
 /* ---- message queues ------------------------------------------------------ */
 
-int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
-                long long timeout_ns)
+static int snd_one(int msqid, long mtype, const char *data, size_t len, int flags,
+                   long long timeout_ns)
 {
     struct ipcb_tls *t = tls();
     struct deadline d;
@@ -294,6 +298,13 @@ int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
     r = msgsnd(msqid, t->sbuf, len, flags);
     deadline_stop(&d, r < 0);
     return r;
+}
+
+/* Returns 0, or the errno of the failure. */
+int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
+                long long timeout_ns)
+{
+    return snd_one(msqid, mtype, data, len, flags, timeout_ns) ? errno : 0;
 }
 
 static long read_msgmax(void)
@@ -363,8 +374,8 @@ static struct ipcb_rmsg *recv_timed(struct ipcb_tls *t, int msqid, size_t maxsiz
     return m;
 }
 
-/* The message comes back in the thread's buffer, lent to the caller until
- * ipcb_msgrcv_done. */
+/* The message, or len -1 and the errno in err, comes back in the thread's
+ * buffer, lent to the caller until ipcb_msgrcv_done. NULL: no memory for it. */
 struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
                               long long timeout_ns)
 {
@@ -374,9 +385,16 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
         return NULL;
     m = recv_timed(t, msqid, maxsize, msgtyp, flags, timeout_ns);
     if (m) {
-        t->rbuf = NULL;
-        t->rcap = 0;
+        m->err = 0;
+    } else {
+        int e = errno;
+        if (!(m = t->rbuf) && !(m = rbuf(t, 0)))
+            return NULL;
+        m->len = -1;
+        m->err = e;
     }
+    t->rbuf = NULL;
+    t->rcap = 0;
     return m;
 }
 
@@ -395,16 +413,20 @@ void ipcb_msgrcv_done(struct ipcb_rmsg *m)
 }
 
 /* Sends messages from..count-1 in order (message i is text[ends[i-1]:ends[i]]);
- * returns the index reached. When that is less than count, errno says why.
+ * returns the index reached. When that is less than count, *err says why.
  * The timeout applies to each message that must wait for room. */
 size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes,
-                        const char *text, const size_t *ends, int flags, long long timeout_ns)
+                        const char *text, const size_t *ends, int flags, long long timeout_ns,
+                        int *err)
 {
     size_t i;
+    *err = 0;
     for (i = from; i < count; i++) {
         size_t start = i ? ends[i - 1] : 0;
-        if (ipcb_msgsnd(msqid, mtypes[i], text + start, ends[i] - start, flags, timeout_ns))
+        if (snd_one(msqid, mtypes[i], text + start, ends[i] - start, flags, timeout_ns)) {
+            *err = errno;
             return i;
+        }
     }
     return count;
 }
@@ -728,6 +750,7 @@ size_t ipcb_ledger_dump(int *out, size_t cap)
 
 /* ---- semaphores -------------------------------------------------------------- */
 
+/* Returns 0, or the errno of the failure. */
 int ipcb_semop(int semid, struct sembuf *ops, size_t nops, long long timeout_ns)
 {
     int r;
@@ -739,9 +762,10 @@ int ipcb_semop(int semid, struct sembuf *ops, size_t nops, long long timeout_ns)
         ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
         r = semtimedop(semid, ops, nops, &ts);
     }
-    if (r == 0)
-        ledger_apply(semid, ops, nops);
-    return r;
+    if (r)
+        return errno;
+    ledger_apply(semid, ops, nops);
+    return 0;
 }
 
 int ipcb_semop1(int semid, unsigned short num, short op, short flg, long long timeout_ns)

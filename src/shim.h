@@ -103,10 +103,11 @@ struct sembuf {
     ...;
 };
 
-/* A received message, in a buffer of the calling thread lent to the caller
- * until ipcb_msgrcv_done. */
+/* A received message (or len -1 and the errno in err), in a buffer of the
+ * calling thread lent to the caller until ipcb_msgrcv_done. */
 struct ipcb_rmsg {
     size_t cap;
+    int err;
     ssize_t len;
     long mtype;
     char mtext[];
@@ -132,12 +133,14 @@ int semget(key_t key, int nsems, int semflg);
 int setns(int fd, int nstype);
 int unshare(int flags);
 
+/* The blocking calls return the errno (0: success), or carry it in what they return. */
 int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
                 long long timeout_ns);
 struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
                               long long timeout_ns);
 size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes,
-                        const char *text, const size_t *ends, int flags, long long timeout_ns);
+                        const char *text, const size_t *ends, int flags, long long timeout_ns,
+                        int *err);
 struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
                                     long msgtyp, int flags, long long timeout_ns);
 struct ipcb_batch *ipcb_msgcopy_all(int msqid);
