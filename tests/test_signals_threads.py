@@ -158,6 +158,45 @@ def test_semop_handler_exception_propagates_and_nothing_is_applied(
     assert ipc.semctl(semset, 0, ipc.GETPID) == 0
 
 
+def failing_handler(other: int, finish: Callable[[], None]) -> Callable[[int, Any], None]:
+    """A SIGALRM handler whose own call fails (ENOMSG, caught) each time; on its
+    third run it also calls ``finish``, which lets the interrupted call succeed."""
+    runs: List[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        runs.append(signum)
+        with pytest.raises(ipc.NoMessageError):
+            ipc.msgrcv(other, None, 0, IPC_NOWAIT)
+        if len(runs) == 3:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            finish()
+    return handler
+
+
+def test_a_handler_whose_own_call_fails_does_not_change_msgrcvs_errno(
+        make_queue: Callable[..., int], alarm: Callable[..., None]) -> None:
+    q, other = make_queue(), make_queue()
+    alarm(failing_handler(other, lambda: ipc.msgsnd(q, 5, b"at last")), 0.05, 0.05)
+    assert ipc.msgrcv(q) == (5, b"at last")
+
+
+def test_a_handler_whose_own_call_fails_does_not_change_msgsnds_errno(
+        make_queue: Callable[..., int], alarm: Callable[..., None]) -> None:
+    q, other = make_queue(), make_queue()
+    ipc.msgctl(q, IPC_SET, {"qbytes": 1})
+    ipc.msgsnd(q, 1, b"a")
+    alarm(failing_handler(other, lambda: ipc.msgrcv(q, None, 0, IPC_NOWAIT)), 0.05, 0.05)
+    ipc.msgsnd(q, 2, b"b")
+    assert ipc.msgrcv(q, None, 0, IPC_NOWAIT) == (2, b"b")
+
+
+def test_a_handler_whose_own_call_fails_does_not_change_semops_errno(
+        semset: int, make_queue: Callable[..., int], alarm: Callable[..., None]) -> None:
+    alarm(failing_handler(make_queue(), lambda: ipc.semop(semset, [(0, 1)])), 0.05, 0.05)
+    ipc.semop(semset, [(0, -1)], timeout=10)
+    assert ipc.semctl(semset, 0, ipc.GETVAL) == 0
+
+
 def test_semop_timeout_is_not_restarted_by_signals(semset: int, alarm: Callable[..., None]
                                                    ) -> None:
     """Signals at 0.3, 0.6 and 0.9 s: retried with the remaining time the call ends
