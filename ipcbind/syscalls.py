@@ -400,12 +400,12 @@ _INDEX_BITS = (15, 24)
 
 
 def _current(call: str, ident: int, stat_any: int, stat: Callable[[int, int], int]) -> None:
-    """Fill the struct that IPC_SET will take with the object's current values.
+    """Fill a struct with the object's current values, even without read permission.
 
     ``stat(id_or_index, cmd)`` runs msgctl/semctl into that struct. IPC_STAT needs
-    read permission but IPC_SET only ownership, so on EACCES the object is read by
-    its index with MSG_STAT_ANY/SEM_STAT_ANY: the owner of a mode-0 object can still
-    change it, and anyone else gets the kernel's own EPERM from IPC_SET.
+    read permission, but IPC_SET needs only ownership and SETALL only write
+    permission, so on EACCES the object is read by its index with MSG_STAT_ANY /
+    SEM_STAT_ANY and the call itself is left to the kernel to allow or refuse.
     """
     if stat(ident, IPC_STAT) >= 0:
         return
@@ -507,8 +507,7 @@ _SEM_INT_CMDS = frozenset((GETVAL, GETPID, GETNCNT, GETZCNT))
 
 def _nsems(call: str, semid: int) -> int:
     ds = ffi.new("struct semid_ds *")
-    if lib.ipcb_semctl_ds(semid, 0, IPC_STAT, ds) < 0:
-        raise syscall_error(ffi.errno, call)
+    _current(call, semid, SEM_STAT_ANY, lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
     return int(ds.sem_nsems)
 
 
