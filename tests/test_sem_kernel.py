@@ -526,3 +526,18 @@ def test_semctl_ipc_set_by_an_owner_without_read_permission_keeps_other_fields(
     assert run_in_child(child, uid=owner if IS_ROOT else None) == 0
     st = ipc.semctl(s, 0, IPC_STAT)
     assert (st.mode, st.uid, st.gid) == (0o640, owner, os.getegid())
+
+
+def test_semctl_setall_needs_only_write_permission(make_semset: Callable[..., int]) -> None:
+    s = make_semset(2, mode=0o222)
+
+    def child() -> int:
+        ipc.semctl(s, 0, SETALL, [3, 4])
+        try:
+            ipc.semctl(s, 0, GETALL)
+        except PermissionError as e:
+            return 0 if e.errno == errno.EACCES else 1
+        return 2
+    assert run_as_stranger(child) == 0
+    ipc.semctl(s, 0, IPC_SET, {"mode": 0o600})
+    assert ipc.semctl(s, 0, GETALL) == [3, 4]
