@@ -711,3 +711,24 @@ int ipcb_semctl_ds(int semid, int semnum, int cmd, struct semid_ds *buf)
     arg.buf = buf;
     return semctl(semid, semnum, cmd, arg);
 }
+
+/* ipcb_semop1 without a timeout, its arguments packed into one integer: a cffi
+ * function of one argument is called without building an argument tuple and
+ * converting each argument, which is most of the cost of a call from Python.
+ * Bits 0-31: semid (never negative for a live set), 32-47: sem_num,
+ * 48-63: sem_op (two's complement). */
+static int semop_packed(unsigned long long packed, short flg)
+{
+    return ipcb_semop1((int)(packed & 0xffffffffULL), (unsigned short)(packed >> 32),
+                       (short)(unsigned short)(packed >> 48), flg, -1);
+}
+
+int ipcb_semop_packed(unsigned long long packed)
+{
+    return semop_packed(packed, 0);
+}
+
+int ipcb_semop_packed_undo(unsigned long long packed)
+{
+    return semop_packed(packed, SEM_UNDO);
+}
