@@ -13,6 +13,7 @@ from .errors import (
     QueueChangedError,
     TooBigError,
 )
+from .sem import Semaphore, SemaphoreSet
 from .syscalls import (
     GETALL,
     GETNCNT,
