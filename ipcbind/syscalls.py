@@ -733,7 +733,7 @@ _semop_packed_undo = lib.ipcb_semop_packed_undo
 
 def _semop_pack(semid: int, num: int, op: int) -> int:
     """The argument of _semop_packed for one operation (semid >= 0, op in -32768..32767)."""
-    return semid | num << 32 | (op & 0xFFFF) << 48
+    return semid | num << 32 | op << 48
 
 
 def _semop_packed_failed(semid: int, num: int, op: int, flg: int) -> None:
