@@ -56,6 +56,12 @@ SEMVMX = 32767
 
 _KEY_MASK = 0xFFFFFFFF
 
+# The usual delta. Compared by identity in acquire and release: CPython keeps one
+# object for each small int, so the common call skips the type and range checks
+# with a single comparison, and anything else (True, 1.0, another int type) takes
+# the checked path.
+_ONE = 1
+
 
 def _integer(what: str, value: Any) -> int:
     """value as an int, or a TypeError that names ``what``."""
@@ -409,11 +415,14 @@ class Semaphore:
                 the set is removed while waiting, ERANGE (:class:`OutOfRangeError`)
                 when the undo adjustment would leave -32768..32767.
         """
+        if delta is _ONE and block and timeout is None:
+            if (_semop_packed_undo if undo else _semop_packed)(self._take1):
+                _semop_packed_failed(self._semid, self._num, -1, SEM_UNDO if undo else 0)
+            return
         if type(delta) is not int or not 0 < delta <= SEMVMX:
             delta = _amount("acquire", delta)
         if block and timeout is None:
-            packed = (self._take1 if delta == 1
-                      else _semop_pack(self._semid, self._num, -delta))
+            packed = _semop_pack(self._semid, self._num, -delta)
             if (_semop_packed_undo if undo else _semop_packed)(packed):
                 _semop_packed_failed(self._semid, self._num, -delta, SEM_UNDO if undo else 0)
         else:
@@ -431,10 +440,12 @@ class Semaphore:
             ValueError: delta outside 1..32767.
             OSError: ERANGE (:class:`OutOfRangeError`) if the value would exceed 32767.
         """
-        if type(delta) is not int or not 0 < delta <= SEMVMX:
-            delta = _amount("release", delta)
-        packed = (self._give1 if delta == 1
-                      else _semop_pack(self._semid, self._num, delta))
+        if delta is _ONE:
+            packed = self._give1
+        else:
+            if type(delta) is not int or not 0 < delta <= SEMVMX:
+                delta = _amount("release", delta)
+            packed = _semop_pack(self._semid, self._num, delta)
         if (_semop_packed_undo if undo else _semop_packed)(packed):
             _semop_packed_failed(self._semid, self._num, delta, SEM_UNDO if undo else 0)
 
