@@ -275,6 +275,18 @@ class SemaphoreSet:
         size = "" if self._nsems is None else f", nsems={self._nsems}"
         return f"<SemaphoreSet id={self._id} key={self._key:#x}{size}>"
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SemaphoreSet):
+            return self._id == other._id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[int]]:
+        # Another process gets the set by id, as one it did not create.
+        return (SemaphoreSet.from_id, (self._id,))
+
     # ---- operations --------------------------------------------------------------------
 
     def op(self, ops: Iterable[SemOp], timeout: Optional[float] = None, *,
@@ -516,3 +528,14 @@ class Semaphore:
 
     def __repr__(self) -> str:
         return f"<Semaphore {self._num} of set {self._semid}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Semaphore):
+            return (self._semid, self._num) == (other._semid, other._num)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self._semid, self._num))
+
+    def __reduce__(self) -> Tuple[Any, Tuple[SemaphoreSet, int]]:
+        return (operator.getitem, (self._set, self._num))

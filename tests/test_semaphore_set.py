@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import random
 import signal
 import threading
@@ -710,3 +711,26 @@ def test_repr_names_id_and_size(make_set):
     s = make_set(2)
     assert f"id={s.id}" in repr(s) and "nsems=2" in repr(s)
     assert repr(s[1]) == f"<Semaphore 1 of set {s.id}>"
+
+
+def test_sets_are_equal_by_id(make_set):
+    s, other = make_set(), make_set()
+    assert s == SemaphoreSet.from_id(s.id) and s != other
+    assert len({s, SemaphoreSet.from_id(s.id), other}) == 2
+
+
+def test_semaphores_are_equal_by_set_and_index(make_set):
+    s = make_set(2)
+    assert s[1] == s[-1] and s[0] != s[1] and len({s[0], s[0], s[1]}) == 2
+
+
+def test_pickled_set_comes_back_as_not_created(make_set):
+    s = make_set(2)
+    back = pickle.loads(pickle.dumps(s))
+    assert back == s and len(back) == 2 and not back.created
+
+
+def test_pickled_semaphore_comes_back(make_set):
+    s = make_set(3, values=[0, 0, 5])
+    back = pickle.loads(pickle.dumps(s[2]))
+    assert back == s[2] and back.value == 5
