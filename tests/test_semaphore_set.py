@@ -734,3 +734,13 @@ def test_pickled_semaphore_comes_back(make_set):
     s = make_set(3, values=[0, 0, 5])
     back = pickle.loads(pickle.dumps(s[2]))
     assert back == s[2] and back.value == 5
+
+
+def test_undo_operations_are_tracked_as_this_processs_undo_state(make_set):
+    s = make_set(2, values=[3, 3])
+    s[1].acquire(2, undo=True)
+    s[0].release(undo=True)
+    s.op([(1, -1)], undo=True)
+    assert ipcbind.tracked_semundo()[s.id] == [-1, 3]
+    with s[0]:
+        assert ipcbind.tracked_semundo()[s.id] == [0, 3]
