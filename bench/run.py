@@ -243,15 +243,15 @@ def private_namespace() -> Optional[str]:
     """Move into a fresh IPC namespace with a large msgmnb; None, or why not."""
     try:
         syscalls._unshare_ipc()
-    except PermissionError:
+        with open("/proc/sys/kernel/msgmnb", "w") as f:
+            f.write(str(MSGMNB))
+    except OSError as e:
         if int(read_sysctl("msgmnb")) >= NEEDED:
             return None
         return (f"needs queues of {NEEDED} bytes; this namespace's msgmnb is "
                 f"{read_sysctl('msgmnb')}, a queue's qbytes can only be raised with "
                 "CAP_SYS_RESOURCE, and a private IPC namespace (to set msgmnb there) "
-                "needs CAP_SYS_ADMIN: run as root")
-    with open("/proc/sys/kernel/msgmnb", "w") as f:
-        f.write(str(MSGMNB))
+                f"needs CAP_SYS_ADMIN: run as root ({e.strerror})")
     return None
 
 
