@@ -752,7 +752,7 @@ def _wake_signal() -> int:
 
 
 # The semaphore hot path: a C function of a single argument is called by cffi
-# without an argument tuple, which saves about a third of the cost of a
+# without an argument tuple, which saves about a quarter of the time of a
 # five-argument call. Each returns 0, or -1 with the errno kept for
 # _semop_packed_failed, which the caller must call at once.
 _semop_packed = lib.ipcb_semop_packed
