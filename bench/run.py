@@ -72,17 +72,13 @@ class Case:
     samples: Dict[str, List[float]] = field(default_factory=dict)
 
 
-def thread_ns() -> int:
-    return time.thread_time_ns()
-
-
 def timed(loop: Callable[[int], None], n: int, units: int) -> float:
     """CPU ns per unit of loop(n), with the cyclic garbage collector off (as timeit does)."""
     gc.disable()
     try:
-        start = thread_ns()
+        start = time.thread_time_ns()
         loop(n)
-        return (thread_ns() - start) / units
+        return (time.thread_time_ns() - start) / units
     finally:
         gc.enable()
 
