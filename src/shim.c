@@ -847,3 +847,27 @@ int ipcb_semctl_ds(int semid, int semnum, int cmd, struct semid_ds *buf)
     arg.buf = buf;
     return semctl(semid, semnum, cmd, arg);
 }
+
+/* ipcb_semop1 without a timeout, its arguments packed into one integer: a cffi
+ * function of one argument is called without building an argument tuple and
+ * converting each argument: a quarter less time per uncontended semop than a
+ * five-argument call, measured.
+ * Bits 0-31: semid (never negative for a live set), 32-47: sem_num, 48-63: sem_op.
+ * Signed, because CPython converts a 64-bit int to long long faster than to
+ * unsigned long long. */
+static int semop_packed(long long packed, short flg)
+{
+    unsigned long long bits = (unsigned long long)packed;
+    return ipcb_semop1((int)(bits & 0xffffffffULL), (unsigned short)(bits >> 32),
+                       (short)(unsigned short)(bits >> 48), flg, -1);
+}
+
+int ipcb_semop_packed(long long packed)
+{
+    return semop_packed(packed, 0);
+}
+
+int ipcb_semop_packed_undo(long long packed)
+{
+    return semop_packed(packed, SEM_UNDO);
+}

@@ -158,3 +158,7 @@ size_t ipcb_ledger_dump(int *out, size_t cap);
 void ipcb_ledger_drop(int semid);
 
 int ipcb_wake_signal(void);
+
+/* One semop without timeout, arguments packed in one integer (see shim.c). */
+int ipcb_semop_packed(long long packed);
+int ipcb_semop_packed_undo(long long packed);
