@@ -712,8 +712,9 @@ def _msgrcv_many(msqid: int, max_count: int, maxsize: Optional[int], msgtyp: int
 def _msgcopy_all(msqid: int) -> Optional[Tuple[List[int], bytes, List[int]]]:
     """Copy every message with MSG_COPY in one call into C, taking none.
 
-    Returns ``(mtypes, text, ends)``, or None when IPC_STAT before and after differ
-    (or the queue ran short): the copy may be torn and should be taken again.
+    Returns ``(mtypes, text, ends)``, or None when IPC_STAT before and after differ,
+    the queue ran short, or the first or last message is no longer the one copied:
+    the copy may be torn and should be taken again.
     """
     b = lib.ipcb_msgcopy_all(msqid)
     if b == ffi.NULL:
