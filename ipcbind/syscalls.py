@@ -16,7 +16,8 @@ import os
 import time
 from dataclasses import dataclass
 from errno import EACCES, EAGAIN, EINTR, ETIMEDOUT
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple,
+                    Union)
 
 from ._ffi import ffi, lib
 from .errors import syscall_error
@@ -155,7 +156,7 @@ def _semid_ds(ds: Any) -> SemidDs:
                    ds.sem_otime, ds.sem_ctime)
 
 
-def _fields(cls: type, cdata: Any) -> Any:
+def _fields(cls: Any, cdata: Any) -> Any:
     return cls(*(getattr(cdata, name) for name in cls.__slots__))
 
 
@@ -290,7 +291,7 @@ def msgget(key: int, flags: int = 0) -> int:
         raise _explain("msgget", e, flags=(flags, "int")) from None
     if r < 0:
         raise syscall_error(ffi.errno, f"msgget(key={key:#x})")
-    return r
+    return int(r)
 
 
 _send = lib.ipcb_send
@@ -361,8 +362,10 @@ def msgrcv(msqid: int, maxsize: Optional[int] = None, msgtyp: int = 0, flags: in
     ``timeout`` (seconds) bounds the wait and raises ``TimeoutError``.
     """
     if maxsize is None and timeout is None:
-        return _msgrcv1(msqid, msgtyp, flags, tuple)
-    return _msgrcv_wait(msqid, maxsize, msgtyp, flags, timeout, tuple)
+        got: Tuple[int, bytes] = _msgrcv1(msqid, msgtyp, flags, tuple)
+    else:
+        got = _msgrcv_wait(msqid, maxsize, msgtyp, flags, timeout, tuple)
+    return got
 
 
 def _msgrcv1(msqid: int, msgtyp: int, flags: int, cls: Any) -> Any:
@@ -471,7 +474,7 @@ def _current(call: str, ident: int, stat_any: int, stat: Callable[[int, int], in
     raise syscall_error(err, call)
 
 
-def _settable(call: str, arg: Any, allowed: set) -> Mapping[str, int]:
+def _settable(call: str, arg: Any, allowed: Set[str]) -> Mapping[str, int]:
     if not isinstance(arg, Mapping):
         raise TypeError(f"{call}: IPC_SET needs a mapping with any of "
                         f"{', '.join(sorted(allowed))}, not {type(arg).__name__}")
@@ -506,7 +509,7 @@ def semget(key: int, nsems: int, flags: int = 0) -> int:
         raise _explain("semget", e, nsems=(nsems, "int"), flags=(flags, "int")) from None
     if r < 0:
         raise syscall_error(ffi.errno, f"semget(key={key:#x})")
-    return r
+    return int(r)
 
 
 SemOp = Union[Tuple[int, int], Tuple[int, int, int]]
@@ -667,8 +670,8 @@ def _msgsnd_many(msqid: int, mtypes: Sequence[int], text: bytes, ends: Sequence[
     total = len(c_types)
     done = 0
     while True:
-        done = lib.ipcb_msgsnd_many(msqid, done, total, c_types, text, c_ends, flags,
-                                    _remaining_ns(deadline), c_err)
+        done = int(lib.ipcb_msgsnd_many(msqid, done, total, c_types, text, c_ends, flags,
+                                        _remaining_ns(deadline), c_err))
         if done == total:
             return done
         err = c_err[0]
@@ -744,7 +747,7 @@ def _semop1(semid: int, num: int, op: int, flg: int, timeout: Optional[float]) -
                        sem_op=(op, "short"), sem_flg=(flg, "short")) from None
 
 
-def _ledger() -> dict:
+def _ledger() -> Dict[int, List[int]]:
     """The SEM_UNDO adjustments this process made through ipcbind: {semid: [adj, ...]}.
 
     Lists are as long as the highest semaphore number used plus one.
@@ -756,7 +759,7 @@ def _ledger() -> dict:
         if need <= cap:
             break
         cap = need + 16
-    result = {}
+    result: Dict[int, List[int]] = {}
     i = 0
     while i < need:
         semid, n = out[i], out[i + 1]
