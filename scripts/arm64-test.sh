@@ -33,7 +33,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${IPCBIND_ARM64_CACHE:-/var/cache/ipcbind-arm64}
 suite=${IPCBIND_ARM64_SUITE:-bookworm}
 mirror=${IPCBIND_ARM64_MIRROR:-http://deb.debian.org/debian}
-packages=python3,python3-venv,python3-dev,python3-pip,python3-setuptools,python3-wheel,python3-cffi,python3-psutil,python3-pytest,python3-hypothesis,gcc,libc6-dev
+packages=python3,python3-venv,python3-dev,python3-pip,python3-setuptools,python3-wheel
+packages+=,python3-cffi,python3-psutil,python3-pytest,python3-hypothesis,gcc,libc6-dev
 rootfs=$cache/rootfs-$suite
 
 say() { printf 'arm64-test: %s\n' "$*" >&2; }
@@ -48,7 +49,7 @@ remove_tree() {
 }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (chroot, mount, binfmt_misc); run: sudo $0 $*"
-[ "$(uname -m)" != aarch64 ] || say "the host is already arm64: qemu is not needed, but the script still uses the chroot"
+[ "$(uname -m)" != aarch64 ] || say "the host is arm64: no emulation, but the same chroot"
 
 # ---- host tools ------------------------------------------------------------------
 missing=()
@@ -76,12 +77,15 @@ if [ "$(uname -m)" != aarch64 ]; then
         say "registering qemu-aarch64 with binfmt_misc"
         # Magic and mask select little-endian 64-bit ELF files for machine 183 (aarch64);
         # F opens the interpreter now, so it need not exist inside the chroot.
-        printf '%s\n' ':qemu-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/qemu-aarch64-static:F' \
+        magic='\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
+        mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
+        printf ':qemu-aarch64:M::%s:%s:/usr/bin/qemu-aarch64-static:F\n' "$magic" "$mask" \
             > "$binfmt/register"
     fi
     grep -qx enabled "$binfmt/qemu-aarch64" || echo 1 > "$binfmt/qemu-aarch64"
     grep -q '^flags: .*F' "$binfmt/qemu-aarch64" \
-        || die "qemu-aarch64 is registered without the F flag: the chroot cannot find it; re-register it (update-binfmts --package qemu-user-static --remove qemu-aarch64 /usr/bin/qemu-aarch64-static) and rerun"
+        || die "qemu-aarch64 is registered without the F flag, so the chroot cannot find" \
+               "the emulator: remove it (echo -1 > $binfmt/qemu-aarch64) and rerun"
 fi
 
 # ---- the root file system (cached) -----------------------------------------------
@@ -132,7 +136,8 @@ printf 'reserve=%s\n' "$reserve" > "$work/inside.sh"
 cat >> "$work/inside.sh" <<'EOF'
 set -eu
 export HOME=/root LC_ALL=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-echo "arm64-test: inside: $(uname -m), $(python3 --version), gcc $(gcc -dumpfullversion), $(ldd --version | head -1)"
+echo "arm64-test: inside: $(uname -m), $(python3 --version), gcc $(gcc -dumpfullversion)," \
+    "$(ldd --version | head -1)"
 python3 -m venv --system-site-packages /build/venv
 t0=$(date +%s)
 # Build requirements (setuptools, wheel, cffi) come from Debian's packages, so pip
@@ -154,7 +159,7 @@ gcc -O1 -o /tmp/emulator-check /build/src/scripts/emulator-check.c && /tmp/emula
 t0=$(date +%s)
 set +e
 if [ "$reserve" = 1 ]; then
-    echo "arm64-test: inside: SIGRTMAX and SIGRTMAX-1 ignored for the run (qemu cannot deliver them)"
+    echo "arm64-test: inside: SIGRTMAX and SIGRTMAX-1 ignored (qemu cannot deliver them)"
     /build/venv/bin/python -c 'import signal, sys, pytest
 for s in (signal.SIGRTMAX, signal.SIGRTMAX - 1):
     signal.signal(s, signal.SIG_IGN)

@@ -22,7 +22,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-python=$(command -v "${PYTHON:-python3}") || { echo "check-packaging: no ${PYTHON:-python3}" >&2; exit 1; }
+python=${PYTHON:-python3}
+python=$(command -v "$python") || { echo "check-packaging: no $python" >&2; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ipcbind-packaging.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 

@@ -20,7 +20,8 @@ from ipcbind.syscalls import ffi
 STRUCTS = ["ipc_perm", "msqid_ds", "semid_ds", "sembuf", "msginfo", "seminfo"]
 
 Layout = Dict[str, Tuple[int, ...]]
-"""'struct' -> (size,); 'struct.field' -> (offset, size, is_signed), is_signed -1 when not an integer."""
+"""'struct' -> (size,); 'struct.field' -> (offset, size, is_signed), where is_signed is
+-1 for a field that is not an integer."""
 
 
 def _compiler() -> Optional[List[str]]:
