@@ -127,9 +127,11 @@ rm -rf "$work/run/ipcbind"
 
 # qemu-user cannot deliver the two highest real-time signals (emulator-check.c shows
 # it), and the shim's timeouts use the highest one whose handler is the default. Under
-# emulation, ignore those two for the test run (SIG_IGN survives fork and exec), as a
-# program using them itself would: ipcbind then takes SIGRTMAX-2 and timeouts work, as
-# they do on arm64 hardware. IPCBIND_ARM64_KEEP_SIGNALS=1 shows the failures instead.
+# emulation, every Python of the test virtualenv ignores those two from its start (a
+# .pth file: qemu garbles the inherited dispositions of the top real-time signals
+# across exec, so each process must set them), as a program using them itself would:
+# ipcbind then takes SIGRTMAX-2 and timeouts work, as on arm64 hardware.
+# IPCBIND_ARM64_KEEP_SIGNALS=1 shows the failures instead.
 reserve=0
 [ "$(uname -m)" = aarch64 ] || [ -n "${IPCBIND_ARM64_KEEP_SIGNALS:-}" ] || reserve=1
 printf 'reserve=%s\n' "$reserve" > "$work/inside.sh"
@@ -144,6 +146,13 @@ t0=$(date +%s)
 # neither downloads nor compiles anything under emulation but the shim itself.
 /build/venv/bin/pip install -q --no-build-isolation '/build/src[test]'
 echo "arm64-test: inside: installed in $(( $(date +%s) - t0 )) s"
+if [ "$reserve" = 1 ]; then
+    echo "arm64-test: inside: SIGRTMAX and SIGRTMAX-1 ignored (qemu cannot deliver them)"
+    site=$(/build/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    # One line, starting with "import", run by site.py at every start of this Python.
+    printf '%s; %s\n' 'import signal; signal.signal(signal.SIGRTMAX, signal.SIG_IGN)' \
+        'signal.signal(signal.SIGRTMAX - 1, signal.SIG_IGN)' > "$site/zz_qemu_rt_signals.pth"
+fi
 cd /build/run
 /build/venv/bin/python - <<'PY'
 import platform
@@ -158,15 +167,7 @@ PY
 gcc -O1 -o /tmp/emulator-check /build/src/scripts/emulator-check.c && /tmp/emulator-check
 t0=$(date +%s)
 set +e
-if [ "$reserve" = 1 ]; then
-    echo "arm64-test: inside: SIGRTMAX and SIGRTMAX-1 ignored (qemu cannot deliver them)"
-    /build/venv/bin/python -c 'import signal, sys, pytest
-for s in (signal.SIGRTMAX, signal.SIGRTMAX - 1):
-    signal.signal(s, signal.SIG_IGN)
-sys.exit(pytest.main(sys.argv[1:]))' -p no:cacheprovider "$@"
-else
-    /build/venv/bin/python -m pytest -p no:cacheprovider "$@"
-fi
+/build/venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?
 echo "arm64-test: inside: pytest took $(( $(date +%s) - t0 )) s, exit status $rc"
 exit $rc
