@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Check that ipcbind packages and installs from its release artefacts alone.
+#
+# Usage: scripts/check-packaging.sh [pytest arguments...]
+#
+# 1. Builds the sdist and the wheel with `python -m build` (in a throw-away
+#    virtualenv). build makes the sdist first and then builds the wheel FROM THE
+#    UNPACKED SDIST, so a file missing from the sdist breaks the wheel build.
+# 2. Checks the sdist holds everything needed to build (build_ffi.py, src/shim.h,
+#    src/shim.c, setup.py, pyproject.toml, MANIFEST.in, README.md, every tracked
+#    file of ipcbind/, src/, tests/ and examples/) and no build products; checks the wheel is
+#    platform-specific and holds the compiled shim, py.typed and every module.
+# 3. Installs each artefact, with the test extra, into its own fresh virtualenv
+#    (the sdist one compiles the shim again), and runs the test suite against the
+#    INSTALLED package, in a directory that has no ipcbind/ to shadow it: the sdist's
+#    own tests in the unpacked sdist, the checkout's tests in a copy of the checkout.
+#    It also runs `ipcbind demo`.
+#
+# Needs: Python >= 3.9 with venv ($PYTHON, default python3), a C compiler and the
+# Python headers, and a package index pip can reach (for build, setuptools, cffi,
+# psutil, pytest). Runs as root or as a normal user; the tests skip what needs root.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+python=$(command -v "$python") || { echo "check-packaging: no $python" >&2; exit 1; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ipcbind-packaging.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+say() { printf 'check-packaging: %s\n' "$*" >&2; }
+die() { say "FAILED: $*"; exit 1; }
+t0=$SECONDS
+lap=$SECONDS
+took() { say "$1 took $((SECONDS - lap)) s"; lap=$SECONDS; }
+
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "$python is older than 3.9"
+say "using $("$python" --version) ($(command -v "$python")), scratch directory $tmp"
+
+# ---- build ---------------------------------------------------------------------
+"$python" -m venv "$tmp/buildenv"
+"$tmp/buildenv/bin/pip" install -q build
+# Build from a copy of the files git tracks (as they are in the working tree), so
+# that nothing else (a virtualenv, the _ffi*.so of an editable install) can leak in.
+mkdir "$tmp/src"
+if git -C "$here" rev-parse --git-dir >/dev/null 2>&1; then
+    (cd "$here" && git ls-files -z --cached \
+        | xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh \
+        | tar --null -T - -cf -) | tar -C "$tmp/src" -xf -
+else
+    tar -C "$here" --exclude='.venv*' --exclude=build --exclude=dist --exclude='*.so' \
+        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$tmp/src" -xf -
+fi
+"$tmp/buildenv/bin/python" -m build --outdir "$tmp/dist" "$tmp/src" > "$tmp/build.log" 2>&1 \
+    || { cat "$tmp/build.log" >&2; die "python -m build"; }
+sdist=$(ls "$tmp"/dist/*.tar.gz)
+wheel=$(ls "$tmp"/dist/*.whl)
+say "built $(basename "$sdist") and $(basename "$wheel")"
+took "building"
+
+# ---- what the artefacts hold -----------------------------------------------------
+tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort > "$tmp/sdist.txt"
+need=(build_ffi.py setup.py pyproject.toml MANIFEST.in README.md src/shim.h src/shim.c
+      ipcbind/py.typed ipcbind/__init__.py ipcbind/syscalls.py ipcbind/errors.py)
+if git -C "$here" rev-parse --git-dir >/dev/null 2>&1; then
+    mapfile -t tracked < <(cd "$here" && git ls-files ipcbind src tests examples)
+    need+=("${tracked[@]}")
+fi
+for f in "${need[@]}"; do
+    grep -qxF "$f" "$tmp/sdist.txt" || die "the sdist lacks $f"
+done
+if grep -E '(\.so|\.o|/_ffi\.c|__pycache__/.*|\.pyc)$' "$tmp/sdist.txt"; then
+    die "the sdist holds build products (listed above)"
+fi
+say "sdist: $(wc -l < "$tmp/sdist.txt") entries, all ${#need[@]} required files present"
+
+"$tmp/buildenv/bin/python" - "$wheel" "$here" <<'PY' || die "the wheel's contents"
+import sys, zipfile
+from pathlib import Path
+wheel, here = sys.argv[1], Path(sys.argv[2])
+names = set(zipfile.ZipFile(wheel).namelist())
+problems = []
+if wheel.endswith("-none-any.whl"):
+    problems.append("wheel is tagged pure Python, but it holds a compiled shim")
+if not any(n.startswith("ipcbind/_ffi.") and n.endswith(".so") for n in names):
+    problems.append("no compiled shim ipcbind/_ffi*.so")
+for path in sorted((here / "ipcbind").glob("*.py")) + [here / "ipcbind" / "py.typed"]:
+    if f"ipcbind/{path.name}" not in names:
+        problems.append(f"lacks ipcbind/{path.name}")
+entry = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+if not entry or b"ipcbind = ipcbind.cli:main" not in zipfile.ZipFile(wheel).read(entry[0]):
+    problems.append("no console script ipcbind")
+stray = sorted(n for n in names if not n.startswith("ipcbind"))
+if stray:
+    problems.append(f"holds files outside the package: {stray}")
+for p in problems:
+    print(f"check-packaging: the wheel {p}", file=sys.stderr)
+sys.exit(bool(problems))
+PY
+say "wheel: compiled shim, py.typed, every module and the console script present"
+took "checking contents"
+
+# ---- install each artefact fresh and test it -------------------------------------
+# Where each artefact's tests run: trees without ipcbind/, so that only the
+# installed package can be imported (the tests may use examples/ and other files).
+mkdir "$tmp/run-sdist" "$tmp/run-wheel"
+tar -C "$tmp/run-sdist" --strip-components=1 -xzf "$sdist"
+cp -r "$tmp/src/." "$tmp/run-wheel/"
+# The sdist's egg-info would be a second copy of the metadata (entry points too).
+rm -rf "$tmp/run-sdist/ipcbind" "$tmp/run-sdist/ipcbind.egg-info" "$tmp/run-wheel/ipcbind"
+status=0
+for artefact in "$sdist" "$wheel"; do
+    kind=wheel
+    [ "$artefact" = "$sdist" ] && kind=sdist
+    venv=$tmp/venv-$kind
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install -q "$artefact[test]" > "$tmp/install-$kind.log" 2>&1 \
+        || { cat "$tmp/install-$kind.log" >&2; die "installing the $kind"; }
+    took "installing the $kind"
+    cd "$tmp/run-$kind"
+    where=$("$venv/bin/python" -c 'import ipcbind._ffi as f; print(f.__file__)')
+    case $where in
+        "$venv"/*) say "$kind: ipcbind imported from $where" ;;
+        *) die "$kind: ipcbind imported from $where, not from the fresh virtualenv" ;;
+    esac
+    "$venv/bin/ipcbind" demo > "$tmp/demo-$kind.log" 2>&1 \
+        || { cat "$tmp/demo-$kind.log" >&2; die "$kind: ipcbind demo"; }
+    say "$kind: ipcbind demo ran"
+    set +e
+    "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+    rc=$?
+    set -e
+    took "testing the installed $kind"
+    if [ "$rc" -ne 0 ]; then
+        say "$kind: pytest exit status $rc"
+        status=1
+    fi
+    cd "$here"
+done
+
+if [ "$status" -eq 0 ]; then
+    say "OK in $((SECONDS - t0)) s"
+else
+    say "FAILED after $((SECONDS - t0)) s"
+fi
+exit "$status"
