@@ -76,11 +76,12 @@ struct ipcb_batch {
  * A received message stays in the thread's buffer until the caller has copied it
  * out, and between the two a Python signal handler may run on the same thread and
  * receive too. So a buffer handed out is marked lent until the caller clears the
- * mark, and a call that finds it lent takes another slot. A slot stays lent only
- * when its caller was interrupted by an exception before copying; once every slot
- * is, they are all taken back. */
+ * mark, and a call that finds it lent takes another slot, adding one if needed:
+ * handlers can nest as deep as Python's recursion allows. Besides those, a slot
+ * stays lent only when an exception interrupted its caller before it copied; past
+ * IPCB_MAX_SLOTS such slots (a thousand exceptions in that window) are taken back. */
 
-#define IPCB_SLOTS 4
+#define IPCB_MAX_SLOTS 1024
 
 struct rslot {
     struct ipcb_rmsg *m;
@@ -88,8 +89,10 @@ struct rslot {
 };
 
 struct ipcb_tls {
-    struct rslot r[IPCB_SLOTS];
-    struct ipcb_batch *b[IPCB_SLOTS];
+    struct rslot *r;
+    size_t nr;
+    struct ipcb_batch **b;
+    size_t nb;
     char *sbuf;             /* a long mtype followed by the text */
     size_t scap;
 };
@@ -105,9 +108,10 @@ static __thread struct ipcb_tls *tls_cur;
 static void tls_free(void *p)
 {
     struct ipcb_tls *t = p;
-    int i;
-    for (i = 0; i < IPCB_SLOTS; i++) {
+    size_t i;
+    for (i = 0; i < t->nr; i++)
         free(t->r[i].m);
+    for (i = 0; i < t->nb; i++) {
         if (t->b[i]) {
             free(t->b[i]->mtypes);
             free(t->b[i]->ends);
@@ -115,6 +119,8 @@ static void tls_free(void *p)
             free(t->b[i]);
         }
     }
+    free(t->r);
+    free(t->b);
     free(t->sbuf);
     free(t);
 }
@@ -167,15 +173,36 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem, size_t header)
     return 0;
 }
 
+/* Adds zeroed slots to an array of n of size elem (doubling); 0 or -1 (ENOMEM). */
+static int more_slots(void **array, size_t *n, size_t elem)
+{
+    size_t m = *n ? *n * 2 : 1;
+    char *p = realloc(*array, m * elem);
+    if (!p) {
+        errno = ENOMEM;
+        return -1;
+    }
+    memset(p + *n * elem, 0, (m - *n) * elem);
+    *array = p;
+    *n = m;
+    return 0;
+}
+
+/* A receive slot not lent, or NULL (ENOMEM). */
 static struct rslot *take_rslot(struct ipcb_tls *t)
 {
-    int i;
-    for (i = 0; i < IPCB_SLOTS; i++)
+    size_t i, n = t->nr;
+    for (i = 0; i < n; i++)
         if (!t->r[i].m || !t->r[i].m->lent)
             return &t->r[i];
-    for (i = 0; i < IPCB_SLOTS; i++)
-        t->r[i].m->lent = 0;
-    return &t->r[0];
+    if (n >= IPCB_MAX_SLOTS) {
+        for (i = 0; i < n; i++)
+            t->r[i].m->lent = 0;
+        return &t->r[0];
+    }
+    if (more_slots((void **)&t->r, &t->nr, sizeof *t->r))
+        return NULL;
+    return &t->r[n];
 }
 
 static struct ipcb_rmsg *rslot_grow(struct rslot *s, size_t need)
@@ -410,9 +437,8 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
 {
     struct ipcb_tls *t = tls();
     struct rslot *s;
-    if (!t)
+    if (!t || !(s = take_rslot(t)))
         return &no_memory;
-    s = take_rslot(t);
     return lend(s, recv_timed(s, msqid, maxsize, msgtyp, flags, timeout_ns));
 }
 
@@ -427,9 +453,8 @@ struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags)
 {
     struct ipcb_tls *t = tls();
     struct rslot *s;
-    if (!t)
+    if (!t || !(s = take_rslot(t)))
         return &no_memory;
-    s = take_rslot(t);
     return lend(s, recv_one(s, msqid, IPCB_ANY_SIZE, msgtyp, flags));
 }
 
@@ -455,22 +480,23 @@ size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes
 static struct ipcb_batch *take_batch(struct ipcb_tls *t)
 {
     struct ipcb_batch *b = NULL;
-    int i;
-    for (i = 0; i < IPCB_SLOTS && !b; i++) {
-        if (!t->b[i]) {
-            t->b[i] = calloc(1, sizeof *t->b[i]);
-            if (!t->b[i]) {
-                errno = ENOMEM;
-                return NULL;
-            }
-        }
-        if (!t->b[i]->lent)
+    size_t i, n = t->nb;
+    for (i = 0; i < n && !b; i++)
+        if (t->b[i] && !t->b[i]->lent)
             b = t->b[i];
-    }
-    if (!b) {
-        for (i = 0; i < IPCB_SLOTS; i++)
+    for (i = 0; i < n && !b; i++)
+        if (!t->b[i])
+            b = t->b[i] = calloc(1, sizeof *b);
+    if (!b && n >= IPCB_MAX_SLOTS) {
+        for (i = 0; i < n; i++)
             t->b[i]->lent = 0;
         b = t->b[0];
+    }
+    if (!b && !more_slots((void **)&t->b, &t->nb, sizeof *t->b))
+        b = t->b[n] = calloc(1, sizeof *b);
+    if (!b) {
+        errno = ENOMEM;
+        return NULL;
     }
     if (b->text_cap > IPCB_KEEP_BYTES) {
         free(b->text);
@@ -523,7 +549,10 @@ struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
     size_t i;
     if (!t || !(b = take_batch(t)))
         return NULL;
-    s = take_rslot(t);
+    if (!(s = take_rslot(t))) {
+        b->err = ENOMEM;
+        return b;
+    }
     for (i = 0; i < max_count; i++) {
         struct ipcb_rmsg *m;
         if (i == 0)
@@ -584,7 +613,10 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
     size_t i, n, size = 64, msgmax = 0;
     if (!t || !(b = take_batch(t)))
         return NULL;
-    s = take_rslot(t);
+    if (!(s = take_rslot(t))) {
+        b->err = ENOMEM;
+        return b;
+    }
     if (msgctl(msqid, IPC_STAT, &before)) {
         b->err = errno;
         return b;
