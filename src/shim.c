@@ -234,6 +234,22 @@ static void wake_handler(int sig)
     (void)sig;
 }
 
+/* Whether a timer aimed at this thread can send signal s: some emulators (qemu-user)
+ * refuse the highest real-time signals. */
+static int timer_takes(int s)
+{
+    struct sigevent sev;
+    timer_t t;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = s;
+    sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    if (timer_create(CLOCK_MONOTONIC, &sev, &t))
+        return 0;
+    timer_delete(t);
+    return 1;
+}
+
 static void wake_init(void)
 {
     int s;
@@ -241,7 +257,7 @@ static void wake_init(void)
         struct sigaction old, sa;
         if (sigaction(s, NULL, &old))
             continue;
-        if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL)
+        if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL || !timer_takes(s))
             continue;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = wake_handler;
