@@ -543,9 +543,22 @@ def _set_next_id(kind: str, ident: int) -> None:
 
 
 def _clear_next_id(kind: str) -> None:
-    """A failed *get leaves next_id armed; disarm it so no later object takes the id."""
-    if _read_int(f"{kind}_next_id") != -1:
-        _write_proc(f"{kind}_next_id", "-1")
+    """Disarm next_id after a *get that failed before allocating (EEXIST, ENOSPC,
+    EINVAL), so that no later object, anyone's, takes the id.
+
+    The kernel refuses -1 there (EINVAL), but disarms it at every allocation: a
+    throwaway private object consumes it. Where even that fails (no room for one
+    more object), the id stays armed and the *get's own error is what counts.
+    """
+    if _read_int(f"{kind}_next_id") == -1:
+        return
+    try:
+        if kind == "msg":
+            sc.msgctl(sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600), sc.IPC_RMID)
+        else:
+            sc.semctl(sc.semget(sc.IPC_PRIVATE, 1, sc.IPC_CREAT | 0o600), 0, sc.IPC_RMID)
+    except OSError:
+        pass
 
 
 class _Restorer:

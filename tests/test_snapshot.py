@@ -499,3 +499,23 @@ def test_restore_interrupted_by_ctrl_c_removes_what_it_made_and_lets_it_through(
         with pytest.raises(KeyboardInterrupt):
             restore(snap, other, progress=progress)
         assert _empty_namespace_objects(other) == ([], [])
+
+
+def _semmsl_2() -> None:
+    with open("/proc/sys/kernel/sem", "w") as f:
+        f.write("2 64000 500 32000")
+
+
+@needs_ns_root
+def test_restore_whose_semget_fails_leaves_no_id_armed_for_the_next_object() -> None:
+    # semget refuses more semaphores than SEMMSL before it allocates anything, which
+    # leaves the id in sem_next_id armed for whatever object comes next; the kernel
+    # takes no -1 there to disarm it.
+    snap = _snap((), (_semset(7, 0, (1, 1, 1)),))
+    with ns_child(_semmsl_2) as (other, _):
+        with pytest.raises(RestoreError):
+            restore(snap, other, set_limits=False)
+        with enter_namespace(other):
+            next_id = open("/proc/sys/kernel/sem_next_id").read().strip()
+        assert _empty_namespace_objects(other) == ([], [])
+    assert next_id == "-1"
