@@ -52,5 +52,13 @@ from .syscalls import (
     semget,
     semop,
 )
+from .semundo import (
+    SemundoNotSupportedError,
+    read_semundo,
+    restore_semundo,
+    semundo_supported,
+    tracked_semundo,
+    write_semundo,
+)
 
 __version__ = "0.1.0"

@@ -288,6 +288,11 @@ def msgget(key: int, flags: int = 0) -> int:
     return r
 
 
+_send = lib.ipcb_send
+_recv = lib.ipcb_recv
+_unpack = ffi.unpack
+
+
 def msgsnd(msqid: int, mtype: int, data: Buffer, flags: int = 0, *,
            timeout: Optional[float] = None) -> None:
     """msgsnd(2): queue ``data`` (any bytes-like object) as a message of type ``mtype``.
@@ -297,13 +302,27 @@ def msgsnd(msqid: int, mtype: int, data: Buffer, flags: int = 0, *,
     """
     if type(data) is not bytes:
         data = _as_buffer("msgsnd", data)
+    if timeout is None:
+        try:
+            if not _send(msqid, mtype, data, len(data), flags):
+                return
+        except (TypeError, OverflowError) as e:
+            raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
+                           flags=(flags, "int")) from None
+        err = ffi.errno
+        if err != EINTR:
+            raise syscall_error(err, f"msgsnd(msqid={msqid})")
+    _msgsnd_wait(msqid, mtype, data, flags, timeout)
+
+
+def _msgsnd_wait(msqid: int, mtype: int, data: Any, flags: int,
+                 timeout: Optional[float]) -> None:
+    """msgsnd after EINTR, or with a timeout: the PEP 475 retry loop."""
     deadline = _deadline("msgsnd", timeout)
-    ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
     try:
-        while lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, ns):
+        while lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, _remaining_ns(deadline)):
             err = ffi.errno
             if err == EINTR:
-                ns = _remaining_ns(deadline)
                 continue
             if err == ETIMEDOUT:
                 raise _timed_out(f"msgsnd(msqid={msqid})", timeout)
@@ -324,17 +343,32 @@ def msgrcv(msqid: int, maxsize: Optional[int] = None, msgtyp: int = 0, flags: in
     MSG_COPY (and IPC_NOWAIT) ``msgtyp`` is a 0-based index and the message stays.
     ``timeout`` (seconds) bounds the wait and raises ``TimeoutError``.
     """
+    if maxsize is None and timeout is None:
+        try:
+            m = _recv(msqid, msgtyp, flags)
+        except (TypeError, OverflowError) as e:
+            raise _explain("msgrcv", e, msqid=(msqid, "int"), msgtyp=(msgtyp, "long"),
+                           flags=(flags, "int")) from None
+        if m:
+            return m.mtype, _unpack(m.mtext, m.len)
+        err = ffi.errno
+        if err != EINTR:
+            raise syscall_error(err, f"msgrcv(msqid={msqid})")
+    return _msgrcv_wait(msqid, maxsize, msgtyp, flags, timeout)
+
+
+def _msgrcv_wait(msqid: int, maxsize: Optional[int], msgtyp: int, flags: int,
+                 timeout: Optional[float]) -> Tuple[int, bytes]:
+    """msgrcv after EINTR, or with a maxsize or a timeout: the PEP 475 retry loop."""
     size = _size("msgrcv", maxsize)
     deadline = _deadline("msgrcv", timeout)
-    ns = _NO_TIMEOUT if deadline is None else _remaining_ns(deadline)
     try:
         while True:
-            m = lib.ipcb_msgrcv(msqid, size, msgtyp, flags, ns)
+            m = lib.ipcb_msgrcv(msqid, size, msgtyp, flags, _remaining_ns(deadline))
             if m:
-                return m.mtype, ffi.unpack(m.mtext, m.len)
+                return m.mtype, _unpack(m.mtext, m.len)
             err = ffi.errno
             if err == EINTR:
-                ns = _remaining_ns(deadline)
                 continue
             if err == ETIMEDOUT:
                 raise _timed_out(f"msgrcv(msqid={msqid})", timeout)

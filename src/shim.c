@@ -350,6 +350,19 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
     return m;
 }
 
+/* The common cases, with fewer arguments for cffi to convert: no timeout, and
+ * (for receiving) room for a message of any size. */
+int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags)
+{
+    return ipcb_msgsnd(msqid, mtype, data, len, flags, -1);
+}
+
+struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags)
+{
+    struct ipcb_tls *t = tls();
+    return t ? recv_one(t, msqid, IPCB_ANY_SIZE, msgtyp, flags) : NULL;
+}
+
 /* Sends messages from..count-1 in order (message i is text[ends[i-1]:ends[i]]);
  * returns the index reached. When that is less than count, errno says why.
  * The timeout applies to each message that must wait for room. */
@@ -553,6 +566,15 @@ static void ledger_init(void)
     pthread_atfork(ledger_prefork, ledger_parent, ledger_child);
 }
 
+/* Every path takes the lock through here, so the fork handlers exist before the
+ * lock is ever held: a fork while another thread holds it must not leave the
+ * child a lock that nobody will release. */
+static void ledger_lock_take(void)
+{
+    pthread_once(&ledger_once, ledger_init);
+    pthread_mutex_lock(&ledger_lock);
+}
+
 static struct undo_set **ledger_find(int semid)
 {
     struct undo_set **p = &ledger;
@@ -583,8 +605,7 @@ static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
     }
     if (!any)
         return;
-    pthread_once(&ledger_once, ledger_init);
-    pthread_mutex_lock(&ledger_lock);
+    ledger_lock_take();
     p = ledger_find(semid);
     u = *p;
     if (!u) {
@@ -603,8 +624,10 @@ static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
         u->adj = a;
         u->n = max;
     }
+    /* A zero sem_op with SEM_UNDO may name a semaphore beyond adj (max only
+     * counts non-zero ops): it changes no semadj, so it must not be indexed. */
     for (i = 0; i < nops; i++)
-        if (ops[i].sem_flg & SEM_UNDO)
+        if ((ops[i].sem_flg & SEM_UNDO) && ops[i].sem_op)
             u->adj[ops[i].sem_num] -= ops[i].sem_op;
 out:
     pthread_mutex_unlock(&ledger_lock);
@@ -615,7 +638,7 @@ out:
 static void ledger_clear(int semid, int num, int drop)
 {
     struct undo_set **p;
-    pthread_mutex_lock(&ledger_lock);
+    ledger_lock_take();
     p = ledger_find(semid);
     if (*p) {
         if (drop || num < 0)
@@ -637,7 +660,7 @@ size_t ipcb_ledger_dump(int *out, size_t cap)
 {
     struct undo_set *u;
     size_t need = 0;
-    pthread_mutex_lock(&ledger_lock);
+    ledger_lock_take();
     for (u = ledger; u; u = u->next) {
         size_t i;
         int any = 0;

@@ -133,6 +133,8 @@ int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
                 long long timeout_ns);
 struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
                               long long timeout_ns);
+int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags);
+struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags);
 size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes,
                         const char *text, const size_t *ends, int flags, long long timeout_ns);
 struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
