@@ -141,7 +141,8 @@ def semaphore_values(semset: SemSet) -> List[int]:
     Args:
         semset: the set's semid, or an object with an ``id`` (a ``SemaphoreSet``).
     """
-    return sc.semctl(_ident(semset, "semaphore set"), 0, sc.GETALL)
+    values: List[int] = sc.semctl(_ident(semset, "semaphore set"), 0, sc.GETALL)
+    return values
 
 
 # ---- namespaces -----------------------------------------------------------------------

@@ -438,6 +438,77 @@ def test_leak_check_inside_a_namespace_names_what_was_left(pytester: pytest.Pyte
     result.stdout.fnmatch_lines(["*semaphore set 0 *5 semaphore(s)*isolated namespace*"])
 
 
+@needs_ns
+def test_namespace_is_left_after_a_failing_test(pytester: pytest.Pytester, msq: int) -> None:
+    pytester.makepyfile(f"""
+        import ipcbind
+
+        def test_fails_inside(ipc_namespace):
+            assert False
+
+        def test_sees_the_host_again():
+            assert ipcbind.msgctl({msq}, ipcbind.IPC_STAT).qnum == 0
+    """)
+    pytester.runpytest_subprocess().assert_outcomes(passed=1, failed=1)
+
+
+@needs_ns
+def test_namespace_holds_the_test_thread_and_its_new_threads_not_earlier_ones(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import os, threading
+
+        STOP = threading.Event()
+        EARLIER = threading.Thread(target=STOP.wait)
+        EARLIER.start()
+
+        def ns(tid):
+            return os.stat(f"/proc/self/task/{tid}/ns/ipc").st_ino
+
+        def test_threads(ipc_namespace):
+            inside = threading.Thread(target=STOP.wait)
+            inside.start()
+            try:
+                assert ns(threading.get_native_id()) == ipc_namespace.inode
+                assert ns(inside.native_id) == ipc_namespace.inode
+                assert ns(EARLIER.native_id) != ipc_namespace.inode
+            finally:
+                STOP.set()
+                inside.join()
+                EARLIER.join()
+    """)
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+UNDO_INNER = """
+import ipcbind, pytest
+from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, GETVAL, SETVAL, SEM_UNDO
+from ipcbind.syscalls import _ledger
+
+@pytest.fixture(scope="module")
+def held():
+    s = ipcbind.semget(IPC_PRIVATE, 1, IPC_CREAT | 0o600)
+    ipcbind.semctl(s, 0, SETVAL, 1)
+    ipcbind.semop(s, [(0, -1, SEM_UNDO)])
+    assert _ledger() == {s: [1]}
+    yield s
+    ipcbind.semctl(s, 0, IPC_RMID)
+
+def test_enters_a_namespace(held, ipc_namespace):
+    assert _ledger() == {}
+
+def test_the_hold_was_released(held):
+    assert ipcbind.semctl(held, 0, GETVAL) == 1
+"""
+
+
+@needs_ns
+def test_entering_a_namespace_applies_pending_undo_and_empties_the_ledger(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(UNDO_INNER)
+    _run_alone(pytester).assert_outcomes(passed=2)
+
+
 def _unprivileged(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """Run the inner session without CAP_SYS_ADMIN (as root: dropped from the
     bounding set, so the exec'd interpreter never has it)."""
