@@ -52,6 +52,7 @@ _PROC_MSG = "/proc/sysvipc/msg"
 _PROC_SEM = "/proc/sysvipc/sem"
 _GONE = (errno.EINVAL, errno.EIDRM)
 _PEEK_ATTEMPTS = 100
+_SETTLE = 0.2  # seconds before a leak suspected by uid alone is looked at again
 
 Queue = Union[int, Any]
 """A queue given to a helper: its msqid, or any object with an ``id`` attribute."""
@@ -296,20 +297,21 @@ def _process_tree() -> Set[int]:
     return pids
 
 
-def _attributable(obj: IpcObject, tree: Set[int], uids: Set[int]) -> bool:
-    """Best-effort: was this object (new during the test) made by the test?
+def _attribution(obj: IpcObject, tree: Set[int], uids: Set[int]) -> Optional[str]:
+    """Best-effort: why this object (new during the test) is the test's, or None.
 
     /proc/sysvipc names no creator pid for queues and semaphore sets, so the
     pids that last used the object decide when they can: one of ours (this
-    process or a living descendant) says yes, only living strangers say no.
-    Otherwise (never used, or its users are gone) the creator's uid decides.
+    process or a living descendant) gives ``"pid"``, only living strangers give
+    None. Otherwise (never used, or its users are gone) the creator's uid
+    decides, giving ``"uid"``.
     """
     pids = _evidence(obj)
     if pids & tree:
-        return True
+        return "pid"
     if pids and all(psutil.pid_exists(p) for p in pids):
-        return False
-    return obj.cuid in uids
+        return None
+    return "uid" if obj.cuid in uids else None
 
 
 # ---- leak watch ------------------------------------------------------------------------
@@ -350,9 +352,19 @@ def _host_leaks(watch: _LeakWatch) -> List[IpcObject]:
         new = {k: v for k, v in new.items() if k not in setup}
     if not new:
         return []
-    tree = _process_tree()
     uids = {os.getuid(), os.geteuid()}
-    return [obj for obj in new.values() if _attributable(obj, tree, uids)]
+    tree = _process_tree()
+    why = {k: _attribution(obj, tree, uids) for k, obj in new.items()}
+    if "uid" in why.values():
+        # Only the uid ties these to the test. Another process of the same user
+        # that made one a moment ago usually uses or removes it soon: look again.
+        time.sleep(_SETTLE)
+        now = _snapshot()
+        tree = _process_tree()
+        for k, reason in why.items():
+            if reason == "uid":
+                why[k] = _attribution(now[k], tree, uids) if k in now else None
+    return [new[k] for k, reason in why.items() if reason is not None]
 
 
 def _leak_report(host: List[IpcObject], isolated: List[IpcObject]) -> str:
