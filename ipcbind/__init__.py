@@ -13,6 +13,20 @@ from .errors import (
     QueueChangedError,
     TooBigError,
 )
+from .namespace import (
+    NamespaceReturnError,
+    enter_namespace,
+    namespace_id,
+    namespace_pids,
+    shares_namespace,
+)
+from .snapshot import (
+    FreezeError,
+    RestoreConflictError,
+    RestoreError,
+    Snapshot,
+    SnapshotFormatError,
+)
 from .syscalls import (
     GETALL,
     GETNCNT,

@@ -1,0 +1,234 @@
+"""IPC namespaces: work inside another process's namespace, and see what it holds.
+
+Every queue and semaphore set lives in an IPC namespace; a container usually has
+its own. :func:`enter_namespace` moves the *calling thread* into the namespace of a
+process, given its pid, and always moves it back::
+
+    from ipcbind.namespace import enter_namespace, list_queues
+
+    with enter_namespace(container_pid):
+        for msqid, ds in list_queues():
+            print(msqid, ds.qnum)
+
+Threads: ``setns(2)`` with ``CLONE_NEWIPC`` changes only the thread that calls it,
+so while one thread is inside, the others stay where they were (and keep working
+on their own namespace's objects). An id means nothing outside its namespace: use
+the ids you get inside the ``with`` block, in that thread, before it ends. Threads
+and processes started inside the block start in the entered namespace.
+
+"Our namespace" below is always the calling thread's (``/proc/thread-self/ns/ipc``),
+which inside :func:`enter_namespace` is the entered one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple
+
+import psutil
+
+from . import syscalls as sc
+from .syscalls import MsqidDs, SemidDs
+
+__all__ = [
+    "NamespaceId",
+    "NamespaceReturnError",
+    "enter_namespace",
+    "list_queues",
+    "list_semaphore_sets",
+    "namespace_id",
+    "namespace_pids",
+    "shares_namespace",
+]
+
+NamespaceId = Tuple[int, int]
+"""A namespace's identity: the (st_dev, st_ino) of its ``/proc/.../ns/ipc`` file."""
+
+_SELF = "/proc/thread-self/ns/ipc"
+
+
+class NamespaceReturnError(RuntimeError):
+    """The thread could not be moved back into its own IPC namespace.
+
+    The thread is left inside the namespace it had entered: every IPC call it
+    makes from now on acts there. Attributes: ``pid`` (whose namespace was
+    entered) and ``stuck_in`` (the :data:`NamespaceId` the thread is in).
+    """
+
+    def __init__(self, pid: int, stuck_in: Optional[NamespaceId], cause: OSError) -> None:
+        super().__init__(
+            f"could not move this thread back to its own IPC namespace after entering the "
+            f"namespace of pid {pid} ({cause}); the thread is STILL in the namespace of "
+            f"pid {pid} and its IPC calls act there")
+        self.pid = pid
+        self.stuck_in = stuck_in
+
+
+def _ns_path(pid: Optional[int]) -> str:
+    if pid is None:
+        return _SELF
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise ValueError(f"pid must be a positive process id, got {pid}")
+    return f"/proc/{pid}/ns/ipc"
+
+
+def _proc_error(err: OSError, pid: Optional[int], what: str) -> OSError:
+    """Explain a failure to reach /proc/PID/ns/ipc."""
+    if err.errno == errno.ENOENT or err.errno == errno.ESRCH:
+        return ProcessLookupError(errno.ESRCH, f"{what}: no process with pid {pid}")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return PermissionError(
+            err.errno, f"{what}: cannot open /proc/{pid}/ns/ipc: needs the right to trace "
+            f"pid {pid} (same user, or CAP_SYS_PTRACE)")
+    return err
+
+
+def namespace_id(pid: Optional[int] = None) -> NamespaceId:
+    """The identity of the IPC namespace of ``pid`` (None: the calling thread's).
+
+    Raises:
+        ProcessLookupError: no such process.
+        PermissionError: its namespace file cannot be read (another user's process).
+    """
+    path = _ns_path(pid)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise _proc_error(e, pid, "namespace_id") from None
+    return st.st_dev, st.st_ino
+
+
+def shares_namespace(pid: int) -> bool:
+    """Whether process ``pid`` is in the calling thread's IPC namespace.
+
+    Raises:
+        ProcessLookupError: no such process.
+        PermissionError: its namespace cannot be seen (another user's process).
+    """
+    return namespace_id(pid) == namespace_id()
+
+
+def namespace_pids(pid: Optional[int] = None) -> List[int]:
+    """The pids (sorted) of the processes in the IPC namespace of ``pid``.
+
+    ``pid`` None: the calling thread's namespace. A process's namespace is its main
+    thread's. Processes whose namespace cannot be seen (other users' processes,
+    without privilege) and processes that exit meanwhile are not listed.
+    """
+    target = namespace_id(pid)
+    found = []
+    for p in psutil.pids():
+        try:
+            st = os.stat(f"/proc/{p}/ns/ipc")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == target:
+            found.append(p)
+    return found
+
+
+@contextmanager
+def enter_namespace(pid: int) -> Iterator[NamespaceId]:
+    """Move the calling thread into the IPC namespace of process ``pid``; move it back on exit.
+
+    Yields the entered namespace's :data:`NamespaceId`. If ``pid`` already shares
+    the calling thread's namespace, nothing moves (and no privilege is needed).
+    Only the calling thread moves (see the module's notes on threads); leave the
+    block in the same thread that entered it.
+
+    Raises:
+        ProcessLookupError: no such process.
+        PermissionError: entering needs CAP_SYS_ADMIN in the user namespace that owns
+            the target namespace (and reading its /proc entry needs the right to
+            trace the process).
+        NamespaceReturnError: on exit, the thread could not be moved back (it is
+            raised even while another exception propagates, which it then chains).
+    """
+    target_path = _ns_path(pid)
+    original = os.open(_SELF, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(original)
+        home: NamespaceId = (st.st_dev, st.st_ino)
+        try:
+            target = os.open(target_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise _proc_error(e, pid, "enter_namespace") from None
+        try:
+            st = os.fstat(target)
+            there: NamespaceId = (st.st_dev, st.st_ino)
+            if there == home:
+                yield there
+                return
+            try:
+                # The check in finally looks at where the thread really is, so a
+                # signal landing right after setns cannot skip the way back.
+                try:
+                    sc._setns_ipc(target)
+                except PermissionError as e:
+                    err = e.errno or errno.EPERM
+                    raise PermissionError(
+                        err, f"entering the IPC namespace of pid {pid} needs CAP_SYS_ADMIN "
+                        f"in the user namespace that owns it (setns: {os.strerror(err)})"
+                    ) from None
+                yield there
+            finally:
+                _return_home(original, home, pid)
+        finally:
+            os.close(target)
+    finally:
+        os.close(original)
+
+
+def _return_home(original: int, home: NamespaceId, pid: int) -> None:
+    """Move the calling thread back into ``home`` (open as ``original``) if it left it."""
+    try:
+        if namespace_id() == home:
+            return
+        sc._setns_ipc(original)
+        now = namespace_id()
+    except OSError as e:
+        try:
+            stuck: Optional[NamespaceId] = namespace_id()
+        except OSError:
+            stuck = None
+        raise NamespaceReturnError(pid, stuck, e) from e
+    if now != home:
+        raise NamespaceReturnError(pid, now, OSError(errno.EINVAL, "setns left the thread "
+                                                     "elsewhere"))
+
+
+def list_queues() -> List[Tuple[int, MsqidDs]]:
+    """Every message queue of the calling thread's namespace: ``[(msqid, MsqidDs)]`` by id.
+
+    Uses MSG_STAT_ANY, which, like /proc/sysvipc/msg, needs no read permission on
+    the queues. A queue removed while the list is taken is left out.
+    """
+    highest, _ = sc.msgctl(0, sc.MSG_INFO)
+    found = []
+    for index in range(highest + 1):
+        try:
+            found.append(sc.msgctl(index, sc.MSG_STAT_ANY))
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EIDRM):
+                raise
+    return sorted(found, key=lambda item: item[0])
+
+
+def list_semaphore_sets() -> List[Tuple[int, SemidDs]]:
+    """Every semaphore set of the calling thread's namespace: ``[(semid, SemidDs)]`` by id.
+
+    Uses SEM_STAT_ANY (no read permission needed). A set removed meanwhile is left out.
+    """
+    highest, _ = sc.semctl(0, 0, sc.SEM_INFO)
+    found = []
+    for index in range(highest + 1):
+        try:
+            found.append(sc.semctl(index, 0, sc.SEM_STAT_ANY))
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EIDRM):
+                raise
+    return sorted(found, key=lambda item: item[0])

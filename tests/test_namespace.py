@@ -1,0 +1,197 @@
+"""ipcbind.namespace against real IPC namespaces (forked children that unshare)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from typing import List
+
+import pytest
+
+from conftest import NOBODY, needs_root, run_in_child
+from nschild import needs_ns_root, ns_child
+
+from ipcbind import syscalls as sc
+from ipcbind.namespace import (
+    NamespaceReturnError,
+    enter_namespace,
+    list_queues,
+    list_semaphore_sets,
+    namespace_id,
+    namespace_pids,
+    shares_namespace,
+)
+
+NO_SUCH_PID = 4194305  # above the largest pid_max Linux allows
+
+
+def _make_objects() -> dict:
+    q = sc.msgget(0x1234, sc.IPC_CREAT | 0o640)
+    sc.msgsnd(q, 3, b"inside")
+    s = sc.semget(0x5678, 2, sc.IPC_CREAT | 0o600)
+    sc.semctl(s, 0, sc.SETALL, [4, 5])
+    return {"q": q, "s": s}
+
+
+def test_namespace_id_of_own_pid_is_the_calling_threads() -> None:
+    assert namespace_id(os.getpid()) == namespace_id()
+
+
+def test_shares_namespace_is_true_for_our_own_process() -> None:
+    assert shares_namespace(os.getpid())
+
+
+def test_unknown_pid_raises_process_lookup_error() -> None:
+    with pytest.raises(ProcessLookupError, match=f"no process with pid {NO_SUCH_PID}"):
+        namespace_id(NO_SUCH_PID)
+    with pytest.raises(ProcessLookupError):
+        with enter_namespace(NO_SUCH_PID):
+            pass
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, "12"])
+def test_bad_pid_is_refused_before_any_system_call(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        namespace_id(bad)  # type: ignore[arg-type]
+
+
+def test_entering_our_own_namespace_needs_no_privilege(msq: int) -> None:
+    def child() -> int:
+        with enter_namespace(os.getpid()) as ns:
+            ids = [i for i, _ in list_queues()]
+            return 0 if ns == namespace_id() and msq in ids else 1
+
+    if os.geteuid() == 0:
+        assert run_in_child(child, uid=NOBODY) == 0
+    else:
+        assert run_in_child(child) == 0
+
+
+@needs_ns_root
+def test_shares_namespace_is_false_for_a_process_in_a_fresh_namespace() -> None:
+    with ns_child() as (pid, _):
+        assert not shares_namespace(pid)
+        assert namespace_id(pid) != namespace_id()
+
+
+@needs_ns_root
+def test_namespace_pids_lists_the_namespaces_processes_only() -> None:
+    with ns_child() as (pid, _):
+        assert namespace_pids(pid) == [pid]
+        ours = namespace_pids()
+        assert os.getpid() in ours and pid not in ours
+
+
+@needs_ns_root
+def test_enter_namespace_shows_that_namespaces_objects_and_not_ours(msq: int) -> None:
+    with ns_child(_make_objects) as (pid, made):
+        with enter_namespace(pid) as ns:
+            assert namespace_id() == ns == namespace_id(pid)
+            queues = dict(list_queues())
+            sets = dict(list_semaphore_sets())
+            values = sc.semctl(made["s"], 0, sc.GETALL)
+            copy = sc.msgrcv(made["q"], None, 0, sc.MSG_COPY | sc.IPC_NOWAIT)
+        assert list(queues) == [made["q"]] and msq not in queues
+        assert queues[made["q"]].key == 0x1234 and queues[made["q"]].mode == 0o640
+        assert list(sets) == [made["s"]] and sets[made["s"]].nsems == 2
+        assert values == [4, 5] and copy == (3, b"inside")
+        assert namespace_id() != ns
+        assert msq in dict(list_queues())
+
+
+@needs_ns_root
+def test_enter_namespace_moves_back_when_the_block_raises() -> None:
+    home = namespace_id()
+    with ns_child() as (pid, _):
+        with pytest.raises(KeyError):
+            with enter_namespace(pid):
+                assert namespace_id() != home
+                raise KeyError("boom")
+    assert namespace_id() == home
+
+
+@needs_ns_root
+def test_enter_namespace_moves_only_the_calling_thread() -> None:
+    home = namespace_id()
+    seen: List[object] = []
+    go = threading.Event()
+
+    def other() -> None:
+        go.wait(10)
+        seen.append(namespace_id())
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        with ns_child() as (pid, _):
+            with enter_namespace(pid) as ns:
+                go.set()
+                t.join()
+                assert namespace_id() == ns
+    finally:
+        go.set()
+        t.join()
+    assert seen == [home]
+
+
+@needs_ns_root
+def test_threads_started_inside_enter_namespace_start_in_that_namespace() -> None:
+    seen: List[object] = []
+    with ns_child() as (pid, _):
+        with enter_namespace(pid) as ns:
+            t = threading.Thread(target=lambda: seen.append(namespace_id()))
+            t.start()
+            t.join()
+    assert seen == [ns]
+
+
+@needs_root
+def test_entering_without_cap_sys_admin_raises_permission_error_saying_so() -> None:
+    def preexec() -> None:
+        sc._unshare_ipc()
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    # exec makes the nobody-owned target traceable by nobody again, so only
+    # setns itself can refuse.
+    target = subprocess.Popen(["sleep", "30"], preexec_fn=preexec)
+    try:
+        def child() -> int:
+            try:
+                with enter_namespace(target.pid):
+                    return 1
+            except PermissionError as e:
+                return 0 if "CAP_SYS_ADMIN" in str(e) else 2
+
+        assert run_in_child(child, uid=NOBODY) == 0
+    finally:
+        target.kill()
+        target.wait()
+
+
+@needs_root
+def test_unreadable_namespace_file_raises_permission_error_saying_so() -> None:
+    def child() -> int:
+        try:
+            namespace_id(1)
+        except PermissionError as e:
+            return 0 if "CAP_SYS_PTRACE" in str(e) else 2
+        return 1
+
+    assert run_in_child(child, uid=NOBODY) == 0
+
+
+@needs_ns_root
+def test_failing_to_move_back_raises_namespace_return_error() -> None:
+    with ns_child() as (pid, _):
+        def child() -> int:
+            try:
+                with enter_namespace(pid) as ns:
+                    os.setuid(NOBODY)  # drops CAP_SYS_ADMIN: the way back is closed
+            except NamespaceReturnError as e:
+                return 0 if e.stuck_in == ns == namespace_id() and "STILL" in str(e) else 2
+            return 1
+
+        assert run_in_child(child) == 0
