@@ -37,6 +37,7 @@ import pytest
 
 from . import syscalls as sc
 from .errors import QueueChangedError
+from .namespace import NamespaceId, namespace_id
 
 __all__ = [
     "IpcFactory",
@@ -47,7 +48,7 @@ __all__ = [
     "wait_for_messages",
 ]
 
-_NS_PATH = "/proc/thread-self/ns/ipc"
+_NS_PATH = "/proc/thread-self/ns/ipc"  # the calling thread's, which is what moves
 _PROC_MSG = "/proc/sysvipc/msg"
 _PROC_SEM = "/proc/sysvipc/sem"
 _GONE = (errno.EINVAL, errno.EIDRM)
@@ -148,11 +149,6 @@ def semaphore_values(semset: SemSet) -> List[int]:
 
 # ---- namespaces -----------------------------------------------------------------------
 
-def _ns_inode() -> int:
-    """The inode of the calling thread's IPC namespace (what ``readlink`` shows)."""
-    return os.stat(_NS_PATH).st_ino
-
-
 def _single_threaded() -> bool:
     with open("/proc/self/status") as f:
         for line in f:
@@ -193,15 +189,17 @@ class IpcNamespace:
 class _NamespaceRef:
     """An open reference to the calling thread's IPC namespace.
 
-    Holding the file open keeps the namespace alive, so its inode cannot be
+    Holding the file open keeps the namespace alive, so its identity cannot be
     reused by a later namespace while we compare against it.
     """
 
     def __init__(self) -> None:
         self.fd = os.open(_NS_PATH, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(self.fd)
+        self.id: NamespaceId = (st.st_dev, st.st_ino)
 
     def is_current(self) -> bool:
-        return os.fstat(self.fd).st_ino == _ns_inode()
+        return namespace_id() == self.id
 
     def close(self) -> None:
         os.close(self.fd)
@@ -320,7 +318,7 @@ def _attribution(obj: IpcObject, tree: Set[int], uids: Set[int]) -> Optional[str
 class _LeakWatch:
     """What one test's leak check has seen so far."""
 
-    ns: int
+    ns: NamespaceId
     before: Dict[Tuple[str, int], IpcObject]
     after_setup: Optional[Dict[Tuple[str, int], IpcObject]] = None
     host_at_entry: Optional[Dict[Tuple[str, int], IpcObject]] = None
@@ -413,7 +411,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     watch = None
     if _leak_check_enabled(item):
-        watch = _LeakWatch(_ns_inode(), _snapshot())
+        watch = _LeakWatch(namespace_id(), _snapshot())
         item.stash[_WATCH] = watch
     item.config.stash[_SETTING_UP] = watch
     try:
@@ -421,7 +419,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     finally:
         item.config.stash[_SETTING_UP] = None
         if watch is not None:
-            if _ns_inode() == watch.ns:
+            if namespace_id() == watch.ns:
                 watch.after_setup = _snapshot()
             else:
                 watch.after_setup = watch.host_at_entry
@@ -439,7 +437,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) 
     if watch is None:
         return
     del item.stash[_WATCH]
-    if _ns_inode() != watch.ns:
+    if namespace_id() != watch.ns:
         pytest.fail("the test ended in another IPC namespace than it started in; "
                     "no leak check was possible", pytrace=False)
     host = _host_leaks(watch)
@@ -476,16 +474,20 @@ def ipc_namespace(request: pytest.FixtureRequest) -> Iterator[IpcNamespace]:
         if not _fallback_wanted(request.config):
             pytest.skip(reason + " (--ipc-namespace-fallback runs such tests in the host "
                                  "namespace instead)")
-        yield IpcNamespace(False, _ns_inode(), reason)
+        yield IpcNamespace(False, namespace_id()[1], reason)
         return
     _forget_undo_ledger()
     try:
-        yield IpcNamespace(True, _ns_inode())
+        yield IpcNamespace(True, namespace_id()[1])
         if watch is not None:
             watch.in_namespace = list(_snapshot().values())
     finally:
         try:
             sc._setns_ipc(home.fd)
+        except OSError as e:
+            pytest.exit(f"could not move the test thread back to its IPC namespace ({e}); "
+                        "every later test would run in the wrong one",
+                        returncode=pytest.ExitCode.INTERNAL_ERROR)
         finally:
             home.close()
         _forget_undo_ledger()
