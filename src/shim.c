@@ -463,11 +463,25 @@ static int same_queue(const struct msqid_ds *a, const struct msqid_ds *b)
            a->msg_lrpid == b->msg_lrpid;
 }
 
+/* Whether the message at index i is still the one the batch holds as message j. */
+static int still_at(struct ipcb_tls *t, int msqid, size_t i, const struct ipcb_batch *b,
+                    size_t j, size_t size)
+{
+    size_t start = j ? b->ends[j - 1] : 0, len = b->ends[j] - start;
+    ssize_t got = msgrcv(msqid, &t->rbuf->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
+    return got == (ssize_t)len && t->rbuf->mtype == b->mtypes[j] &&
+           memcmp(t->rbuf->mtext, b->text + start, len) == 0;
+}
+
 /* Copies every message with MSG_COPY, without taking any. MSG_COPY walks the
  * queue from its head on each call and copies the whole user buffer into the
  * kernel first, so the buffer starts near the average message size and only
- * grows (on E2BIG) to the largest message seen. changed is set when IPC_STAT
- * before and after differ, or the queue ran out early. */
+ * grows (on E2BIG) to the largest message seen.
+ * changed is set when the queue ran out early, when IPC_STAT before and after
+ * differ, or when the first or last message is no longer the one copied: IPC_STAT
+ * times have a resolution of one second, so a consumer taking the head and a
+ * producer adding a message of the same size, within a second, change nothing
+ * IPC_STAT shows; they do change the head, or the tail. */
 struct ipcb_batch *ipcb_msgcopy_all(int msqid)
 {
     struct ipcb_tls *t = tls();
@@ -518,6 +532,10 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
             b->err = errno;
             return b;
         }
+    }
+    if (n && (!still_at(t, msqid, 0, b, 0, size) || !still_at(t, msqid, n - 1, b, n - 1, size))) {
+        b->changed = 1;
+        return b;
     }
     if (msgctl(msqid, IPC_STAT, &after))
         b->err = errno;
