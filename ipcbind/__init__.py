@@ -13,6 +13,7 @@ from .errors import (
     QueueChangedError,
     TooBigError,
 )
+from .msg import Message, MessageQueue
 from .namespace import (
     NamespaceReturnError,
     enter_namespace,

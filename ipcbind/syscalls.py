@@ -291,6 +291,7 @@ def msgget(key: int, flags: int = 0) -> int:
 _send = lib.ipcb_send
 _recv = lib.ipcb_recv
 _unpack = ffi.unpack
+_tuple_new = tuple.__new__
 
 
 def msgsnd(msqid: int, mtype: int, data: Buffer, flags: int = 0, *,
@@ -300,19 +301,28 @@ def msgsnd(msqid: int, mtype: int, data: Buffer, flags: int = 0, *,
     With IPC_NOWAIT a full queue raises ``BlockingIOError`` (EAGAIN). ``timeout``
     (seconds) bounds the wait for room on a full queue and raises ``TimeoutError``.
     """
+    if timeout is None:
+        return _msgsnd1(msqid, mtype, data, flags)
     if type(data) is not bytes:
         data = _as_buffer("msgsnd", data)
-    if timeout is None:
-        try:
-            if not _send(msqid, mtype, data, len(data), flags):
-                return
-        except (TypeError, OverflowError) as e:
-            raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
-                           flags=(flags, "int")) from None
-        err = ffi.errno
-        if err != EINTR:
-            raise syscall_error(err, f"msgsnd(msqid={msqid})")
     _msgsnd_wait(msqid, mtype, data, flags, timeout)
+
+
+def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
+    """msgsnd without a timeout in as few steps as possible; after EINTR it goes on
+    in :func:`_msgsnd_wait`, which retries."""
+    if type(data) is not bytes:
+        data = _as_buffer("msgsnd", data)
+    try:
+        if not _send(msqid, mtype, data, len(data), flags):
+            return
+    except (TypeError, OverflowError) as e:
+        raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
+                       flags=(flags, "int")) from None
+    err = ffi.errno
+    if err != EINTR:
+        raise syscall_error(err, f"msgsnd(msqid={msqid})")
+    _msgsnd_wait(msqid, mtype, data, flags, None)
 
 
 def _msgsnd_wait(msqid: int, mtype: int, data: Any, flags: int,
@@ -344,21 +354,32 @@ def msgrcv(msqid: int, maxsize: Optional[int] = None, msgtyp: int = 0, flags: in
     ``timeout`` (seconds) bounds the wait and raises ``TimeoutError``.
     """
     if maxsize is None and timeout is None:
-        try:
-            m = _recv(msqid, msgtyp, flags)
-        except (TypeError, OverflowError) as e:
-            raise _explain("msgrcv", e, msqid=(msqid, "int"), msgtyp=(msgtyp, "long"),
-                           flags=(flags, "int")) from None
-        if m:
-            return m.mtype, _unpack(m.mtext, m.len)
-        err = ffi.errno
-        if err != EINTR:
-            raise syscall_error(err, f"msgrcv(msqid={msqid})")
-    return _msgrcv_wait(msqid, maxsize, msgtyp, flags, timeout)
+        return _msgrcv1(msqid, msgtyp, flags, tuple)
+    return _msgrcv_wait(msqid, maxsize, msgtyp, flags, timeout, tuple)
+
+
+def _msgrcv1(msqid: int, msgtyp: int, flags: int, cls: Any) -> Any:
+    """msgrcv of a message of any size, without a timeout, in as few steps as
+    possible. Returns ``(mtype, data)`` as an instance of ``cls``, a tuple or a
+    subclass of it, built with ``tuple.__new__`` (``cls.__new__`` is not called).
+    After EINTR it goes on in :func:`_msgrcv_wait`, which retries."""
+    try:
+        m = _recv(msqid, msgtyp, flags)
+    except (TypeError, OverflowError) as e:
+        raise _explain("msgrcv", e, msqid=(msqid, "int"), msgtyp=(msgtyp, "long"),
+                       flags=(flags, "int")) from None
+    if m:
+        got = _tuple_new(cls, (m.mtype, _unpack(m.mtext, m.len)))
+        m.lent = 0
+        return got
+    err = ffi.errno
+    if err != EINTR:
+        raise syscall_error(err, f"msgrcv(msqid={msqid})")
+    return _msgrcv_wait(msqid, None, msgtyp, flags, None, cls)
 
 
 def _msgrcv_wait(msqid: int, maxsize: Optional[int], msgtyp: int, flags: int,
-                 timeout: Optional[float]) -> Tuple[int, bytes]:
+                 timeout: Optional[float], cls: Any) -> Any:
     """msgrcv after EINTR, or with a maxsize or a timeout: the PEP 475 retry loop."""
     size = _size("msgrcv", maxsize)
     deadline = _deadline("msgrcv", timeout)
@@ -366,7 +387,9 @@ def _msgrcv_wait(msqid: int, maxsize: Optional[int], msgtyp: int, flags: int,
         while True:
             m = lib.ipcb_msgrcv(msqid, size, msgtyp, flags, _remaining_ns(deadline))
             if m:
-                return m.mtype, _unpack(m.mtext, m.len)
+                got = _tuple_new(cls, (m.mtype, _unpack(m.mtext, m.len)))
+                m.lent = 0
+                return got
             err = ffi.errno
             if err == EINTR:
                 continue
@@ -579,12 +602,17 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
 # ---- for the layers above: batches in C, the undo ledger, namespaces ---------------
 # Not part of the syscall-shaped API; names start with an underscore.
 
-def _batch_messages(b: Any) -> Tuple[List[int], bytes, List[int]]:
-    """(mtypes, text, ends) of a shim batch; message i is text[ends[i-1]:ends[i]]."""
+def _take_batch(b: Any) -> Tuple[List[int], bytes, List[int], int, int]:
+    """``(mtypes, text, ends, err, changed)`` of a batch the shim lent; gives it back.
+
+    Message i is ``text[ends[i-1]:ends[i]]``.
+    """
     n = b.count
-    if not n:
-        return [], b"", []
-    return ffi.unpack(b.mtypes, n), ffi.unpack(b.text, b.used), ffi.unpack(b.ends, n)
+    got = ((ffi.unpack(b.mtypes, n), ffi.unpack(b.text, b.used), ffi.unpack(b.ends, n))
+           if n else ([], b"", []))
+    err, changed = b.err, b.changed
+    b.lent = 0
+    return got[0], got[1], got[2], err, changed
 
 
 def _msgsnd_many(msqid: int, mtypes: Sequence[int], text: bytes, ends: Sequence[int],
@@ -638,10 +666,9 @@ def _msgrcv_many(msqid: int, max_count: int, maxsize: Optional[int], msgtyp: int
                                  _remaining_ns(deadline))
         if b == ffi.NULL:
             raise MemoryError("receive_many: no memory for the receive buffers")
-        if b.count or not b.err:
-            mtypes, text, ends = _batch_messages(b)
-            return mtypes, text, ends, b.err
-        err = b.err
+        mtypes, text, ends, err, _ = _take_batch(b)
+        if mtypes or not err:
+            return mtypes, text, ends, err
         if err == EINTR:
             continue
         if err == ETIMEDOUT:
@@ -658,11 +685,12 @@ def _msgcopy_all(msqid: int) -> Optional[Tuple[List[int], bytes, List[int]]]:
     b = lib.ipcb_msgcopy_all(msqid)
     if b == ffi.NULL:
         raise MemoryError("peek_all: no memory for the copy buffers")
-    if b.err:
-        raise syscall_error(b.err, f"msgrcv(msqid={msqid}, MSG_COPY)")
-    if b.changed:
+    mtypes, text, ends, err, changed = _take_batch(b)
+    if err:
+        raise syscall_error(err, f"msgrcv(msqid={msqid}, MSG_COPY)")
+    if changed:
         return None
-    return _batch_messages(b)
+    return mtypes, text, ends
 
 
 def _semop1(semid: int, num: int, op: int, flg: int, timeout: Optional[float]) -> None:

@@ -52,12 +52,14 @@ union ipcb_semun {
 };
 
 struct ipcb_rmsg {
+    int lent;      /* set when returned; the caller clears it once it has copied */
     ssize_t len;
     long mtype;    /* mtype and mtext are the struct msgbuf the kernel fills */
     char mtext[];
 };
 
 struct ipcb_batch {
+    int lent;      /* as in ipcb_rmsg */
     size_t count;
     size_t used;
     long *mtypes;
@@ -69,14 +71,26 @@ struct ipcb_batch {
     size_t text_cap;
 };
 
-/* ---- per-thread buffers ------------------------------------------------ */
+/* ---- per-thread buffers ------------------------------------------------
+ * A received message stays in the thread's buffer until the caller has copied it
+ * out, and between the two a Python signal handler may run on the same thread and
+ * receive too. So a buffer handed out is marked lent until the caller clears the
+ * mark, and a call that finds it lent takes another slot. A slot stays lent only
+ * when its caller was interrupted by an exception before copying; once every slot
+ * is, they are all taken back. */
+
+#define IPCB_SLOTS 4
+
+struct rslot {
+    struct ipcb_rmsg *m;
+    size_t cap;             /* bytes of mtext */
+};
 
 struct ipcb_tls {
-    struct ipcb_rmsg *rbuf;
-    size_t rcap;            /* bytes of mtext in rbuf */
+    struct rslot r[IPCB_SLOTS];
+    struct ipcb_batch *b[IPCB_SLOTS];
     char *sbuf;             /* a long mtype followed by the text */
     size_t scap;
-    struct ipcb_batch batch;
 };
 
 static pthread_key_t tls_key;
@@ -90,11 +104,17 @@ static __thread struct ipcb_tls *tls_cur;
 static void tls_free(void *p)
 {
     struct ipcb_tls *t = p;
-    free(t->rbuf);
+    int i;
+    for (i = 0; i < IPCB_SLOTS; i++) {
+        free(t->r[i].m);
+        if (t->b[i]) {
+            free(t->b[i]->mtypes);
+            free(t->b[i]->ends);
+            free(t->b[i]->text);
+            free(t->b[i]);
+        }
+    }
     free(t->sbuf);
-    free(t->batch.mtypes);
-    free(t->batch.ends);
-    free(t->batch.text);
     free(t);
 }
 
@@ -146,13 +166,27 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem, size_t header)
     return 0;
 }
 
-static struct ipcb_rmsg *rbuf(struct ipcb_tls *t, size_t need)
+static struct rslot *take_rslot(struct ipcb_tls *t)
 {
+    int i;
+    for (i = 0; i < IPCB_SLOTS; i++)
+        if (!t->r[i].m || !t->r[i].m->lent)
+            return &t->r[i];
+    for (i = 0; i < IPCB_SLOTS; i++)
+        t->r[i].m->lent = 0;
+    return &t->r[0];
+}
+
+static struct ipcb_rmsg *rslot_grow(struct rslot *s, size_t need)
+{
+    int fresh = !s->m;
     if (need < IPCB_FIRST_RCAP)
         need = IPCB_FIRST_RCAP;
-    if (grow((void **)&t->rbuf, &t->rcap, need, 1, sizeof(struct ipcb_rmsg)))
+    if (grow((void **)&s->m, &s->cap, need, 1, sizeof(struct ipcb_rmsg)))
         return NULL;
-    return t->rbuf;
+    if (fresh)
+        s->m->lent = 0;
+    return s->m;
 }
 
 /* ---- timeouts ------------------------------------------------------------
@@ -297,7 +331,7 @@ static long read_msgmax(void)
  * (the message stays queued) the buffer grows and the call is made again, so
  * the caller sees exactly what a buffer of maxsize bytes would have given.
  * MSG_COPY copies at most msgmax bytes, so growing past msgmax is pointless. */
-static struct ipcb_rmsg *recv_one(struct ipcb_tls *t, int msqid, size_t maxsize,
+static struct ipcb_rmsg *recv_one(struct rslot *s, int msqid, size_t maxsize,
                                   long msgtyp, int flags)
 {
     size_t limit = maxsize;
@@ -306,15 +340,15 @@ static struct ipcb_rmsg *recv_one(struct ipcb_tls *t, int msqid, size_t maxsize,
         errno = EINVAL;
         return NULL;
     }
-    if (!rbuf(t, 0))
+    if (!rslot_grow(s, 0))
         return NULL;
     for (;;) {
-        size_t size = limit < t->rcap ? limit : t->rcap;
+        size_t size = limit < s->cap ? limit : s->cap;
         int f = size < maxsize ? (flags & ~MSG_NOERROR) : flags;
-        ssize_t n = msgrcv(msqid, &t->rbuf->mtype, size, msgtyp, f);
+        ssize_t n = msgrcv(msqid, &s->m->mtype, size, msgtyp, f);
         if (n >= 0) {
-            t->rbuf->len = n;
-            return t->rbuf;
+            s->m->len = n;
+            return s->m;
         }
         if (errno != E2BIG || size >= limit)
             return NULL;
@@ -328,26 +362,38 @@ static struct ipcb_rmsg *recv_one(struct ipcb_tls *t, int msqid, size_t maxsize,
                 return NULL;
             }
         }
-        if (!rbuf(t, size <= limit / 2 ? size * 2 : limit))
+        if (!rslot_grow(s, size <= limit / 2 ? size * 2 : limit))
             return NULL;
     }
+}
+
+static struct ipcb_rmsg *recv_timed(struct rslot *s, int msqid, size_t maxsize,
+                                    long msgtyp, int flags, long long timeout_ns)
+{
+    struct ipcb_rmsg *m;
+    struct deadline d;
+    if (timeout_ns < 0)
+        return recv_one(s, msqid, maxsize, msgtyp, flags);
+    if (deadline_start(&d, timeout_ns))
+        return NULL;
+    m = recv_one(s, msqid, maxsize, msgtyp, flags);
+    deadline_stop(&d, m == NULL);
+    return m;
+}
+
+static struct ipcb_rmsg *lend(struct ipcb_rmsg *m)
+{
+    if (m)
+        m->lent = 1;
+    return m;
 }
 
 struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
                               long long timeout_ns)
 {
     struct ipcb_tls *t = tls();
-    struct ipcb_rmsg *m;
-    struct deadline d;
-    if (!t)
-        return NULL;
-    if (timeout_ns < 0)
-        return recv_one(t, msqid, maxsize, msgtyp, flags);
-    if (deadline_start(&d, timeout_ns))
-        return NULL;
-    m = recv_one(t, msqid, maxsize, msgtyp, flags);
-    deadline_stop(&d, m == NULL);
-    return m;
+    return t ? lend(recv_timed(take_rslot(t), msqid, maxsize, msgtyp, flags, timeout_ns))
+             : NULL;
 }
 
 /* The common cases, with fewer arguments for cffi to convert: no timeout, and
@@ -360,7 +406,7 @@ int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags)
 struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags)
 {
     struct ipcb_tls *t = tls();
-    return t ? recv_one(t, msqid, IPCB_ANY_SIZE, msgtyp, flags) : NULL;
+    return t ? lend(recv_one(take_rslot(t), msqid, IPCB_ANY_SIZE, msgtyp, flags)) : NULL;
 }
 
 /* Sends messages from..count-1 in order (message i is text[ends[i-1]:ends[i]]);
@@ -378,9 +424,28 @@ size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes
     return count;
 }
 
-static struct ipcb_batch *batch_reset(struct ipcb_tls *t)
+/* A batch that is not lent, emptied; large buffers are given back first. The
+ * caller marks it lent when it hands it out. */
+static struct ipcb_batch *take_batch(struct ipcb_tls *t)
 {
-    struct ipcb_batch *b = &t->batch;
+    struct ipcb_batch *b = NULL;
+    int i;
+    for (i = 0; i < IPCB_SLOTS && !b; i++) {
+        if (!t->b[i]) {
+            t->b[i] = calloc(1, sizeof *t->b[i]);
+            if (!t->b[i]) {
+                errno = ENOMEM;
+                return NULL;
+            }
+        }
+        if (!t->b[i]->lent)
+            b = t->b[i];
+    }
+    if (!b) {
+        for (i = 0; i < IPCB_SLOTS; i++)
+            t->b[i]->lent = 0;
+        b = t->b[0];
+    }
     if (b->text_cap > IPCB_KEEP_BYTES) {
         free(b->text);
         b->text = NULL;
@@ -397,6 +462,7 @@ static struct ipcb_batch *batch_reset(struct ipcb_tls *t)
     b->used = 0;
     b->err = 0;
     b->changed = 0;
+    b->lent = 1;
     return b;
 }
 
@@ -427,16 +493,17 @@ struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
 {
     struct ipcb_tls *t = tls();
     struct ipcb_batch *b;
+    struct rslot *s;
     size_t i;
-    if (!t)
+    if (!t || !(b = take_batch(t)))
         return NULL;
-    b = batch_reset(t);
+    s = take_rslot(t);
     for (i = 0; i < max_count; i++) {
         struct ipcb_rmsg *m;
-        if (i == 0 && timeout_ns >= 0)
-            m = ipcb_msgrcv(msqid, maxsize, msgtyp, flags, timeout_ns);
+        if (i == 0)
+            m = recv_timed(s, msqid, maxsize, msgtyp, flags, timeout_ns);
         else
-            m = recv_one(t, msqid, maxsize, msgtyp, i ? flags | IPC_NOWAIT : flags);
+            m = recv_one(s, msqid, maxsize, msgtyp, flags | IPC_NOWAIT);
         if (!m) {
             if (i == 0 || errno != ENOMSG)
                 b->err = errno;
@@ -464,13 +531,13 @@ static int same_queue(const struct msqid_ds *a, const struct msqid_ds *b)
 }
 
 /* Whether the message at index i is still the one the batch holds as message j. */
-static int still_at(struct ipcb_tls *t, int msqid, size_t i, const struct ipcb_batch *b,
+static int still_at(struct rslot *s, int msqid, size_t i, const struct ipcb_batch *b,
                     size_t j, size_t size)
 {
     size_t start = j ? b->ends[j - 1] : 0, len = b->ends[j] - start;
-    ssize_t got = msgrcv(msqid, &t->rbuf->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
-    return got == (ssize_t)len && t->rbuf->mtype == b->mtypes[j] &&
-           memcmp(t->rbuf->mtext, b->text + start, len) == 0;
+    ssize_t got = msgrcv(msqid, &s->m->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
+    return got == (ssize_t)len && s->m->mtype == b->mtypes[j] &&
+           memcmp(s->m->mtext, b->text + start, len) == 0;
 }
 
 /* Copies every message with MSG_COPY, without taking any. MSG_COPY walks the
@@ -486,11 +553,12 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
 {
     struct ipcb_tls *t = tls();
     struct ipcb_batch *b;
+    struct rslot *s;
     struct msqid_ds before, after;
     size_t i, n, size = 64, msgmax = 0;
-    if (!t)
+    if (!t || !(b = take_batch(t)))
         return NULL;
-    b = batch_reset(t);
+    s = take_rslot(t);
     if (msgctl(msqid, IPC_STAT, &before)) {
         b->err = errno;
         return b;
@@ -498,12 +566,12 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
     n = before.msg_qnum;
     if (n && before.__msg_cbytes / n > size)
         size = before.__msg_cbytes / n;
-    if (!rbuf(t, size)) {
+    if (!rslot_grow(s, size)) {
         b->err = errno;
         return b;
     }
     for (i = 0; i < n; i++) {
-        ssize_t got = msgrcv(msqid, &t->rbuf->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
+        ssize_t got = msgrcv(msqid, &s->m->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
         if (got < 0 && errno == E2BIG) {
             if (!msgmax) {
                 long m = read_msgmax();
@@ -514,7 +582,7 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
                 return b;
             }
             size = size * 2 < msgmax ? size * 2 : msgmax;
-            if (!rbuf(t, size)) {
+            if (!rslot_grow(s, size)) {
                 b->err = errno;
                 return b;
             }
@@ -528,12 +596,12 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
                 b->err = errno;
             return b;
         }
-        if (batch_push(b, t->rbuf->mtype, t->rbuf->mtext, (size_t)got)) {
+        if (batch_push(b, s->m->mtype, s->m->mtext, (size_t)got)) {
             b->err = errno;
             return b;
         }
     }
-    if (n && (!still_at(t, msqid, 0, b, 0, size) || !still_at(t, msqid, n - 1, b, n - 1, size))) {
+    if (n && (!still_at(s, msqid, 0, b, 0, size) || !still_at(s, msqid, n - 1, b, n - 1, size))) {
         b->changed = 1;
         return b;
     }

@@ -103,15 +103,18 @@ struct sembuf {
     ...;
 };
 
-/* A received message, in a buffer owned by the calling thread. */
+/* A received message, in a buffer owned by the calling thread and lent to the
+ * caller: clear lent once the message is copied out. */
 struct ipcb_rmsg {
+    int lent;
     ssize_t len;
     long mtype;
     char mtext[];
 };
 
-/* Several messages, in buffers owned by the calling thread. */
+/* Several messages, in buffers owned by the calling thread; lent as above. */
 struct ipcb_batch {
+    int lent;
     size_t count;
     size_t used;
     long *mtypes;

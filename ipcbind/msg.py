@@ -1,0 +1,672 @@
+"""Message queues, the Pythonic way: :class:`MessageQueue` and :class:`Message`.
+
+A :class:`MessageQueue` wraps one System V message queue identifier. Single sends
+and receives take the shortest path into the shim; batches (:meth:`~MessageQueue.send_many`,
+:meth:`~MessageQueue.receive_many`) and the non-destructive :meth:`~MessageQueue.peek_all`
+make one call into C for the whole batch.
+
+Timeouts (``timeout=`` on :meth:`~MessageQueue.send` and :meth:`~MessageQueue.receive`)
+are real: the thread sleeps in the kernel until a message (or room) arrives or a
+POSIX timer aimed at that thread interrupts the call at the deadline. Nothing polls.
+
+:meth:`~MessageQueue.peek_all` reads the queue by position with ``MSG_COPY`` and
+checks with ``IPC_STAT`` before and after that nothing changed in between; see its
+docstring for what that check can and cannot see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+import time
+from itertools import accumulate
+from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+
+from . import syscalls as _sc
+from .errors import NoMessageError, QueueChangedError, TooBigError
+from .syscalls import (
+    IPC_CREAT,
+    IPC_EXCL,
+    IPC_INFO,
+    IPC_NOWAIT,
+    IPC_PRIVATE,
+    IPC_RMID,
+    IPC_STAT,
+    MSG_COPY,
+    MSG_EXCEPT,
+    MSG_NOERROR,
+    Buffer,
+    MsqidDs,
+    _msgrcv1,
+    _msgsnd1,
+)
+
+__all__ = ["Message", "MessageQueue"]
+
+
+class Message(NamedTuple):
+    """A message: its type and its bytes. Unpacks as ``mtype, data = message``.
+
+    Attributes:
+        mtype: the message type (a C ``long``, >= 1).
+        data: the message text.
+    """
+
+    mtype: int
+    data: bytes
+
+
+# Building a Message through tuple.__new__ skips the NamedTuple's Python-level __new__.
+_new = tuple.__new__
+
+_INT_MAX = 2 ** 31 - 1
+# How many complete MSG_COPY passes peek_all makes before giving up.
+_PEEK_ATTEMPTS = 5
+# Longest single wait of a receive_async worker thread: after a cancellation its
+# executor thread is free again within this many seconds.
+_ASYNC_SLICE = 0.25
+
+
+def _msqid(msqid: Any) -> int:
+    if isinstance(msqid, bool) or not isinstance(msqid, int):
+        raise TypeError(f"a queue id must be an int, not {type(msqid).__name__}")
+    if not 0 <= msqid <= _INT_MAX:
+        raise ValueError(f"a queue id is between 0 and {_INT_MAX}, got {msqid}")
+    return msqid
+
+
+def _mode(call: str, mode: Any) -> int:
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise TypeError(f"{call}: mode must be an int such as 0o600, not {type(mode).__name__}")
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{call}: mode holds permission bits only (0 to 0o777), got {mode:#o}")
+    return mode
+
+
+def _msgmax() -> Optional[int]:
+    try:
+        return int(_sc.msgctl(0, IPC_INFO)[1].msgmax)
+    except OSError:
+        return None
+
+
+def _send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException:
+    """A clearer exception for what the kernel refused with a bare EINVAL."""
+    if exc.errno != errno.EINVAL:
+        return exc
+    if isinstance(mtype, int) and mtype < 1:
+        return ValueError(f"{call}: mtype must be >= 1, got {mtype}")
+    size = memoryview(data).nbytes
+    limit = _msgmax()
+    if limit is not None and size > limit:
+        return ValueError(f"{call}: a message of {size} bytes is longer than the system's "
+                          f"limit of {limit} (msgmax, /proc/sys/kernel/msgmax)")
+    return exc
+
+
+def _timeout_error(call: str, timeout: Optional[float]) -> TimeoutError:
+    return TimeoutError(errno.ETIMEDOUT, f"{call}: timed out after {timeout} s")
+
+
+def _messages(mtypes: List[int], text: bytes, ends: List[int]) -> List[Message]:
+    starts = [0]
+    starts += ends[:-1]
+    return [_new(Message, (t, text[s:e])) for t, s, e in zip(mtypes, starts, ends)]
+
+
+class MessageQueue:
+    """A System V message queue.
+
+    Make one with :meth:`create`, :meth:`open` (by key) or :meth:`from_id`. Sends and
+    receives are thread-safe (the kernel serialises them); one object may be shared
+    by threads, and by processes after ``fork`` (or pickling, which passes the id).
+
+    As a context manager it returns itself and, on exit, removes the queue if this
+    object created it in this process (:attr:`created`); a queue opened by key or id
+    is left alone. ``len(q)`` is the number of queued messages; iterating over
+    ``q`` yields a consistent snapshot of them (:meth:`peek_all`) and takes none.
+    """
+
+    __slots__ = ("_id", "_key", "_created", "_creator_pid", "_removed", "__weakref__")
+
+    def __init__(self, msqid: int) -> None:
+        """Wraps an existing queue identifier, as :meth:`from_id` does."""
+        self._id: int = _msqid(msqid)
+        self._key: Optional[int] = None
+        self._created = False
+        self._creator_pid = 0
+        self._removed = False
+
+    # ---- making one ----------------------------------------------------------------
+
+    @classmethod
+    def create(cls, key: int = IPC_PRIVATE, mode: int = 0o600,
+               exclusive: bool = False) -> MessageQueue:
+        """Creates a queue, or opens the one that exists for ``key``.
+
+        Args:
+            key: IPC_PRIVATE (the default) always makes a new queue; any other key
+                names a queue that other processes can open (see :func:`ipcbind.ftok`).
+                Keys may be given unsigned, as ``ipcs`` prints them.
+            mode: permission bits of a new queue.
+            exclusive: fail with ``FileExistsError`` if a queue exists for ``key``.
+
+        Returns:
+            The queue. :attr:`created` tells whether this call made it.
+        """
+        mode = _mode("create", mode)
+        k = _sc._key("create", key)
+        if k == IPC_PRIVATE:
+            q = cls(_sc.msgget(k, IPC_CREAT | mode))
+            created = True
+        elif exclusive:
+            q = cls(_sc.msgget(k, IPC_CREAT | IPC_EXCL | mode))
+            created = True
+        else:
+            # Try to create first, so that `created` is known for certain.
+            while True:
+                try:
+                    q = cls(_sc.msgget(k, IPC_CREAT | IPC_EXCL | mode))
+                    created = True
+                    break
+                except FileExistsError:
+                    pass
+                try:
+                    q = cls(_sc.msgget(k, 0))
+                    created = False
+                    break
+                except FileNotFoundError:
+                    continue  # removed in between: create it after all
+        q._key = k
+        if created:
+            q._created = True
+            q._creator_pid = os.getpid()
+        return q
+
+    @classmethod
+    def open(cls, key: int) -> MessageQueue:
+        """Opens the existing queue for ``key``; ``FileNotFoundError`` if there is none."""
+        k = _sc._key("open", key)
+        if k == IPC_PRIVATE:
+            raise ValueError("open: IPC_PRIVATE names no existing queue "
+                             "(use create() for a new one, or from_id())")
+        q = cls(_sc.msgget(k, 0))
+        q._key = k
+        return q
+
+    @classmethod
+    def from_id(cls, msqid: int) -> MessageQueue:
+        """Wraps a queue identifier (as ``ipcs -q`` lists them). Nothing is checked
+        until the first call; an id that names no queue then raises ``OSError`` EINVAL."""
+        return cls(msqid)
+
+    # ---- identity ------------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """The queue identifier (msqid)."""
+        return self._id
+
+    @property
+    def key(self) -> int:
+        """The queue's key as the kernel stores it (a C int; 0 is IPC_PRIVATE).
+        For a queue made with :meth:`from_id` the first access asks IPC_STAT."""
+        if self._key is None:
+            self._key = self.stat().key
+        return self._key
+
+    @property
+    def created(self) -> bool:
+        """True if this object created the queue (then leaving a ``with`` block
+        removes it, in the creating process only)."""
+        return self._created
+
+    def __repr__(self) -> str:
+        key = self._key
+        if key is None:
+            try:
+                key = self.key
+            except OSError:
+                pass
+        shown = "?" if key is None else f"{key & 0xFFFFFFFF:#010x}"
+        return f"<MessageQueue id={self._id} key={shown}{' created' if self._created else ''}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MessageQueue):
+            return self._id == other._id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[int]]:
+        return (MessageQueue.from_id, (self._id,))
+
+    # ---- sending -------------------------------------------------------------------
+
+    def send(self, data: Buffer, mtype: int = 1, block: bool = True,
+             timeout: Optional[float] = None) -> None:
+        """Queues ``data`` as one message of type ``mtype``.
+
+        Args:
+            data: the message text, any bytes-like object (not ``str``).
+            mtype: the message type, >= 1.
+            block: wait for room when the queue is full. False raises
+                ``BlockingIOError`` (EAGAIN) at once instead.
+            timeout: seconds to wait for room at most, then ``TimeoutError``
+                (nothing is sent). 0 tries once without waiting. Needs ``block``.
+
+        Raises:
+            ValueError: ``mtype`` < 1, or ``data`` longer than msgmax.
+            IdentifierRemovedError: the queue was removed while waiting.
+        """
+        if timeout is None:
+            try:
+                return _msgsnd1(self._id, mtype, data, 0 if block else IPC_NOWAIT)
+            except OSError as e:
+                better = _send_error("send", e, mtype, data)
+                if better is e:
+                    raise
+                raise better from e
+        self._send_timed(data, mtype, block, timeout)
+
+    def _send_timed(self, data: Buffer, mtype: int, block: bool, timeout: float) -> None:
+        _sc._deadline("send", timeout)  # refuses what is no timeout before "== 0" below
+        if not block:
+            raise ValueError("send: a timeout needs block=True")
+        try:
+            if timeout == 0:
+                try:
+                    _sc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
+                except BlockingIOError:
+                    raise _timeout_error(f"send(msqid={self._id})", timeout) from None
+            else:
+                _sc.msgsnd(self._id, mtype, data, 0, timeout=timeout)
+        except OSError as e:
+            better = _send_error("send", e, mtype, data)
+            if better is e:
+                raise
+            raise better from e
+
+    def send_many(self, messages: Iterable[Tuple[int, Buffer]], block: bool = True,
+                  timeout: Optional[float] = None) -> int:
+        """Sends ``(mtype, data)`` pairs in order, with one call into C for all.
+
+        ``Message`` objects are pairs, so what :meth:`peek_all` or
+        :meth:`receive_many` returned can be sent again. Other senders' messages
+        may land between these.
+
+        Args:
+            messages: an iterable of ``(mtype, data)``; data is bytes-like.
+            block: wait for room whenever the queue is full. With False the batch
+                stops at the first message that finds the queue full.
+            timeout: seconds each wait for room may last at most (a limit per
+                wait, not for the whole batch), then ``TimeoutError``.
+
+        Returns:
+            How many messages were sent: all of them, except with ``block=False``
+            when the queue filled up; then the first that many were sent and the
+            rest were not.
+
+        Raises:
+            OSError: as :meth:`send`. An exception raised part-way through has a
+                ``sent`` attribute: the number of messages sent before it.
+        """
+        if timeout is not None:
+            _sc._deadline("send_many", timeout)
+            if not block:
+                raise ValueError("send_many: a timeout needs block=True")
+        try:
+            pairs = messages if isinstance(messages, (list, tuple)) else list(messages)
+        except TypeError:
+            raise TypeError("send_many: messages must be an iterable of (mtype, data) pairs, "
+                            f"not {type(messages).__name__}") from None
+        if not pairs:
+            return 0
+        try:
+            mtypes = [m for m, _ in pairs]
+            chunks = [d for _, d in pairs]
+            text = b"".join(chunks)
+        except (TypeError, ValueError):
+            raise _bad_pair(pairs) from None
+        ends = _ends(chunks, len(text))
+        flags = IPC_NOWAIT if not block or timeout == 0 else 0
+        try:
+            sent = _sc._msgsnd_many(self._id, mtypes, text, ends, flags,
+                                    None if timeout == 0 else timeout)
+        except OSError as e:
+            sent = getattr(e, "sent", 0)
+            better = _send_error(f"send_many: message {sent}", e, mtypes[sent], chunks[sent])
+            if better is not e:
+                better.sent = sent  # type: ignore[attr-defined]
+                raise better from e
+            raise
+        if timeout == 0 and sent < len(mtypes):
+            exc = _timeout_error(f"send_many(msqid={self._id})", timeout)
+            exc.sent = sent  # type: ignore[attr-defined]
+            raise exc
+        return sent
+
+    # ---- receiving -----------------------------------------------------------------
+
+    def receive(self, mtype: int = 0, block: bool = True, timeout: Optional[float] = None, *,
+                except_type: bool = False, maxsize: Optional[int] = None,
+                truncate: bool = False) -> Message:
+        """Takes one message from the queue.
+
+        Args:
+            mtype: 0 takes the first message; > 0 the first of that type; < 0 the
+                first of the lowest type <= ``-mtype``.
+            block: wait for a matching message. False raises ``NoMessageError``
+                (ENOMSG) at once instead.
+            timeout: seconds to wait at most, then ``TimeoutError`` (nothing is
+                taken). 0 tries once without waiting. Needs ``block``.
+            except_type: take the first message NOT of type ``mtype`` (MSG_EXCEPT;
+                needs ``mtype`` > 0).
+            maxsize: the longest text to accept. None (the default) accepts any
+                size. A longer message raises ``TooBigError`` and stays queued,
+                unless ``truncate``.
+            truncate: take a longer message anyway, cut to ``maxsize`` bytes; the
+                rest is lost (MSG_NOERROR). Needs ``maxsize``.
+
+        Returns:
+            The message.
+        """
+        if timeout is None and maxsize is None and not except_type and not truncate:
+            msg: Message = _msgrcv1(self._id, mtype, 0 if block else IPC_NOWAIT, Message)
+            return msg
+        flags = _receive_flags("receive", mtype, except_type, maxsize, truncate)
+        if timeout is None:
+            return _new(Message, _sc.msgrcv(self._id, maxsize, mtype,
+                                            flags if block else flags | IPC_NOWAIT))
+        _sc._deadline("receive", timeout)
+        if not block:
+            raise ValueError("receive: a timeout needs block=True")
+        if timeout == 0:
+            try:
+                return _new(Message, _sc.msgrcv(self._id, maxsize, mtype, flags | IPC_NOWAIT))
+            except NoMessageError:
+                raise _timeout_error(f"receive(msqid={self._id})", timeout) from None
+        return _new(Message, _sc.msgrcv(self._id, maxsize, mtype, flags, timeout=timeout))
+
+    def receive_many(self, max_count: int, mtype: int = 0, block: bool = True,
+                     timeout: Optional[float] = None, *, except_type: bool = False,
+                     maxsize: Optional[int] = None, truncate: bool = False) -> List[Message]:
+        """Takes up to ``max_count`` messages, with one call into C for all.
+
+        The first message is waited for exactly as :meth:`receive` would (same
+        arguments, same exceptions when there is none); the others are taken only
+        while matching messages are already queued, so the list holds between 1
+        and ``max_count`` messages.
+
+        Messages taken are always returned. When something stops the batch after
+        the first message (a longer message than ``maxsize`` at the head, the
+        queue removed), the messages already taken are returned and the next call
+        reports the condition.
+
+        Raises:
+            MemoryError: no memory to hold a message already taken; the messages
+                taken before it are in the exception's ``received`` attribute.
+        """
+        if isinstance(max_count, bool) or not isinstance(max_count, int):
+            raise TypeError(f"receive_many: max_count must be an int, "
+                            f"not {type(max_count).__name__}")
+        if max_count < 1:
+            raise ValueError(f"receive_many: max_count must be >= 1, got {max_count}")
+        flags = _receive_flags("receive_many", mtype, except_type, maxsize, truncate)
+        if timeout is not None:
+            _sc._deadline("receive_many", timeout)
+        if not block:
+            if timeout is not None:
+                raise ValueError("receive_many: a timeout needs block=True")
+            flags |= IPC_NOWAIT
+        elif timeout == 0:
+            flags |= IPC_NOWAIT
+        try:
+            mtypes, text, ends, err = _sc._msgrcv_many(self._id, max_count, maxsize, mtype,
+                                                       flags, None if timeout == 0 else timeout)
+        except NoMessageError:
+            if timeout == 0:
+                raise _timeout_error(f"receive_many(msqid={self._id})", timeout) from None
+            raise
+        got = _messages(mtypes, text, ends)
+        if err == errno.ENOMEM:
+            exc = MemoryError("receive_many: no memory for a message already taken "
+                              f"from queue {self._id}; it is lost")
+            exc.received = got  # type: ignore[attr-defined]
+            raise exc
+        return got
+
+    async def receive_async(self, mtype: int = 0, timeout: Optional[float] = None, *,
+                            except_type: bool = False, maxsize: Optional[int] = None,
+                            truncate: bool = False) -> Message:
+        """Awaits and takes one message, like :meth:`receive`, without blocking the
+        event loop. Cancelling it never loses a message.
+
+        The wait happens in a thread of the loop's default executor with a
+        ``msgrcv`` whose buffer holds 0 bytes: the kernel sleeps until a matching
+        message exists, then refuses it (E2BIG) and leaves it queued. The message
+        is then taken with IPC_NOWAIT on the event-loop thread, in a step that a
+        cancellation cannot interrupt. If another receiver takes it first, the
+        wait starts again.
+
+        A message with no text fits the 0-byte buffer, so the waiting thread takes
+        it itself and hands it over. Should the call be cancelled at that moment,
+        the message is put back at the END of the queue (same type, empty text): it
+        is not lost, but it changes place.
+
+        Each pending call occupies one executor thread; a cancelled call frees its
+        thread within a quarter of a second.
+
+        Args:
+            mtype, except_type, maxsize, truncate: as for :meth:`receive`.
+            timeout: seconds to wait at most, then ``TimeoutError``.
+        """
+        flags = _receive_flags("receive_async", mtype, except_type, maxsize, truncate)
+        deadline = _sc._deadline("receive_async", timeout)
+        loop = asyncio.get_running_loop()
+        take_flags = flags | IPC_NOWAIT
+        wait_flags = flags & ~MSG_NOERROR
+        while True:
+            try:
+                return _new(Message, _sc.msgrcv(self._id, maxsize, mtype, take_flags))
+            except NoMessageError:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _timeout_error(f"receive_async(msqid={self._id})", timeout)
+            handed = await self._await_message(loop, mtype, wait_flags, deadline)
+            if handed is not None:
+                return handed
+
+    async def _await_message(self, loop: asyncio.AbstractEventLoop, mtype: int, flags: int,
+                             deadline: Optional[float]) -> Optional[Message]:
+        """Waits in an executor thread until a matching message is queued. Returns
+        None then, or the message if it had no text (the wait took it)."""
+        fut: asyncio.Future[Optional[Message]] = loop.create_future()
+        stop = threading.Event()
+        msqid = self._id
+
+        def settle(msg: Optional[Message], exc: Optional[BaseException]) -> None:
+            if fut.cancelled():
+                if msg is not None:
+                    _put_back(loop, msqid, msg)
+            elif exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(msg)
+
+        def wait() -> None:
+            msg: Optional[Message] = None
+            exc: Optional[BaseException] = None
+            try:
+                msg = _wait_for_message(msqid, mtype, flags, deadline, stop)
+            except BaseException as e:  # handed to the awaiting task, which re-raises it
+                exc = e
+            try:
+                loop.call_soon_threadsafe(settle, msg, exc)
+            except RuntimeError:  # the loop is closed: nobody can take the message
+                if msg is not None:
+                    _sc.msgsnd(msqid, msg.mtype, b"", timeout=10)
+
+        job = loop.run_in_executor(None, wait)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            stop.set()
+            job.cancel()
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                msg = fut.result()
+                if msg is not None:  # handed over, but this task is cancelled after all
+                    _put_back(loop, msqid, msg)
+            raise
+
+    # ---- looking without taking ------------------------------------------------------
+
+    def peek(self, index: int = 0) -> Message:
+        """A copy of the message at position ``index`` (0 is the head), which stays
+        queued (MSG_COPY). ``NoMessageError`` if the queue holds no message there;
+        ``NotSupportedError`` on kernels without MSG_COPY."""
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"peek: index must be an int, not {type(index).__name__}")
+        if index < 0:
+            raise ValueError(f"peek: index counts from the head of the queue and must be "
+                             f">= 0, got {index}")
+        return _new(Message, _sc.msgrcv(self._id, None, index, MSG_COPY | IPC_NOWAIT))
+
+    def peek_all(self, attempts: int = _PEEK_ATTEMPTS) -> List[Message]:
+        """Copies of all queued messages, in order; none is taken.
+
+        One call into C copies every message by position (MSG_COPY) between two
+        IPC_STAT calls. If the two differ (or the queue ran short), a receive or
+        send changed the queue in between and the copy may be torn: it is taken
+        again, up to ``attempts`` times, then ``QueueChangedError`` is raised.
+
+        What the check sees: any change of the message count or total size, a
+        change of the last sender's or receiver's pid, IPC_SET, and any send or
+        receive in a later second than the previous one (``stime``, ``rtime``).
+        What it cannot see: IPC_STAT times have one-second resolution, so within
+        the second of the last send and receive, a receive and a send that leave
+        count and size unchanged, made by the same processes as the last ones,
+        are invisible; a list copied across them can miss or repeat a message.
+        Nothing in IPC_STAT tells those apart; a producer and consumer in two
+        processes rotating equal-sized messages fast are exactly that case.
+
+        Raises:
+            QueueChangedError: the queue changed during every attempt.
+            NotSupportedError: the kernel has no MSG_COPY.
+        """
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise TypeError(f"peek_all: attempts must be an int, not {type(attempts).__name__}")
+        if attempts < 1:
+            raise ValueError(f"peek_all: attempts must be >= 1, got {attempts}")
+        for _ in range(attempts):
+            copied = _sc._msgcopy_all(self._id)
+            if copied is not None:
+                return _messages(*copied)
+        raise QueueChangedError(self._id, attempts)
+
+    def __iter__(self) -> Iterator[Message]:
+        """Iterates over a snapshot taken by :meth:`peek_all`; consumes nothing."""
+        return iter(self.peek_all())
+
+    def __len__(self) -> int:
+        """The number of messages queued now (IPC_STAT ``qnum``)."""
+        return self.stat().qnum
+
+    def __bool__(self) -> bool:
+        """Always true, even for an empty queue: use ``len(q)`` for the count."""
+        return True
+
+    # ---- the queue itself ------------------------------------------------------------
+
+    def stat(self) -> MsqidDs:
+        """IPC_STAT: owner, mode, counts, limits, pids and times of the queue."""
+        ds: MsqidDs = _sc.msgctl(self._id, IPC_STAT)
+        return ds
+
+    def remove(self) -> None:
+        """Removes the queue (IPC_RMID). Its messages are gone and waiting senders
+        and receivers get ``IdentifierRemovedError``."""
+        _sc.msgctl(self._id, IPC_RMID)
+        self._removed = True
+
+    def __enter__(self) -> MessageQueue:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._created and not self._removed and os.getpid() == self._creator_pid:
+            try:
+                self.remove()
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EIDRM):  # already removed by another
+                    raise
+
+
+def _receive_flags(call: str, mtype: Any, except_type: bool, maxsize: Optional[int],
+                   truncate: bool) -> int:
+    flags = 0
+    if except_type:
+        if isinstance(mtype, int) and mtype <= 0:
+            raise ValueError(f"{call}: except_type needs mtype > 0 (the type to skip), "
+                             f"got {mtype}")
+        flags |= MSG_EXCEPT
+    if truncate:
+        if maxsize is None:
+            raise ValueError(f"{call}: truncate needs maxsize (the length to cut to)")
+        flags |= MSG_NOERROR
+    return flags
+
+
+def _wait_for_message(msqid: int, mtype: int, flags: int, deadline: Optional[float],
+                      stop: threading.Event) -> Optional[Message]:
+    """In a worker thread: sleep until a matching message is queued, taking none
+    unless it has no text. Returns None when one is there (or on stop)."""
+    while not stop.is_set():
+        left = _ASYNC_SLICE if deadline is None else min(_ASYNC_SLICE,
+                                                          deadline - time.monotonic())
+        if left <= 0:
+            return None
+        try:
+            return _new(Message, _sc.msgrcv(msqid, 0, mtype, flags, timeout=left))
+        except TooBigError:
+            return None
+        except TimeoutError:
+            continue
+    return None
+
+
+def _put_back(loop: asyncio.AbstractEventLoop, msqid: int, msg: Message) -> None:
+    """Re-queue a text-less message that a cancelled receive_async had taken."""
+    try:
+        _sc.msgsnd(msqid, msg.mtype, b"", IPC_NOWAIT)
+    except BlockingIOError:
+        loop.run_in_executor(None, lambda: _sc.msgsnd(msqid, msg.mtype, b""))
+
+
+def _ends(chunks: List[Any], total: int) -> List[int]:
+    """Cumulative byte offsets of the chunks. len() counts items, not bytes, for
+    buffers with items wider than a byte; then the sum falls short of ``total``
+    and the offsets are counted in bytes instead."""
+    ends = list(accumulate(map(len, chunks)))
+    if ends[-1] != total:
+        ends = list(accumulate(memoryview(c).nbytes for c in chunks))
+    return ends
+
+
+def _bad_pair(pairs: Any) -> Exception:
+    for i, item in enumerate(pairs):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            return TypeError(f"send_many: message {i} must be an (mtype, data) pair, "
+                             f"got {item!r:.60}")
+        data = item[1]
+        if isinstance(data, str):
+            return TypeError(f"send_many: message {i}: data must be bytes-like, not str "
+                             "(encode it first)")
+        try:
+            memoryview(data)
+        except TypeError:
+            return TypeError(f"send_many: message {i}: data must be bytes-like, "
+                             f"not {type(data).__name__}")
+    return TypeError("send_many: messages must be (mtype, data) pairs")
