@@ -4,7 +4,7 @@ Installing ipcbind registers this module with pytest (entry point ``pytest11``,
 name ``ipcbind``); nothing needs configuring. Disable it with ``-p no:ipcbind``.
 
 Fixtures:
-    ``ipc_queue``: a fresh private message queue, removed after the test.
+    ``ipc_queue``: a fresh private :class:`~ipcbind.MessageQueue`, removed after the test.
     ``ipc_semset``: a fresh private semaphore set, removed after the test.
     ``ipc_factory``: makes as many queues and sets as a test needs, all removed after it.
     ``ipc_namespace``: runs the test in a fresh IPC namespace of its own.
@@ -36,7 +36,7 @@ import psutil
 import pytest
 
 from . import syscalls as sc
-from .errors import QueueChangedError
+from .msg import Message, MessageQueue
 from .namespace import NamespaceId, namespace_id
 
 __all__ = [
@@ -52,7 +52,6 @@ _NS_PATH = "/proc/thread-self/ns/ipc"  # the calling thread's, which is what mov
 _PROC_MSG = "/proc/sysvipc/msg"
 _PROC_SEM = "/proc/sysvipc/sem"
 _GONE = (errno.EINVAL, errno.EIDRM)
-_PEEK_ATTEMPTS = 100
 _SETTLE = 0.2  # seconds before a leak suspected by uid alone is looked at again
 
 Queue = Union[int, Any]
@@ -73,40 +72,41 @@ def _ident(obj: Any, what: str) -> int:
 
 # ---- assertion helpers ---------------------------------------------------------------
 
-def queue_messages(queue: Queue) -> List[Tuple[int, bytes]]:
-    """The messages in a queue, in queue order, as ``(mtype, data)``; none is taken.
+def queue_messages(queue: Queue) -> List[Message]:
+    """The messages in a queue, in queue order; none is taken.
 
-    Copies them with MSG_COPY, so the queue, its counters and its last receiver pid
-    stay as they were. A copy that raced with a sender or receiver is taken again.
+    Copies them with MSG_COPY (:meth:`MessageQueue.peek_all`), so the queue, its
+    counters and its last receiver pid stay as they were. Each is a
+    :class:`~ipcbind.Message`, a named tuple, so it compares equal to
+    ``(mtype, data)``.
 
     Args:
-        queue: the queue's msqid, or an object with an ``id`` (a ``MessageQueue``).
+        queue: a :class:`~ipcbind.MessageQueue`, a msqid, or any object with an ``id``.
 
     Raises:
-        QueueChangedError: the queue changed during every one of many attempts.
+        QueueChangedError: the queue changed during every attempt to copy it.
         OSError: the queue does not exist (EINVAL, EIDRM), no read permission
             (EACCES), or a kernel without MSG_COPY (``NotSupportedError``).
     """
     __tracebackhide__ = True
-    msqid = _ident(queue, "message queue")
-    for _ in range(_PEEK_ATTEMPTS):
-        copy = sc._msgcopy_all(msqid)
-        if copy is not None:
-            mtypes, text, ends = copy
-            starts = [0] + ends[:-1]
-            return [(t, text[a:b]) for t, a, b in zip(mtypes, starts, ends)]
-    raise QueueChangedError(msqid, _PEEK_ATTEMPTS)
+    return _as_queue(queue).peek_all()
+
+
+def _as_queue(queue: Queue) -> MessageQueue:
+    if isinstance(queue, MessageQueue):
+        return queue
+    return MessageQueue.from_id(_ident(queue, "message queue"))
 
 
 def wait_for_messages(queue: Queue, count: int,
-                      timeout: Optional[float] = 5.0) -> List[Tuple[int, bytes]]:
+                      timeout: Optional[float] = 5.0) -> List[Message]:
     """Wait until a queue holds at least ``count`` messages; return them, taking none.
 
     The kernel cannot notify a reader that does not consume, so this polls the
     queue's message count (IPC_STAT), starting at 1 ms and backing off to 50 ms.
 
     Args:
-        queue: the queue's msqid, or an object with an ``id`` (a ``MessageQueue``).
+        queue: a :class:`~ipcbind.MessageQueue`, a msqid, or any object with an ``id``.
         count: how many messages to wait for (>= 0).
         timeout: seconds to wait before failing (None: no limit).
 
@@ -120,21 +120,21 @@ def wait_for_messages(queue: Queue, count: int,
         OSError: the queue does not exist or was removed while waiting.
     """
     __tracebackhide__ = True
-    msqid = _ident(queue, "message queue")
+    q = _as_queue(queue)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"wait_for_messages: count must be an int >= 0, got {count!r}")
     deadline = sc._deadline("wait_for_messages", timeout)
     pause = 0.001
-    while sc.msgctl(msqid, sc.IPC_STAT).qnum < count:
+    while len(q) < count:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            held = queue_messages(msqid)
+            held = q.peek_all()
             raise AssertionError(
-                f"queue {msqid} holds {len(held)} message(s) after {timeout} s, "
-                f"expected at least {count}: {held!r}")
+                f"queue {q.id} holds {len(held)} message(s) after {timeout} s, "
+                f"expected at least {count}: {[tuple(m) for m in held]!r}")
         time.sleep(pause if left is None else min(pause, left))
         pause = min(pause * 2, 0.05)
-    return queue_messages(msqid)
+    return q.peek_all()
 
 
 def semaphore_values(semset: SemSet) -> List[int]:
@@ -495,8 +495,7 @@ def ipc_namespace(request: pytest.FixtureRequest) -> Iterator[IpcNamespace]:
 
 @dataclass
 class _Made:
-    kind: str
-    id: int
+    obj: Any  # a MessageQueue, or a semid
     ns: _NamespaceRef
 
 
@@ -511,8 +510,8 @@ class IpcFactory:
         self._made: List[_Made] = []
 
     def queue(self, mode: int = 0o600, key: int = sc.IPC_PRIVATE,
-              qbytes: Optional[int] = None) -> int:
-        """Make a message queue; returns its msqid.
+              qbytes: Optional[int] = None) -> MessageQueue:
+        """Make a message queue.
 
         Args:
             mode: permission bits.
@@ -521,17 +520,16 @@ class IpcFactory:
             qbytes: the queue's capacity in bytes, if not the system's default
                 (raising it above msgmnb needs CAP_SYS_RESOURCE).
         """
-        _check_mode(mode)
         ns = _NamespaceRef()
         try:
-            msqid = sc.msgget(key, sc.IPC_CREAT | sc.IPC_EXCL | mode)
+            q = MessageQueue.create(key, mode, exclusive=True)
         except BaseException:
             ns.close()
             raise
-        self._made.append(_Made("queue", msqid, ns))
+        self._made.append(_Made(q, ns))
         if qbytes is not None:
-            sc.msgctl(msqid, sc.IPC_SET, {"qbytes": qbytes})
-        return msqid
+            sc.msgctl(q.id, sc.IPC_SET, {"qbytes": qbytes})
+        return q
 
     def semset(self, nsems: int = 1, mode: int = 0o600, key: int = sc.IPC_PRIVATE,
                values: Optional[Sequence[int]] = None) -> int:
@@ -551,7 +549,7 @@ class IpcFactory:
         except BaseException:
             ns.close()
             raise
-        self._made.append(_Made("semset", semid, ns))
+        self._made.append(_Made(semid, ns))
         if values is not None:
             sc.semctl(semid, 0, sc.SETALL, values)
         return semid
@@ -561,13 +559,13 @@ class IpcFactory:
         for made in reversed(self._made):
             try:
                 if made.ns.is_current():
-                    if made.kind == "queue":
-                        sc.msgctl(made.id, sc.IPC_RMID)
+                    if isinstance(made.obj, MessageQueue):
+                        made.obj.remove()
                     else:
-                        sc.semctl(made.id, 0, sc.IPC_RMID)
+                        sc.semctl(made.obj, 0, sc.IPC_RMID)
             except OSError as e:
                 if e.errno not in _GONE:
-                    failures.append(f"{made.kind} {made.id}: {e}")
+                    failures.append(str(e))
             finally:
                 made.ns.close()
         self._made.clear()
@@ -617,9 +615,10 @@ def ipc_factory(request: pytest.FixtureRequest) -> Iterator[IpcFactory]:
 
 
 @pytest.fixture
-def ipc_queue(request: pytest.FixtureRequest, ipc_factory: IpcFactory) -> int:
-    """A fresh private message queue (mode 0600 unless the ``ipc_queue`` marker or
-    indirect parametrisation says otherwise), removed after the test."""
+def ipc_queue(request: pytest.FixtureRequest, ipc_factory: IpcFactory) -> MessageQueue:
+    """A fresh private :class:`~ipcbind.MessageQueue` (mode 0600 unless the
+    ``ipc_queue`` marker or indirect parametrisation says otherwise), removed after
+    the test."""
     return ipc_factory.queue(**_options(request, "ipc_queue", ("mode", "qbytes")))
 
 

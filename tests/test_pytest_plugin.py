@@ -20,7 +20,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 import ipcbind
-from ipcbind import IPC_RMID, IPC_STAT
+from ipcbind import IPC_RMID, IPC_STAT, MessageQueue
 from ipcbind.pytest_plugin import (
     IpcFactory,
     queue_messages,
@@ -125,9 +125,10 @@ def test_fixtures_are_available_with_no_configuration(pytester: pytest.Pytester)
         import ipcbind
 
         def test_uses_them(ipc_queue, ipc_semset, ipc_factory):
-            ipcbind.msgsnd(ipc_queue, 1, b"x")
+            ipc_queue.send(b"x")
+            assert ipc_queue.receive().data == b"x"
             assert ipcbind.semctl(ipc_semset, 0, ipcbind.GETALL) == [0]
-            assert ipcbind.msgctl(ipc_factory.queue(), ipcbind.IPC_STAT).qnum == 0
+            assert len(ipc_factory.queue()) == 0
     """)
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
@@ -137,7 +138,7 @@ def test_queue_fixture_removes_the_queue_after_a_failing_test(
         pytester: pytest.Pytester, recorded: Path) -> None:
     pytester.makepyfile(RECORD.format(path=str(recorded)) + """
 def test_fails(ipc_queue):
-    record("q", ipc_queue)
+    record("q", ipc_queue.id)
     assert False
 """)
     pytester.runpytest_inprocess().assert_outcomes(failed=1)
@@ -162,7 +163,7 @@ def test_factory_removes_everything_it_made_after_a_failing_test(
     pytester.makepyfile(RECORD.format(path=str(recorded)) + """
 def test_fails(ipc_factory):
     for _ in range(3):
-        record("q", ipc_factory.queue())
+        record("q", ipc_factory.queue().id)
         record("s", ipc_factory.semset(2))
     assert False
 """)
@@ -178,7 +179,7 @@ def test_fixture_accepts_that_the_test_removed_its_object(pytester: pytest.Pytes
         import ipcbind
 
         def test_removes(ipc_queue, ipc_semset):
-            ipcbind.msgctl(ipc_queue, ipcbind.IPC_RMID)
+            ipc_queue.remove()
             ipcbind.semctl(ipc_semset, 0, ipcbind.IPC_RMID)
     """)
     pytester.runpytest_inprocess().assert_outcomes(passed=1)
@@ -203,7 +204,7 @@ def test_indirect_parametrisation_sets_queue_mode_and_qbytes(pytester: pytest.Py
         @pytest.mark.parametrize("ipc_queue", [{"mode": 0o600, "qbytes": 100},
                                                {"mode": 0o644, "qbytes": 200}], indirect=True)
         def test_param(ipc_queue):
-            ds = ipcbind.msgctl(ipc_queue, ipcbind.IPC_STAT)
+            ds = ipc_queue.stat()
             assert (ds.mode, ds.qbytes) in [(0o600, 100), (0o644, 200)]
     """)
     pytester.runpytest_inprocess().assert_outcomes(passed=2)
@@ -405,7 +406,7 @@ def rows(path):
 
 def test_in_namespace(ipc_namespace, ipc_queue):
     assert ipc_namespace.isolated
-    assert [int(r.split()[1]) for r in rows("/proc/sysvipc/msg")] == [ipc_queue]
+    assert [int(r.split()[1]) for r in rows("/proc/sysvipc/msg")] == [ipc_queue.id]
     with pytest.raises(OSError):
         ipcbind.msgctl(HOST_QUEUE, ipcbind.IPC_STAT)
     child = subprocess.run(["stat", "-L", "-c", "%i", "/proc/self/ns/ipc"],
@@ -542,19 +543,25 @@ def test_namespace_fixture_falls_back_to_the_host_when_asked(pytester: pytest.Py
 
 # ---- assertion helpers -----------------------------------------------------------------------
 
-def test_queue_messages_returns_them_without_taking_any(ipc_queue: int) -> None:
+def test_queue_messages_returns_them_without_taking_any(ipc_queue: MessageQueue) -> None:
     for mtype, data in [(1, b"a"), (5, b"\x00b"), (2, b"")]:
-        ipcbind.msgsnd(ipc_queue, mtype, data)
+        ipc_queue.send(data, mtype)
     assert queue_messages(ipc_queue) == [(1, b"a"), (5, b"\x00b"), (2, b"")]
-    assert ipcbind.msgctl(ipc_queue, IPC_STAT).qnum == 3
+    assert len(ipc_queue) == 3
 
 
-def test_wait_for_messages_returns_once_a_sender_reached_the_count(ipc_queue: int) -> None:
+def test_queue_messages_accepts_a_msqid(ipc_queue: MessageQueue) -> None:
+    ipc_queue.send(b"by id", 4)
+    assert queue_messages(ipc_queue.id) == [(4, b"by id")]
+
+
+def test_wait_for_messages_returns_once_a_sender_reached_the_count(
+        ipc_queue: MessageQueue) -> None:
     sender = subprocess.Popen([sys.executable, "-c", f"""
 import ipcbind, time
 for n in range(3):
     time.sleep(0.05)
-    ipcbind.msgsnd({ipc_queue}, n + 1, b"m%d" % n)
+    ipcbind.msgsnd({ipc_queue.id}, n + 1, b"m%d" % n)
 """])
     try:
         got = wait_for_messages(ipc_queue, 3, timeout=30)
@@ -563,8 +570,9 @@ for n in range(3):
     assert got == [(1, b"m0"), (2, b"m1"), (3, b"m2")]
 
 
-def test_wait_for_messages_fails_after_the_timeout_saying_what_is_there(ipc_queue: int) -> None:
-    ipcbind.msgsnd(ipc_queue, 7, b"only")
+def test_wait_for_messages_fails_after_the_timeout_saying_what_is_there(
+        ipc_queue: MessageQueue) -> None:
+    ipc_queue.send(b"only", 7)
     start = time.monotonic()
     with pytest.raises(AssertionError, match=r"holds 1 message\(s\).*at least 2.*\(7, b'only'\)"):
         wait_for_messages(ipc_queue, 2, timeout=0.2)
