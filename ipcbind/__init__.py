@@ -21,6 +21,7 @@ from .namespace import (
     namespace_pids,
     shares_namespace,
 )
+from .sem import Semaphore, SemaphoreSet
 from .snapshot import (
     FreezeError,
     RestoreConflictError,

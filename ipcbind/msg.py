@@ -539,19 +539,18 @@ class MessageQueue:
         """Copies of all queued messages, in order; none is taken.
 
         One call into C copies every message by position (MSG_COPY) between two
-        IPC_STAT calls. If the two differ (or the queue ran short), a receive or
-        send changed the queue in between and the copy may be torn: it is taken
-        again, up to ``attempts`` times, then ``QueueChangedError`` is raised.
+        IPC_STAT calls, then copies the first and last message again. If IPC_STAT
+        differs, the queue ran short, or the first or last message changed, a
+        receive or send changed the queue in between and the copy may be torn: it
+        is taken again, up to ``attempts`` times, then ``QueueChangedError`` is raised.
 
-        What the check sees: any change of the message count or total size, a
-        change of the last sender's or receiver's pid, IPC_SET, and any send or
-        receive in a later second than the previous one (``stime``, ``rtime``).
-        What it cannot see: IPC_STAT times have one-second resolution, so within
-        the second of the last send and receive, a receive and a send that leave
-        count and size unchanged, made by the same processes as the last ones,
-        are invisible; a list copied across them can miss or repeat a message.
-        Nothing in IPC_STAT tells those apart; a producer and consumer in two
-        processes rotating equal-sized messages fast are exactly that case.
+        What the check sees: any change of the message count or total size, of the
+        last sender's or receiver's pid, IPC_SET, any send or receive in a later
+        second than the previous one, any receive of the first message and any send
+        (they change the first or the last message). What it cannot see: a receive
+        of a message other than the first (by type, or with MSG_EXCEPT) together
+        with a send of equal size, by the same processes as the last ones, within
+        the same second; a list copied across them can miss or repeat a message.
 
         Raises:
             QueueChangedError: the queue changed during every attempt.

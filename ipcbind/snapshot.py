@@ -8,7 +8,9 @@ rejecting damaged or foreign files with :class:`SnapshotFormatError`.
 :func:`restore` recreates it, with the same ids, in a namespace, all or nothing.
 
 Consistency: each queue is read in one pass that compares IPC_STAT before and
-after; a queue that keeps changing raises :class:`~ipcbind.errors.QueueChangedError`.
+after and copies the first and last message again (see
+:meth:`ipcbind.MessageQueue.peek_all`); a queue that keeps changing raises
+:class:`~ipcbind.errors.QueueChangedError`.
 Objects are read one after the other, so without ``freeze=True`` two objects may
 be seen at different moments. ``freeze=True`` stops the namespace's processes
 (cgroup v2 freezer, else SIGSTOP) for the duration and always lets them go again.

@@ -103,10 +103,11 @@ struct sembuf {
     ...;
 };
 
-/* A received message, in a buffer owned by the calling thread and lent to the
- * caller: clear lent once the message is copied out. */
+/* A received message (or len -1 and its errno in err), in a buffer of the calling
+ * thread lent to the caller: clear lent once it is copied out. */
 struct ipcb_rmsg {
     int lent;
+    int err;
     ssize_t len;
     long mtype;
     char mtext[];
@@ -132,6 +133,7 @@ int semget(key_t key, int nsems, int semflg);
 int setns(int fd, int nstype);
 int unshare(int flags);
 
+/* The blocking calls return their errno (0: success), or carry it in what they return. */
 int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
                 long long timeout_ns);
 struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
@@ -139,7 +141,8 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
 int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags);
 struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags);
 size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes,
-                        const char *text, const size_t *ends, int flags, long long timeout_ns);
+                        const char *text, const size_t *ends, int flags, long long timeout_ns,
+                        int *err);
 struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
                                     long msgtyp, int flags, long long timeout_ns);
 struct ipcb_batch *ipcb_msgcopy_all(int msqid);
@@ -155,3 +158,7 @@ size_t ipcb_ledger_dump(int *out, size_t cap);
 void ipcb_ledger_drop(int semid);
 
 int ipcb_wake_signal(void);
+
+/* One semop without timeout, arguments packed in one integer (see shim.c). */
+int ipcb_semop_packed(long long packed);
+int ipcb_semop_packed_undo(long long packed);

@@ -16,6 +16,19 @@ from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID
 NOBODY = 65534
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _outside_the_source_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run the suite from a scratch directory.
+
+    A child Python started with ``-c`` or ``-m`` puts its working directory first on
+    sys.path; from the checkout's root that is the uncompiled source package, which
+    would shadow the installed one (no ``ipcbind._ffi``)."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
+
+
 @pytest.fixture
 def make_queue() -> Iterator[Callable[..., int]]:
     """Factory: make_queue(mode=0o600, key=IPC_PRIVATE) -> msqid, removed at teardown."""

@@ -1,0 +1,123 @@
+"""Helpers for the kernel tests: limits read from /proc, waiting for a process or
+thread to fall asleep in a system call, background children, and "another user"."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Callable, List, Tuple
+
+from conftest import NOBODY, run_in_child
+
+IS_ROOT = os.geteuid() == 0
+CAP_SYS_RESOURCE = 24
+
+
+def proc_int(name: str) -> int:
+    """An integer sysctl of this IPC namespace, e.g. proc_int("msgmax")."""
+    with open(f"/proc/sys/kernel/{name}") as f:
+        return int(f.read().split()[0])
+
+
+def sem_limits() -> List[int]:
+    """SEMMSL, SEMMNS, SEMOPM, SEMMNI, as /proc/sys/kernel/sem lists them."""
+    with open("/proc/sys/kernel/sem") as f:
+        return [int(v) for v in f.read().split()]
+
+
+def has_capability(cap: int) -> bool:
+    """Whether this process holds capability ``cap`` in its effective set."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> cap & 1)
+    return False
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll pred until it is true; fail the test if it stays false for ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.002)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def wait_blocked(task_dir: str, word: str, timeout: float = 10.0) -> None:
+    """Wait until the task at ``task_dir`` (/proc/PID or /proc/self/task/TID) sleeps in a
+    kernel function whose name holds ``word`` (e.g. "msgrcv").
+
+    Where wchan is hidden (it reads "0"), settle for the task staying asleep for 0.2 s.
+    """
+    end = time.monotonic() + timeout
+    asleep_since = None
+    while time.monotonic() < end:
+        wchan = _read(f"{task_dir}/wchan")
+        if word in wchan:
+            return
+        stat = _read(f"{task_dir}/stat")
+        if wchan in ("", "0") and stat and stat.rsplit(")", 1)[1].split()[0] == "S":
+            asleep_since = asleep_since or time.monotonic()
+            if time.monotonic() - asleep_since > 0.2:
+                return
+        else:
+            asleep_since = None
+        time.sleep(0.002)
+    raise AssertionError(f"{task_dir} did not block in {word} within {timeout} s")
+
+
+def start_child(fn: Callable[[], int]) -> int:
+    """Fork a child running fn (its return value is the exit code, an exception 70)
+    and return its pid without waiting; pair with :func:`reap`."""
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            code = fn()
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def reap(pid: int, timeout: float = 10.0) -> int:
+    """Wait for a child from :func:`start_child`; kill it if it outlives ``timeout``."""
+    end = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > end:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} did not finish within {timeout} s")
+        time.sleep(0.002)
+
+
+def semop_then_exit(semid: int, ops: List[Tuple[int, int]]) -> int:
+    """A child's body: semop (waiting as long as it takes), then exit code 0."""
+    import ipcbind
+    ipcbind.semop(semid, ops)
+    return 0
+
+
+def run_as_stranger(fn: Callable[[], int]) -> int:
+    """Run fn in a child without the owner's rights over an object of mode 0o000:
+    as uid 65534 when root (root's CAP_IPC_OWNER would bypass the mode), otherwise
+    as this same user, whom mode 0o000 already shuts out."""
+    return run_in_child(fn, uid=NOBODY if IS_ROOT else None)
+
