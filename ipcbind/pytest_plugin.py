@@ -5,7 +5,7 @@ name ``ipcbind``); nothing needs configuring. Disable it with ``-p no:ipcbind``.
 
 Fixtures:
     ``ipc_queue``: a fresh private :class:`~ipcbind.MessageQueue`, removed after the test.
-    ``ipc_semset``: a fresh private semaphore set, removed after the test.
+    ``ipc_semset``: a fresh private :class:`~ipcbind.SemaphoreSet`, removed after the test.
     ``ipc_factory``: makes as many queues and sets as a test needs, all removed after it.
     ``ipc_namespace``: runs the test in a fresh IPC namespace of its own.
 
@@ -38,6 +38,7 @@ import pytest
 from . import syscalls as sc
 from .msg import Message, MessageQueue
 from .namespace import NamespaceId, namespace_id
+from .sem import SemaphoreSet
 
 __all__ = [
     "IpcFactory",
@@ -141,10 +142,11 @@ def semaphore_values(semset: SemSet) -> List[int]:
     """The values of every semaphore of a set, in order (semctl GETALL).
 
     Args:
-        semset: the set's semid, or an object with an ``id`` (a ``SemaphoreSet``).
+        semset: a :class:`~ipcbind.SemaphoreSet`, a semid, or any object with an ``id``.
     """
-    values: List[int] = sc.semctl(_ident(semset, "semaphore set"), 0, sc.GETALL)
-    return values
+    if isinstance(semset, SemaphoreSet):
+        return semset.values
+    return SemaphoreSet.from_id(_ident(semset, "semaphore set")).values
 
 
 # ---- namespaces -----------------------------------------------------------------------
@@ -495,7 +497,7 @@ def ipc_namespace(request: pytest.FixtureRequest) -> Iterator[IpcNamespace]:
 
 @dataclass
 class _Made:
-    obj: Any  # a MessageQueue, or a semid
+    obj: Union[MessageQueue, SemaphoreSet]
     ns: _NamespaceRef
 
 
@@ -532,8 +534,8 @@ class IpcFactory:
         return q
 
     def semset(self, nsems: int = 1, mode: int = 0o600, key: int = sc.IPC_PRIVATE,
-               values: Optional[Sequence[int]] = None) -> int:
-        """Make a semaphore set; returns its semid.
+               values: Optional[Sequence[int]] = None) -> SemaphoreSet:
+        """Make a semaphore set.
 
         Args:
             nsems: how many semaphores.
@@ -542,27 +544,21 @@ class IpcFactory:
                 raises ``FileExistsError``.
             values: initial values, one per semaphore (default: all 0).
         """
-        _check_mode(mode)
         ns = _NamespaceRef()
         try:
-            semid = sc.semget(key, nsems, sc.IPC_CREAT | sc.IPC_EXCL | mode)
+            s = SemaphoreSet.create(nsems, key, mode, values, exclusive=True)
         except BaseException:
             ns.close()
             raise
-        self._made.append(_Made(semid, ns))
-        if values is not None:
-            sc.semctl(semid, 0, sc.SETALL, values)
-        return semid
+        self._made.append(_Made(s, ns))
+        return s
 
     def _remove_all(self) -> None:
         failures: List[str] = []
         for made in reversed(self._made):
             try:
                 if made.ns.is_current():
-                    if isinstance(made.obj, MessageQueue):
-                        made.obj.remove()
-                    else:
-                        sc.semctl(made.obj, 0, sc.IPC_RMID)
+                    made.obj.remove()
             except OSError as e:
                 if e.errno not in _GONE:
                     failures.append(str(e))
@@ -571,11 +567,6 @@ class IpcFactory:
         self._made.clear()
         if failures:
             raise RuntimeError("could not remove " + "; ".join(failures))
-
-
-def _check_mode(mode: int) -> None:
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be permission bits (0 to 0o777), got {mode!r}")
 
 
 def _options(request: pytest.FixtureRequest, name: str, allowed: Sequence[str]) -> Dict[str, Any]:
@@ -623,8 +614,8 @@ def ipc_queue(request: pytest.FixtureRequest, ipc_factory: IpcFactory) -> Messag
 
 
 @pytest.fixture
-def ipc_semset(request: pytest.FixtureRequest, ipc_factory: IpcFactory) -> int:
-    """A fresh private semaphore set (one semaphore, mode 0600, value 0 unless the
-    ``ipc_semset`` marker or indirect parametrisation says otherwise), removed
-    after the test."""
+def ipc_semset(request: pytest.FixtureRequest, ipc_factory: IpcFactory) -> SemaphoreSet:
+    """A fresh private :class:`~ipcbind.SemaphoreSet` (one semaphore, mode 0600,
+    value 0 unless the ``ipc_semset`` marker or indirect parametrisation says
+    otherwise), removed after the test."""
     return ipc_factory.semset(**_options(request, "ipc_semset", ("nsems", "mode", "values")))

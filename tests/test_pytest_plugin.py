@@ -20,7 +20,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 import ipcbind
-from ipcbind import IPC_RMID, IPC_STAT, MessageQueue
+from ipcbind import IPC_RMID, IPC_STAT, MessageQueue, SemaphoreSet
 from ipcbind.pytest_plugin import (
     IpcFactory,
     queue_messages,
@@ -127,7 +127,7 @@ def test_fixtures_are_available_with_no_configuration(pytester: pytest.Pytester)
         def test_uses_them(ipc_queue, ipc_semset, ipc_factory):
             ipc_queue.send(b"x")
             assert ipc_queue.receive().data == b"x"
-            assert ipcbind.semctl(ipc_semset, 0, ipcbind.GETALL) == [0]
+            assert ipc_semset.values == [0]
             assert len(ipc_factory.queue()) == 0
     """)
     result = pytester.runpytest_subprocess()
@@ -150,7 +150,7 @@ def test_semset_fixture_removes_the_set_after_a_failing_test(
         pytester: pytest.Pytester, recorded: Path) -> None:
     pytester.makepyfile(RECORD.format(path=str(recorded)) + """
 def test_fails(ipc_semset):
-    record("s", ipc_semset)
+    record("s", ipc_semset.id)
     raise RuntimeError("boom")
 """)
     pytester.runpytest_inprocess().assert_outcomes(failed=1)
@@ -164,7 +164,7 @@ def test_factory_removes_everything_it_made_after_a_failing_test(
 def test_fails(ipc_factory):
     for _ in range(3):
         record("q", ipc_factory.queue().id)
-        record("s", ipc_factory.semset(2))
+        record("s", ipc_factory.semset(2).id)
     assert False
 """)
     pytester.runpytest_inprocess().assert_outcomes(failed=1)
@@ -180,7 +180,7 @@ def test_fixture_accepts_that_the_test_removed_its_object(pytester: pytest.Pytes
 
         def test_removes(ipc_queue, ipc_semset):
             ipc_queue.remove()
-            ipcbind.semctl(ipc_semset, 0, ipcbind.IPC_RMID)
+            ipc_semset.remove()
     """)
     pytester.runpytest_inprocess().assert_outcomes(passed=1)
 
@@ -191,8 +191,8 @@ def test_semset_marker_sets_size_mode_and_values(pytester: pytest.Pytester) -> N
 
         @pytest.mark.ipc_semset(nsems=3, mode=0o640, values=[1, 2, 3])
         def test_marked(ipc_semset):
-            assert ipcbind.semctl(ipc_semset, 0, ipcbind.IPC_STAT).mode == 0o640
-            assert ipcbind.semctl(ipc_semset, 0, ipcbind.GETALL) == [1, 2, 3]
+            assert ipc_semset.stat().mode == 0o640
+            assert ipc_semset.values == [1, 2, 3]
     """)
     pytester.runpytest_inprocess().assert_outcomes(passed=1)
 
@@ -580,8 +580,13 @@ def test_wait_for_messages_fails_after_the_timeout_saying_what_is_there(
 
 
 @pytest.mark.ipc_semset(nsems=4, values=[0, 3, 32767, 1])
-def test_semaphore_values_lists_every_value(ipc_semset: int) -> None:
+def test_semaphore_values_lists_every_value(ipc_semset: SemaphoreSet) -> None:
     assert semaphore_values(ipc_semset) == [0, 3, 32767, 1]
+
+
+def test_semaphore_values_accepts_a_semid(ipc_semset: SemaphoreSet) -> None:
+    ipc_semset.values = [9]
+    assert semaphore_values(ipc_semset.id) == [9]
 
 
 def test_helpers_refuse_something_that_is_not_a_queue() -> None:
