@@ -122,8 +122,10 @@ def wait_for_messages(queue: Queue, count: int,
     """
     __tracebackhide__ = True
     q = _as_queue(queue)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"wait_for_messages: count must be an int >= 0, got {count!r}")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"wait_for_messages: count must be an int, not {type(count).__name__}")
+    if count < 0:
+        raise ValueError(f"wait_for_messages: count must be >= 0, got {count}")
     deadline = sc._deadline("wait_for_messages", timeout)
     pause = 0.001
     while len(q) < count:
@@ -411,6 +413,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """For a checked test: what exists before its setup, and after it."""
     watch = None
     if _leak_check_enabled(item):
         watch = _LeakWatch(namespace_id(), _snapshot())
@@ -428,6 +431,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 
 
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
+    """Note a module, class, package or session fixture set up for a checked test."""
     watch = request.config.stash.get(_SETTING_UP, None)
     if watch is not None and fixturedef.scope != "function":
         watch.wider_fixture_set_up = True
@@ -435,6 +439,7 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
+    """After every fixture's teardown: fail a checked test that left objects behind."""
     watch = item.stash.get(_WATCH, None)
     if watch is None:
         return

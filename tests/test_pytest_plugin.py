@@ -592,3 +592,8 @@ def test_semaphore_values_accepts_a_semid(ipc_semset: SemaphoreSet) -> None:
 def test_helpers_refuse_something_that_is_not_a_queue() -> None:
     with pytest.raises(TypeError, match="message queue"):
         queue_messages("5")
+
+
+def test_wait_for_messages_refuses_a_negative_count(ipc_queue: MessageQueue) -> None:
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        wait_for_messages(ipc_queue, -1)
