@@ -510,6 +510,27 @@ def test_entering_a_namespace_applies_pending_undo_and_empties_the_ledger(
     _run_alone(pytester).assert_outcomes(passed=2)
 
 
+@needs_ns
+def test_factory_removes_an_object_only_in_the_namespace_it_was_made_in(
+        pytester: pytest.Pytester, recorded: Path, msq: int) -> None:
+    # The inner test makes one queue in the host namespace, then enters its own
+    # namespace and makes one there with the same id as this test's host queue
+    # (msg_next_id). Leaving the namespace comes first at teardown; the factory
+    # must then remove its host queue, and not the host queue with that id.
+    pytester.makepyfile(RECORD.format(path=str(recorded)) + f"""
+def test_mixed(ipc_factory, request):
+    record("q", ipc_factory.queue().id)
+    request.getfixturevalue("ipc_namespace")
+    with open("/proc/sys/kernel/msg_next_id", "w") as f:
+        f.write("{msq}")
+    assert ipc_factory.queue().id == {msq}
+""")
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    [mine] = _recorded(recorded, "q")
+    assert not _queue_exists(mine)
+    assert _queue_exists(msq)
+
+
 def _unprivileged(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """Run the inner session without CAP_SYS_ADMIN (as root: dropped from the
     bounding set, so the exec'd interpreter never has it)."""
