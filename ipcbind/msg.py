@@ -16,13 +16,12 @@ docstring for what that check can and cannot see.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import threading
 import time
 from itertools import accumulate
-from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from . import syscalls as _sc
 from .errors import NoMessageError, QueueChangedError, TooBigError
@@ -42,6 +41,9 @@ from .syscalls import (
     _msgrcv1,
     _msgsnd1,
 )
+
+if TYPE_CHECKING:
+    import asyncio  # imported where used: it costs 60 ms at start-up
 
 __all__ = ["Message", "MessageQueue"]
 
@@ -74,7 +76,7 @@ def _msqid(msqid: Any) -> int:
         raise TypeError(f"a queue id must be an int, not {type(msqid).__name__}")
     if not 0 <= msqid <= _INT_MAX:
         raise ValueError(f"a queue id is between 0 and {_INT_MAX}, got {msqid}")
-    return msqid
+    return int(msqid)
 
 
 def _mode(call: str, mode: Any) -> int:
@@ -82,7 +84,7 @@ def _mode(call: str, mode: Any) -> int:
         raise TypeError(f"{call}: mode must be an int such as 0o600, not {type(mode).__name__}")
     if not 0 <= mode <= 0o777:
         raise ValueError(f"{call}: mode holds permission bits only (0 to 0o777), got {mode:#o}")
-    return mode
+    return int(mode)
 
 
 def _msgmax() -> Optional[int]:
@@ -466,6 +468,8 @@ class MessageQueue:
         """
         flags = _receive_flags("receive_async", mtype, except_type, maxsize, truncate)
         deadline = _sc._deadline("receive_async", timeout)
+        import asyncio
+
         loop = asyncio.get_running_loop()
         take_flags = flags | IPC_NOWAIT
         wait_flags = flags & ~MSG_NOERROR
@@ -484,6 +488,8 @@ class MessageQueue:
                              deadline: Optional[float]) -> Optional[Message]:
         """Waits in an executor thread until a matching message is queued. Returns
         None then, or the message if it had no text (the wait took it)."""
+        import asyncio
+
         fut: asyncio.Future[Optional[Message]] = loop.create_future()
         stop = threading.Event()
         msqid = self._id

@@ -869,7 +869,7 @@ class _Checker:
             raise self.fail(where, f"must be an integer, not {json.dumps(v)[:40]}")
         if not lo <= v <= hi:
             raise self.fail(where, f"{v} is outside {lo}..{hi}")
-        return v
+        return int(v)
 
     def listof(self, v: Any, where: str) -> List[Any]:
         if not isinstance(v, list):
