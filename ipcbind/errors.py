@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Optional
 
 __all__ = [
     "NoMessageError",
@@ -24,6 +25,7 @@ __all__ = [
     "NotSupportedError",
     "QueueChangedError",
     "syscall_error",
+    "timeout_error",
 ]
 
 
@@ -80,3 +82,8 @@ def syscall_error(err: int, call: str) -> OSError:
     values without a class above, ``OSError`` picks Python's own subclass.
     """
     return _BY_ERRNO.get(err, OSError)(err, f"{call}: {os.strerror(err)}")
+
+
+def timeout_error(call: str, timeout: Optional[float]) -> TimeoutError:
+    """Return the exception for a call that waited ``timeout`` seconds in vain."""
+    return TimeoutError(errno.ETIMEDOUT, f"{call}: timed out after {timeout} s")

@@ -24,7 +24,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from . import syscalls as _sc
-from .errors import NoMessageError, QueueChangedError, TooBigError
+from .errors import NoMessageError, QueueChangedError, TooBigError, timeout_error
 from .syscalls import (
     IPC_CREAT,
     IPC_EXCL,
@@ -106,10 +106,6 @@ def _send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException
         return ValueError(f"{call}: a message of {size} bytes is longer than the system's "
                           f"limit of {limit} (msgmax, /proc/sys/kernel/msgmax)")
     return exc
-
-
-def _timeout_error(call: str, timeout: Optional[float]) -> TimeoutError:
-    return TimeoutError(errno.ETIMEDOUT, f"{call}: timed out after {timeout} s")
 
 
 def _messages(mtypes: List[int], text: bytes, ends: List[int]) -> List[Message]:
@@ -283,7 +279,7 @@ class MessageQueue:
                 try:
                     _sc.msgsnd(self._id, mtype, data, IPC_NOWAIT)
                 except BlockingIOError:
-                    raise _timeout_error(f"send(msqid={self._id})", timeout) from None
+                    raise timeout_error(f"send(msqid={self._id})", timeout) from None
             else:
                 _sc.msgsnd(self._id, mtype, data, 0, timeout=timeout)
         except OSError as e:
@@ -346,7 +342,7 @@ class MessageQueue:
                 raise better from e
             raise
         if timeout == 0 and sent < len(mtypes):
-            exc = _timeout_error(f"send_many(msqid={self._id})", timeout)
+            exc = timeout_error(f"send_many(msqid={self._id})", timeout)
             exc.sent = sent  # type: ignore[attr-defined]
             raise exc
         return sent
@@ -390,7 +386,7 @@ class MessageQueue:
             try:
                 return _new(Message, _sc.msgrcv(self._id, maxsize, mtype, flags | IPC_NOWAIT))
             except NoMessageError:
-                raise _timeout_error(f"receive(msqid={self._id})", timeout) from None
+                raise timeout_error(f"receive(msqid={self._id})", timeout) from None
         return _new(Message, _sc.msgrcv(self._id, maxsize, mtype, flags, timeout=timeout))
 
     def receive_many(self, max_count: int, mtype: int = 0, block: bool = True,
@@ -431,7 +427,7 @@ class MessageQueue:
                                                        flags, None if timeout == 0 else timeout)
         except NoMessageError:
             if timeout == 0:
-                raise _timeout_error(f"receive_many(msqid={self._id})", timeout) from None
+                raise timeout_error(f"receive_many(msqid={self._id})", timeout) from None
             raise
         got = _messages(mtypes, text, ends)
         if err == errno.ENOMEM:
@@ -479,7 +475,7 @@ class MessageQueue:
             except NoMessageError:
                 pass
             if deadline is not None and time.monotonic() >= deadline:
-                raise _timeout_error(f"receive_async(msqid={self._id})", timeout)
+                raise timeout_error(f"receive_async(msqid={self._id})", timeout)
             handed = await self._await_message(loop, mtype, wait_flags, deadline)
             if handed is not None:
                 return handed

@@ -18,10 +18,10 @@ handler, then the wait resumes with what is left of the timeout (PEP 475).
 from __future__ import annotations
 
 import operator
-from errno import EINVAL, ETIMEDOUT
+from errno import EINVAL
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import IdentifierRemovedError
+from .errors import IdentifierRemovedError, timeout_error
 from .syscalls import (
     GETALL,
     GETNCNT,
@@ -89,10 +89,6 @@ def _mode(mode: Any) -> int:
     if not 0 <= bits <= 0o777:
         raise ValueError(f"mode must be permission bits (0..0o777), got {bits:#o}")
     return bits
-
-
-def _timed_out(what: str, timeout: Optional[float]) -> TimeoutError:
-    return TimeoutError(ETIMEDOUT, f"{what}: timed out after {timeout} s")
 
 
 class SemaphoreSet:
@@ -337,7 +333,7 @@ class SemaphoreSet:
         except BlockingIOError:
             if timeout is None or nowait:
                 raise
-            raise _timed_out(f"op(semid={self._id})", timeout) from None
+            raise timeout_error(f"op(semid={self._id})", timeout) from None
 
     @property
     def values(self) -> List[int]:
@@ -488,7 +484,7 @@ class Semaphore:
             _semop1(self._semid, self._num, op, flags, timeout)
         except BlockingIOError:
             # Without IPC_NOWAIT, EAGAIN from semtimedop means the timeout expired.
-            raise _timed_out(f"{what}(semid={self._semid}, index={self._num})",
+            raise timeout_error(f"{what}(semid={self._semid}, index={self._num})",
                              timeout) from None
 
     @property

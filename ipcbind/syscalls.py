@@ -20,7 +20,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequ
                     Union)
 
 from ._ffi import ffi, lib
-from .errors import syscall_error
+from .errors import syscall_error, timeout_error
 
 __all__ = [
     "IPC_PRIVATE", "IPC_CREAT", "IPC_EXCL", "IPC_NOWAIT", "IPC_RMID", "IPC_SET", "IPC_STAT",
@@ -250,8 +250,10 @@ def _remaining_ns(deadline: Optional[float]) -> int:
     return int(left * 1e9) if left > 0 else 0
 
 
-def _timed_out(call: str, timeout: Optional[float]) -> TimeoutError:
-    return TimeoutError(ETIMEDOUT, f"{call}: timed out after {timeout} s")
+def _failure(err: int, call: str, timeout: Optional[float]) -> OSError:
+    """The exception for a failed wait: the shim's ETIMEDOUT (a deadline that msgsnd
+    and msgrcv do not have in the kernel) becomes TimeoutError."""
+    return timeout_error(call, timeout) if err == ETIMEDOUT else syscall_error(err, call)
 
 
 # ---- message queues -----------------------------------------------------------------
@@ -340,11 +342,8 @@ def _msgsnd_wait(msqid: int, mtype: int, data: Any, flags: int,
             err = lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, _remaining_ns(deadline))
             if not err:
                 return
-            if err == EINTR:
-                continue
-            if err == ETIMEDOUT:
-                raise _timed_out(f"msgsnd(msqid={msqid})", timeout)
-            raise syscall_error(err, f"msgsnd(msqid={msqid})")
+            if err != EINTR:
+                raise _failure(err, f"msgsnd(msqid={msqid})", timeout)
     except (TypeError, OverflowError) as e:
         raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
                        flags=(flags, "int")) from None
@@ -403,11 +402,8 @@ def _msgrcv_wait(msqid: int, maxsize: Optional[int], msgtyp: int, flags: int,
                 m.lent = 0
                 return got
             m.lent = 0
-            if err == EINTR:
-                continue
-            if err == ETIMEDOUT:
-                raise _timed_out(f"msgrcv(msqid={msqid})", timeout)
-            raise syscall_error(err, f"msgrcv(msqid={msqid})")
+            if err != EINTR:
+                raise _failure(err, f"msgrcv(msqid={msqid})", timeout)
     except (TypeError, OverflowError) as e:
         raise _explain("msgrcv", e, msqid=(msqid, "int"), msgtyp=(msgtyp, "long"),
                        flags=(flags, "int")) from None
@@ -679,8 +675,7 @@ def _msgsnd_many(msqid: int, mtypes: Sequence[int], text: bytes, ends: Sequence[
             continue
         if err == EAGAIN and flags & IPC_NOWAIT:
             return done
-        exc = (_timed_out(f"send_many(msqid={msqid})", timeout) if err == ETIMEDOUT
-               else syscall_error(err, f"send_many(msqid={msqid})"))
+        exc = _failure(err, f"send_many(msqid={msqid})", timeout)
         exc.sent = done  # type: ignore[attr-defined]
         raise exc
 
@@ -705,11 +700,8 @@ def _msgrcv_many(msqid: int, max_count: int, maxsize: Optional[int], msgtyp: int
         mtypes, text, ends, err, _ = _take_batch(b)
         if mtypes or not err:
             return mtypes, text, ends, err
-        if err == EINTR:
-            continue
-        if err == ETIMEDOUT:
-            raise _timed_out(f"receive_many(msqid={msqid})", timeout)
-        raise syscall_error(err, f"receive_many(msqid={msqid})")
+        if err != EINTR:
+            raise _failure(err, f"receive_many(msqid={msqid})", timeout)
 
 
 def _msgcopy_all(msqid: int) -> Optional[Tuple[List[int], bytes, List[int]]]:
