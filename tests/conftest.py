@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Callable, Iterator, List
 
 import pytest
@@ -98,7 +99,12 @@ def run_in_child(fn: Callable[[], int], *, uid: int | None = None, timeout: floa
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    import time
+    return reap(pid, timeout)
+
+
+def reap(pid: int, timeout: float = 10) -> int:
+    """Wait for child ``pid`` and return its exit status; one that outlives
+    ``timeout`` is killed and reaped, then AssertionError is raised."""
     end = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -108,7 +114,7 @@ def run_in_child(fn: Callable[[], int], *, uid: int | None = None, timeout: floa
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise AssertionError(f"child {pid} did not finish within {timeout} s")
-        time.sleep(0.005)
+        time.sleep(0.002)
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to switch to another uid)")

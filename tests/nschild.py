@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import sys
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 import pytest
+from conftest import reap
 
 from ipcbind import syscalls as sc
 
@@ -50,20 +49,6 @@ def _child(setup: Callable[[], Any], loop: Optional[Callable[[Any], None]], ctl:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
-
-def reap(pid: int, timeout: float = 10) -> int:
-    """Wait for pid, killing it if it outlives timeout; its exit status."""
-    end = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > end:
-            os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
 
 
 @contextmanager

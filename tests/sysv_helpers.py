@@ -4,7 +4,6 @@ thread to fall asleep in a system call, background children, and "another user".
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from typing import Callable, List, Tuple
@@ -92,20 +91,6 @@ def start_child(fn: Callable[[], int]) -> int:
             sys.stderr.flush()
             os._exit(code)
     return pid
-
-
-def reap(pid: int, timeout: float = 10.0) -> int:
-    """Wait for a child from :func:`start_child`; kill it if it outlives ``timeout``."""
-    end = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > end:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child {pid} did not finish within {timeout} s")
-        time.sleep(0.002)
 
 
 def semop_then_exit(semid: int, ops: List[Tuple[int, int]]) -> int:

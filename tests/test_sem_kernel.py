@@ -32,10 +32,9 @@ from ipcbind import (
     SETALL,
     SETVAL,
 )
-from conftest import NOBODY, run_in_child
+from conftest import NOBODY, reap, run_in_child
 from sysv_helpers import (
     IS_ROOT,
-    reap,
     run_as_stranger,
     sem_limits,
     semop_then_exit,
