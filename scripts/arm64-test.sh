@@ -25,8 +25,7 @@
 # qemu-user gets wrong (see README.md, "arm64 and packaging checks").
 #
 # Environment: IPCBIND_ARM64_CACHE (cache directory), IPCBIND_ARM64_SUITE (Debian
-# suite, default bookworm), IPCBIND_ARM64_MIRROR (default http://deb.debian.org/debian),
-# IPCBIND_ARM64_KEEP_SIGNALS=1 (leave the highest real-time signals alone; see below).
+# suite, default bookworm), IPCBIND_ARM64_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -125,17 +124,7 @@ fi
 cp -r "$work/src/." "$work/run/"
 rm -rf "$work/run/ipcbind"
 
-# qemu-user cannot deliver the two highest real-time signals (emulator-check.c shows
-# it), and the shim's timeouts use the highest one whose handler is the default. Under
-# emulation, every Python of the test virtualenv ignores those two from its start (a
-# .pth file: qemu garbles the inherited dispositions of the top real-time signals
-# across exec, so each process must set them), as a program using them itself would:
-# ipcbind then takes SIGRTMAX-2 and timeouts work, as on arm64 hardware.
-# IPCBIND_ARM64_KEEP_SIGNALS=1 shows the failures instead.
-reserve=0
-[ "$(uname -m)" = aarch64 ] || [ -n "${IPCBIND_ARM64_KEEP_SIGNALS:-}" ] || reserve=1
-printf 'reserve=%s\n' "$reserve" > "$work/inside.sh"
-cat >> "$work/inside.sh" <<'EOF'
+cat > "$work/inside.sh" <<'EOF'
 set -eu
 export HOME=/root LC_ALL=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 echo "arm64-test: inside: $(uname -m), $(python3 --version), gcc $(gcc -dumpfullversion)," \
@@ -148,13 +137,6 @@ t0=$(date +%s)
 # which is the same on every architecture, skips.
 /build/venv/bin/pip install -q --no-build-isolation --no-deps '/build/src'
 echo "arm64-test: inside: installed in $(( $(date +%s) - t0 )) s"
-if [ "$reserve" = 1 ]; then
-    echo "arm64-test: inside: SIGRTMAX and SIGRTMAX-1 ignored (qemu cannot deliver them)"
-    site=$(/build/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
-    # One line, starting with "import", run by site.py at every start of this Python.
-    printf '%s; %s\n' 'import signal; signal.signal(signal.SIGRTMAX, signal.SIG_IGN)' \
-        'signal.signal(signal.SIGRTMAX - 1, signal.SIG_IGN)' > "$site/zz_qemu_rt_signals.pth"
-fi
 cd /build/run
 /build/venv/bin/python - <<'PY'
 import platform
