@@ -219,7 +219,7 @@ def move_messages(msqid: int, tmp_path: Path, producers: int, per_producer: int,
         assert children.wait(pid) == 0, "a producer failed"
     q = MessageQueue.from_id(msqid)
     for mtype in consumer_types:  # queued behind every message of the producers
-        q.send(b"", mtype or END_TYPE)
+        q.send(b"", mtype or END_TYPE, timeout=CHILD_TIMEOUT)
     for pid in consumers:
         assert children.wait(pid) == 0, "a consumer failed"
     received = []
