@@ -17,6 +17,22 @@ from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID
 NOBODY = 65534
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--stress", action="store_true", default=False,
+                     help="run the tests marked 'stress' at full size (minutes, not seconds)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "stress: a test whose size grows with --stress (select with -m stress)")
+
+
+@pytest.fixture
+def stress(request: pytest.FixtureRequest) -> bool:
+    """Whether --stress was given: tests pick their big sizes then."""
+    return bool(request.config.getoption("--stress"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _outside_the_source_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Run the suite from a scratch directory.
