@@ -751,6 +751,17 @@ static void ledger_remove(struct undo_set **p)
     free(u);
 }
 
+static int all_zero(const struct undo_set *u)
+{
+    size_t i;
+    for (i = 0; i < u->n; i++)
+        if (u->adj[i])
+            return 0;
+    return 1;
+}
+
+/* Entries back at zero are dropped: a long-running process that uses many
+ * short-lived sets would otherwise keep one for every set it ever touched. */
 static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
 {
     struct undo_set **p, *u;
@@ -789,6 +800,8 @@ static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
     for (i = 0; i < nops; i++)
         if ((ops[i].sem_flg & SEM_UNDO) && ops[i].sem_op)
             u->adj[ops[i].sem_num] -= ops[i].sem_op;
+    if (all_zero(u))
+        ledger_remove(ledger_find(semid));
 out:
     pthread_mutex_unlock(&ledger_lock);
 }
@@ -803,8 +816,11 @@ static void ledger_clear(int semid, int num, int drop)
     if (*p) {
         if (drop || num < 0)
             ledger_remove(p);
-        else if ((size_t)num < (*p)->n)
+        else if ((size_t)num < (*p)->n) {
             (*p)->adj[num] = 0;
+            if (all_zero(*p))
+                ledger_remove(p);
+        }
     }
     pthread_mutex_unlock(&ledger_lock);
 }
@@ -814,20 +830,14 @@ void ipcb_ledger_drop(int semid)
     ledger_clear(semid, -1, 1);
 }
 
-/* Writes semid, n, adj[0..n-1] for each set with something to undo; returns
- * the number of ints needed, which may exceed cap (then call again). */
+/* Writes semid, n, adj[0..n-1] for each set in the ledger (each has something to
+ * undo); returns the number of ints needed, which may exceed cap (then call again). */
 size_t ipcb_ledger_dump(int *out, size_t cap)
 {
     struct undo_set *u;
     size_t need = 0;
     ledger_lock_take();
     for (u = ledger; u; u = u->next) {
-        size_t i;
-        int any = 0;
-        for (i = 0; i < u->n; i++)
-            any |= u->adj[i] != 0;
-        if (!any)
-            continue;
         if (need + 2 + u->n <= cap) {
             out[need] = u->semid;
             out[need + 1] = (int)u->n;
