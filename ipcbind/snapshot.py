@@ -1002,6 +1002,8 @@ def loads(text: Union[str, bytes]) -> Snapshot:
                                   f"column {e.colno})") from None
     except RecursionError:
         raise SnapshotFormatError("snapshot file: not a snapshot (nested too deeply)") from None
+    except ValueError as e:  # a number too long for int() (sys.get_int_max_str_digits())
+        raise SnapshotFormatError(f"snapshot file: not a snapshot ({e})") from None
     return _Checker().snapshot(doc)
 
 
