@@ -43,6 +43,10 @@ SHRT_MIN = -(2 ** 15)
 SHRT_MAX = 2 ** 15 - 1
 _INT_MAX = 2 ** 31 - 1
 _TOKEN = re.compile(rb"[+-]?[0-9]+")
+# Beyond this many significant digits a number is not converted at all: it is out of
+# every range anyway, and int() refuses thousands of digits with an error that would
+# not name the line.
+_DIGITS = 64
 # The kernel retries nothing for us: when another process moves a value between our
 # GETALL and our semop, the planned order may no longer fit and the call fails
 # without effect. A few fresh attempts make that race practically invisible.
@@ -137,6 +141,13 @@ def read_semundo(pid: Optional[int] = None, *, proc_root: PathArg = "/proc") -> 
     return _parse(path, raw)
 
 
+def _number(tok: bytes) -> int:
+    """The value of a checked token; leading zeros are dropped first, as int() counts
+    them against its limit on digits."""
+    sign = b"-" if tok[:1] == b"-" else b""
+    return int(sign + (tok.lstrip(b"+-").lstrip(b"0") or b"0"))
+
+
 def _parse(path: str, raw: bytes) -> Semundo:
     result: Semundo = {}
     first_seen: Dict[int, int] = {}
@@ -152,7 +163,9 @@ def _parse(path: str, raw: bytes) -> Semundo:
         for tok in tokens:
             if not _TOKEN.fullmatch(tok):
                 raise bad(f"{tok.decode('ascii', 'backslashreplace')!r} is not a decimal integer")
-        semid, values = int(tokens[0]), [int(t) for t in tokens[1:]]
+            if len(tok.lstrip(b"+-").lstrip(b"0")) > _DIGITS:
+                raise bad(f"a number of {len(tok)} characters is out of range")
+        semid, values = _number(tokens[0]), [_number(t) for t in tokens[1:]]
         if not 0 <= semid <= _INT_MAX:
             raise bad(f"semid {semid} is not a valid identifier (0..{_INT_MAX})")
         if not values:

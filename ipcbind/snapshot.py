@@ -69,6 +69,8 @@ SEMVMX = 32767
 _MTYPE_MAX = 2 ** 63 - 1
 _U32 = 2 ** 32 - 1
 _FREEZE_WAIT = 10.0
+# ASCII digits only: \d would also take other scripts' digits.
+_TAKEN_AT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, what): called before each object is read or recreated."""
@@ -905,6 +907,10 @@ class _Checker:
                 data = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
                 raise self.fail(f"{at}.data", "is not valid base64") from None
+            # The decoder ignores the spare bits of the last character ("AB==" reads as
+            # "AA=="): a text that dumps() would not write is refused, not silently changed.
+            if base64.b64encode(data).decode() != encoded:
+                raise self.fail(f"{at}.data", "is not base64 as written (spare bits set)")
             if len(data) != size:
                 raise self.fail(at, f"size says {size} bytes but data holds {len(data)}")
             messages.append((mtype, data))
@@ -952,7 +958,8 @@ class _Checker:
             raise SnapshotFormatError(f"not an ipcbind snapshot file (no \"format\": "
                                       f"\"{FORMAT}\")")
         version = doc.get("version")
-        if version != VERSION:
+        # Exactly the integer: true and 1.0 equal 1 in Python but are not what is written.
+        if type(version) is not int or version != VERSION:
             raise SnapshotFormatError(f"snapshot file version {json.dumps(version)[:20]} is "
                                       f"not supported (this ipcbind reads version {VERSION})")
         o = self.obj(doc, "top level", ("format", "version", "taken_at", "namespace", "frozen",
@@ -974,8 +981,7 @@ class _Checker:
                      for i, s in enumerate(self.listof(o["semaphore_sets"], "semaphore_sets")))
         self.unique(queues, "queues")
         self.unique(sets, "semaphore_sets")
-        return Snapshot(self.text(o["taken_at"], "taken_at",
-                                  r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"),
+        return Snapshot(self.text(o["taken_at"], "taken_at", _TAKEN_AT),
                         self.integer(ns["inode"], "namespace.inode", 0, 2 ** 64 - 1), pid, frozen,
                         self.limits(o["limits"]), queues, sets)
 
@@ -1002,6 +1008,8 @@ def loads(text: Union[str, bytes]) -> Snapshot:
                                   f"column {e.colno})") from None
     except RecursionError:
         raise SnapshotFormatError("snapshot file: not a snapshot (nested too deeply)") from None
+    except ValueError as e:  # a number too long for int() (sys.get_int_max_str_digits())
+        raise SnapshotFormatError(f"snapshot file: not a snapshot ({e})") from None
     return _Checker().snapshot(doc)
 
 
