@@ -707,8 +707,12 @@ def _msgrcv_many(msqid: int, max_count: int, maxsize: Optional[int], msgtyp: int
     _check_int("receive_many", "max_count", max_count, "size_t")
     deadline = _deadline("receive_many", timeout)
     while True:
-        b = lib.ipcb_msgrcv_many(msqid, max_count, size, msgtyp, flags,
-                                 _remaining_ns(deadline))
+        try:
+            b = lib.ipcb_msgrcv_many(msqid, max_count, size, msgtyp, flags,
+                                     _remaining_ns(deadline))
+        except (TypeError, OverflowError) as e:
+            raise _explain("receive_many", e, msqid=(msqid, "int"), msgtyp=(msgtyp, "long"),
+                           flags=(flags, "int")) from None
         if b == ffi.NULL:
             raise MemoryError("receive_many: no memory for the receive buffers")
         mtypes, text, ends, err, _ = _take_batch(b)
