@@ -442,6 +442,7 @@ QUEUE = (
     Row("peek-negative", lambda e: e.q.peek(-1), ValueError, "index"),
     Row("peek-str", lambda e: e.q.peek("0"), TypeError, "index"),
     Row("peek-float", lambda e: e.q.peek(0.0), TypeError, "index"),
+    Row("peek-2**63", lambda e: e.q.peek(2 ** 63), OverflowError, "peek: index"),
     Row("peek-past-the-end", lambda e: e.q.peek(1), ipcbind.NoMessageError),
     Row("peek-removed", lambda e: e.gone_q.peek(), OSError, None, GONE),
     Row("peek_all-0", lambda e: e.q.peek_all(0), ValueError, "attempts"),
