@@ -650,6 +650,10 @@ SEMUNDO = (
         ValueError, "line 1.*short"),
     Row("read-semid-2**31", lambda e: ipcbind.read_semundo(100, proc_root=_proc(e, "2147483648 1")),
         ValueError, "line 1.*semid"),
+    Row("read-5000-digits", lambda e: ipcbind.read_semundo(
+        100, proc_root=_proc(e, "1 " + "9" * 5000)), ValueError, "semundo: line 1"),
+    Row("read-5000-digit-semid", lambda e: ipcbind.read_semundo(
+        100, proc_root=_proc(e, "\n\n" + "1" * 5000 + " 1")), ValueError, "semundo: line 3"),
     Row("read-no-adjustment", lambda e: ipcbind.read_semundo(100, proc_root=_proc(e, "5\n")),
         ValueError, "line 1.*no adjustment"),
     Row("write-None", lambda e: ipcbind.write_semundo(None), TypeError, "mapping"),
