@@ -277,8 +277,10 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
         NotSupportedError: the kernel has no MSG_COPY (no CONFIG_CHECKPOINT_RESTORE).
         FreezeError: ``freeze`` could not stop the processes.
     """
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
-        raise ValueError(f"snapshot: retries must be an int >= 1, got {retries!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"snapshot: retries must be an int, not {type(retries).__name__}")
+    if retries < 1:
+        raise ValueError(f"snapshot: retries must be >= 1, got {retries}")
     holder = freeze_namespace(pid) if freeze else nullcontext(None)
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
     with holder as frozen, inside:
@@ -762,6 +764,11 @@ def _mode_text(mode: int) -> str:
     return f"{mode:04o}"
 
 
+def _need_snapshot(call: str, snap: Any) -> None:
+    if not isinstance(snap, Snapshot):
+        raise TypeError(f"{call}: needs a Snapshot, not {type(snap).__name__}")
+
+
 def _body(snap: Snapshot) -> Dict[str, Any]:
     lim = snap.limits
     return {
@@ -805,6 +812,7 @@ def dumps(snap: Snapshot) -> str:
 
     One object, or one message, per line, so that a person can read it and diff two.
     """
+    _need_snapshot("dumps", snap)
     body = _body(snap)
     body["checksum"] = _digest(body)
     fields = []
@@ -826,10 +834,14 @@ def dumps(snap: Snapshot) -> str:
 
 def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
     """Write the snapshot to a path (replaced atomically) or an open text file."""
-    text = dumps(snap)
+    _need_snapshot("dump", snap)
     if not isinstance(file, (str, os.PathLike)):
-        file.write(text)
+        if not hasattr(file, "write"):
+            raise TypeError(f"dump: needs a path or an open text file, "
+                            f"not {type(file).__name__}")
+        file.write(dumps(snap))
         return
+    text = dumps(snap)
     path = os.fspath(file)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
@@ -1015,5 +1027,7 @@ def load(file: Union[str, "os.PathLike[str]", IO[Any]]) -> Snapshot:
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as f:
             return loads(f.read())
+    if not hasattr(file, "read"):
+        raise TypeError(f"load: needs a path or an open file, not {type(file).__name__}")
     data = file.read()
     return loads(data)
