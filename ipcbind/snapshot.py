@@ -1014,6 +1014,10 @@ def loads(text: Union[str, bytes]) -> Snapshot:
                                   f"column {e.colno})") from None
     except RecursionError:
         raise SnapshotFormatError("snapshot file: not a snapshot (nested too deeply)") from None
+    except ValueError as e:
+        # Python's limit on the digits of an int it reads (sys.get_int_max_str_digits).
+        raise SnapshotFormatError(f"snapshot file: not a snapshot "
+                                  f"({str(e).split(';')[0]})") from None
     return _Checker().snapshot(doc)
 
 
