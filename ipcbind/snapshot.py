@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import stat
 from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
@@ -833,7 +834,12 @@ def dumps(snap: Snapshot) -> str:
 
 
 def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
-    """Write the snapshot to a path (replaced atomically) or an open text file."""
+    """Write the snapshot to a path or an open text file.
+
+    A path that names a regular file, or nothing yet, is replaced atomically (a new
+    file, renamed over it); one that names a device or a FIFO (``/dev/stdout``, a
+    named pipe) is written into, and stays what it is.
+    """
     _need_snapshot("dump", snap)
     if not isinstance(file, (str, os.PathLike)):
         if not hasattr(file, "write"):
@@ -843,6 +849,14 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         return
     text = dumps(snap)
     path = os.fspath(file)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        with open(path, "w") as f:
+            f.write(text)
+        return
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:

@@ -840,6 +840,32 @@ def test_snapshot_functions_refuse(row: Row, env: Env) -> None:
     check(row, env)
 
 
+def test_dump_into_a_device_writes_through_it(env: Env) -> None:
+    """A path that names no regular file (here a link to /dev/null) is written into,
+    not replaced by a new file."""
+    link = env.tmp / "sink"
+    link.symlink_to("/dev/null")
+    dump(env.snap(), link)
+    assert link.is_symlink() and os.readlink(link) == "/dev/null"
+    assert [p.name for p in env.tmp.iterdir()] == ["sink"]
+
+
+def test_dump_into_a_fifo_writes_through_it(env: Env) -> None:
+    fifo = env.tmp / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen([sys.executable, "-c", f"import sys; sys.stdout.write("
+                               f"str(len(open({str(fifo)!r}).read())))"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        dump(env.snap(), fifo)
+        out, _ = reader.communicate(timeout=30)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert int(out) == len(_snapshot_text(env))
+    assert fifo.is_fifo()
+
+
 # ---- the command line ----------------------------------------------------------------
 
 class Cli(NamedTuple):
@@ -940,6 +966,13 @@ def test_restore_from_a_closed_stdin_is_an_error_not_a_traceback(
     monkeypatch.setattr(sys, "stdin", closed)
     assert main(["restore", "-"], out=io.StringIO()) == 1
     assert capsys.readouterr().err.startswith("ipcbind: error: ")
+
+
+def test_dump_into_dev_null_succeeds(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    link = env.tmp / "null"
+    link.symlink_to("/dev/null")
+    assert main(["dump", "-o", str(link)], out=io.StringIO()) == 0
+    assert link.is_symlink()
 
 
 @pytest.mark.parametrize("argv, code", [
