@@ -859,7 +859,12 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         return
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
+        f = open(tmp, "w")
+    except OSError as e:
+        # Name the file asked for, not the temporary one beside it.
+        raise type(e)(e.errno, e.strerror, path) from None
+    try:
+        with f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -803,6 +803,8 @@ SNAPSHOTS = (
     Row("dump-to-a-read-only-file", lambda e: dump(e.snap(), open(e.file("ro", ""))),
         io.UnsupportedOperation),
     Row("dump-to-a-directory", lambda e: dump(e.snap(), e.tmp), IsADirectoryError),
+    Row("dump-into-a-missing-directory", lambda e: dump(e.snap(), e.tmp / "no" / "f"),
+        FileNotFoundError, r"/no/f'$"),
     Row("loads-None", lambda e: loads(None), TypeError, "str or bytes"),
     Row("loads-int", lambda e: loads(5), TypeError, "str or bytes"),
     Row("loads-empty", lambda e: loads(""), SnapshotFormatError, "not JSON"),
