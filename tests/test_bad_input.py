@@ -901,9 +901,15 @@ COMMANDS = (
     Cli("peek-no-id", lambda e: ["peek"], 2, "required"),
     Cli("peek-id-word", lambda e: ["peek", "q"], 2, "not a number"),
     Cli("peek-id-negative", lambda e: ["peek", "--", "-1"], 2, ">= 0"),
+    Cli("peek-id-2**31", lambda e: ["peek", str(2 ** 31)], 2, "2147483648"),
+    Cli("peek-id-2**70", lambda e: ["peek", str(2 ** 70)], 2, "queue id"),
     Cli("peek-removed", lambda e: ["peek", str(e.gq)], 3, "no message queue"),
     Cli("peek-index-past-the-end", lambda e: ["peek", str(e.q.id), "--index", "1"], 3,
         "no message at index 1"),
+    Cli("peek-index-2**63", lambda e: ["peek", str(e.q.id), "--index", str(2 ** 63)], 2,
+        "index"),
+    Cli("peek-index-2**70", lambda e: ["peek", str(e.q.id), "--index", str(2 ** 70)], 2,
+        "index"),
     Cli("peek-format-xml", lambda e: ["peek", str(e.q.id), "--format", "xml"], 2,
         "invalid choice"),
     Cli("dump-retries-0", lambda e: ["dump", "--retries", "0"], 2, ">= 1"),
@@ -978,9 +984,10 @@ def test_dump_into_dev_null_succeeds(env: Env, capsys: pytest.CaptureFixture[str
 
 
 @pytest.mark.parametrize("argv, code", [
+    (["peek", str(2 ** 70)], 2),
     (["restore", "/dev/null"], 5),
     (["semundo", "0"], 2),
-], ids=["restore-dev-null", "semundo-pid-0"])
+], ids=["peek-2**70", "restore-dev-null", "semundo-pid-0"])
 def test_python_m_ipcbind_refuses_without_traceback(argv: List[str], code: int,
                                                     tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "ipcbind", *argv], cwd=tmp_path,
