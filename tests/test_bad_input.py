@@ -34,6 +34,7 @@ from ipcbind import syscalls as sc
 from ipcbind.cli import main
 from ipcbind.namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
                                namespace_pids, shares_namespace)
+from ipcbind.pytest_plugin import queue_messages, semaphore_values, wait_for_messages
 from ipcbind.snapshot import (SnapshotFormatError, dump, dumps, freeze_namespace, load, loads,
                               restore, snapshot)
 
@@ -866,6 +867,36 @@ def test_dump_into_a_fifo_writes_through_it(env: Env) -> None:
         reader.wait()
     assert int(out) == len(_snapshot_text(env))
     assert fifo.is_fifo()
+
+
+# ---- the pytest plugin's helpers -------------------------------------------------------
+
+PLUGIN = (
+    Row("queue_messages-None", lambda e: queue_messages(None), TypeError, "message queue"),
+    Row("queue_messages-str", lambda e: queue_messages("1"), TypeError, "message queue"),
+    Row("queue_messages-negative", lambda e: queue_messages(-1), ValueError, "queue id"),
+    Row("queue_messages-removed", lambda e: queue_messages(e.gq), OSError, None, GONE),
+    Row("wait_for_messages-count-str", lambda e: wait_for_messages(e.q, "1"), TypeError,
+        "count"),
+    Row("wait_for_messages-count-negative", lambda e: wait_for_messages(e.q, -1), ValueError,
+        "count"),
+    Row("wait_for_messages-timeout-negative", lambda e: wait_for_messages(e.q, 1, -1),
+        ValueError, "timeout"),
+    Row("wait_for_messages-timeout-str", lambda e: wait_for_messages(e.q, 1, "1"), TypeError,
+        "timeout"),
+    Row("wait_for_messages-removed", lambda e: wait_for_messages(e.gq, 1), OSError, None, GONE),
+    Row("wait_for_messages-too-few", lambda e: wait_for_messages(e.q, 2, 0), AssertionError,
+        "holds 1 message"),
+    Row("semaphore_values-None", lambda e: semaphore_values(None), TypeError, "semaphore set"),
+    Row("semaphore_values-bool", lambda e: semaphore_values(True), TypeError, "semaphore set"),
+    Row("semaphore_values-2**40", lambda e: semaphore_values(2 ** 40), OverflowError, "semid"),
+    Row("semaphore_values-removed", lambda e: semaphore_values(e.gs), OSError, None, GONE),
+)
+
+
+@rows(*PLUGIN)
+def test_plugin_helpers_refuse(row: Row, env: Env) -> None:
+    check(row, env)
 
 
 # ---- the command line ----------------------------------------------------------------
