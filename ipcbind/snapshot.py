@@ -257,6 +257,12 @@ def _read_semset(semid: int) -> Optional[SemaphoreSetState]:
                              tuple(values))
 
 
+def _need_callable(call: str, progress: Optional[Progress]) -> None:
+    if progress is not None and not callable(progress):
+        raise TypeError(f"{call}: progress must be callable as progress(done, total, what) "
+                        f"or None, not {type(progress).__name__}")
+
+
 def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 3,
              progress: Optional[Progress] = None) -> Snapshot:
     """Read every queue and semaphore set of a namespace, taking nothing.
@@ -282,6 +288,7 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
         raise TypeError(f"snapshot: retries must be an int, not {type(retries).__name__}")
     if retries < 1:
         raise ValueError(f"snapshot: retries must be >= 1, got {retries}")
+    _need_callable("snapshot", progress)
     holder = freeze_namespace(pid) if freeze else nullcontext(None)
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
     with holder as frozen, inside:
@@ -738,6 +745,7 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
     """
     if not isinstance(snap, Snapshot):
         raise TypeError(f"restore: needs a Snapshot, not {type(snap).__name__}")
+    _need_callable("restore", progress)
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
     with inside:
         r = _Restorer(snap, set_limits)
