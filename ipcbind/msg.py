@@ -612,6 +612,9 @@ class MessageQueue:
 
 def _receive_flags(call: str, mtype: Any, except_type: bool, maxsize: Optional[int],
                    truncate: bool) -> int:
+    # bool is an int to the layer below: maxsize=True would mean a 1-byte buffer.
+    if isinstance(maxsize, bool):
+        raise TypeError(f"{call}: maxsize must be an integer or None, not bool")
     flags = 0
     if except_type:
         if isinstance(mtype, int) and mtype <= 0:
