@@ -49,6 +49,10 @@ EXIT_CODES = {
 }
 
 
+_INT_MAX = 2 ** 31 - 1
+_LONG_MAX = sc._LIMITS["long"][1]
+
+
 class CliError(Exception):
     """A failure to report as one line with this exit code."""
 
@@ -363,6 +367,21 @@ def _natural(text: str) -> int:
     return n
 
 
+def _msqid(text: str) -> int:
+    n = _natural(text)
+    if n > _INT_MAX:
+        raise argparse.ArgumentTypeError(f"a queue id is 0..{_INT_MAX}, got {n}")
+    return n
+
+
+def _index(text: str) -> int:
+    n = _natural(text)
+    if n > _LONG_MAX:
+        raise argparse.ArgumentTypeError(f"an index is 0..{_LONG_MAX} (MSG_COPY takes it "
+                                         f"in a C long), got {n}")
+    return n
+
+
 def _positive(text: str) -> int:
     n = _natural(text)
     if n < 1:
@@ -398,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("peek", parents=[common, with_json],
                        help="show a queue's messages without taking them (MSG_COPY)")
-    p.add_argument("id", type=_natural, help="the queue's msqid")
-    p.add_argument("--index", type=_natural, help="only the message at this 0-based position")
+    p.add_argument("id", type=_msqid, help="the queue's msqid")
+    p.add_argument("--index", type=_index, help="only the message at this 0-based position")
     p.add_argument("--format", choices=("text", "hex", "json"), default="text",
                    help="text (default: UTF-8, escapes for the rest), hex, or json")
     p.set_defaults(run=cmd_peek)

@@ -64,6 +64,7 @@ class Message(NamedTuple):
 _new = tuple.__new__
 
 _INT_MAX = 2 ** 31 - 1
+_LONG_MAX = _sc._LIMITS["long"][1]
 # How many complete MSG_COPY passes peek_all makes before giving up.
 _PEEK_ATTEMPTS = 5
 # Longest single wait of a receive_async worker thread: after a cancellation its
@@ -529,12 +530,16 @@ class MessageQueue:
     def peek(self, index: int = 0) -> Message:
         """A copy of the message at position ``index`` (0 is the head), which stays
         queued (MSG_COPY). ``NoMessageError`` if the queue holds no message there;
-        ``NotSupportedError`` on kernels without MSG_COPY."""
+        ``NotSupportedError`` on kernels without MSG_COPY; ``OverflowError``, before
+        any system call, for an index beyond a C long."""
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"peek: index must be an int, not {type(index).__name__}")
         if index < 0:
             raise ValueError(f"peek: index counts from the head of the queue and must be "
                              f">= 0, got {index}")
+        if index > _LONG_MAX:
+            raise OverflowError(f"peek: index {index} does not fit a C long, in which "
+                                f"MSG_COPY takes it (at most {_LONG_MAX})")
         return _new(Message, _sc.msgrcv(self._id, None, index, MSG_COPY | IPC_NOWAIT))
 
     def peek_all(self, attempts: int = _PEEK_ATTEMPTS) -> List[Message]:
@@ -607,6 +612,9 @@ class MessageQueue:
 
 def _receive_flags(call: str, mtype: Any, except_type: bool, maxsize: Optional[int],
                    truncate: bool) -> int:
+    # bool is an int to the layer below: maxsize=True would mean a 1-byte buffer.
+    if isinstance(maxsize, bool):
+        raise TypeError(f"{call}: maxsize must be an integer or None, not bool")
     flags = 0
     if except_type:
         if isinstance(mtype, int) and mtype <= 0:

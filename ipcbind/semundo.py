@@ -43,10 +43,10 @@ SHRT_MIN = -(2 ** 15)
 SHRT_MAX = 2 ** 15 - 1
 _INT_MAX = 2 ** 31 - 1
 _TOKEN = re.compile(rb"[+-]?[0-9]+")
-# Beyond this many significant digits a number is not converted at all: it is out of
-# every range anyway, and int() refuses thousands of digits with an error that would
-# not name the line.
-_DIGITS = 64
+# Numbers with more significant digits fit neither a semid nor an adjustment.
+_DIGITS = 40
+# How much of a malformed line or word an error message quotes.
+_SHOWN = 80
 # The kernel retries nothing for us: when another process moves a value between our
 # GETALL and our semop, the planned order may no longer fit and the call fails
 # without effect. A few fresh attempts make that race practically invisible.
@@ -141,13 +141,6 @@ def read_semundo(pid: Optional[int] = None, *, proc_root: PathArg = "/proc") -> 
     return _parse(path, raw)
 
 
-def _number(tok: bytes) -> int:
-    """The value of a checked token; leading zeros are dropped first, as int() counts
-    them against its limit on digits."""
-    sign = b"-" if tok[:1] == b"-" else b""
-    return int(sign + (tok.lstrip(b"+-").lstrip(b"0") or b"0"))
-
-
 def _parse(path: str, raw: bytes) -> Semundo:
     result: Semundo = {}
     first_seen: Dict[int, int] = {}
@@ -158,13 +151,17 @@ def _parse(path: str, raw: bytes) -> Semundo:
 
         def bad(why: str) -> ValueError:
             text = line.decode("ascii", "backslashreplace").strip()
-            return ValueError(f"{path}: line {lineno}: {why}: {text!r}")
+            shown = repr(text) if len(text) <= _SHOWN else f"{text[:_SHOWN]!r}..."
+            return ValueError(f"{path}: line {lineno}: {why}: {shown}")
 
         for tok in tokens:
+            word = tok.decode("ascii", "backslashreplace")
             if not _TOKEN.fullmatch(tok):
-                raise bad(f"{tok.decode('ascii', 'backslashreplace')!r} is not a decimal integer")
+                raise bad(f"{word[:_SHOWN]!r} is not a decimal integer")
+            # Python refuses to convert very long digit strings (ValueError naming no line).
             if len(tok.lstrip(b"+-").lstrip(b"0")) > _DIGITS:
-                raise bad(f"a number of {len(tok)} characters is out of range")
+                raise bad(f"the {len(tok)}-character number {word[:12]}... is far outside "
+                          "any valid range")
         semid, values = _number(tokens[0]), [_number(t) for t in tokens[1:]]
         if not 0 <= semid <= _INT_MAX:
             raise bad(f"semid {semid} is not a valid identifier (0..{_INT_MAX})")
@@ -179,6 +176,13 @@ def _parse(path: str, raw: bytes) -> Semundo:
         first_seen[semid] = lineno
         result[semid] = values
     return result
+
+
+def _number(tok: bytes) -> int:
+    """A token of _TOKEN with at most _DIGITS significant digits, as an int (leading
+    zeros dropped first: int() counts them against its limit on digits)."""
+    value = int(tok.lstrip(b"+-").lstrip(b"0") or b"0")
+    return -value if tok.startswith(b"-") else value
 
 
 def _check_entries(call: str, entries: Mapping[int, Sequence[int]]) -> Semundo:

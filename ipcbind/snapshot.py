@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import stat
 from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
@@ -258,6 +259,12 @@ def _read_semset(semid: int) -> Optional[SemaphoreSetState]:
                              tuple(values))
 
 
+def _need_callable(call: str, progress: Optional[Progress]) -> None:
+    if progress is not None and not callable(progress):
+        raise TypeError(f"{call}: progress must be callable as progress(done, total, what) "
+                        f"or None, not {type(progress).__name__}")
+
+
 def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 3,
              progress: Optional[Progress] = None) -> Snapshot:
     """Read every queue and semaphore set of a namespace, taking nothing.
@@ -279,8 +286,11 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
         NotSupportedError: the kernel has no MSG_COPY (no CONFIG_CHECKPOINT_RESTORE).
         FreezeError: ``freeze`` could not stop the processes.
     """
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
-        raise ValueError(f"snapshot: retries must be an int >= 1, got {retries!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"snapshot: retries must be an int, not {type(retries).__name__}")
+    if retries < 1:
+        raise ValueError(f"snapshot: retries must be >= 1, got {retries}")
+    _need_callable("snapshot", progress)
     holder = freeze_namespace(pid) if freeze else nullcontext(None)
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
     with holder as frozen, inside:
@@ -737,6 +747,7 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
     """
     if not isinstance(snap, Snapshot):
         raise TypeError(f"restore: needs a Snapshot, not {type(snap).__name__}")
+    _need_callable("restore", progress)
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
     with inside:
         r = _Restorer(snap, set_limits)
@@ -762,6 +773,11 @@ def _key_text(key: int) -> str:
 
 def _mode_text(mode: int) -> str:
     return f"{mode:04o}"
+
+
+def _need_snapshot(call: str, snap: Any) -> None:
+    if not isinstance(snap, Snapshot):
+        raise TypeError(f"{call}: needs a Snapshot, not {type(snap).__name__}")
 
 
 def _body(snap: Snapshot) -> Dict[str, Any]:
@@ -807,6 +823,7 @@ def dumps(snap: Snapshot) -> str:
 
     One object, or one message, per line, so that a person can read it and diff two.
     """
+    _need_snapshot("dumps", snap)
     body = _body(snap)
     body["checksum"] = _digest(body)
     fields = []
@@ -827,15 +844,37 @@ def dumps(snap: Snapshot) -> str:
 
 
 def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
-    """Write the snapshot to a path (replaced atomically) or an open text file."""
-    text = dumps(snap)
+    """Write the snapshot to a path or an open text file.
+
+    A path that names a regular file, or nothing yet, is replaced atomically (a new
+    file, renamed over it); one that names a device or a FIFO (``/dev/stdout``, a
+    named pipe) is written into, and stays what it is.
+    """
+    _need_snapshot("dump", snap)
     if not isinstance(file, (str, os.PathLike)):
-        file.write(text)
+        if not hasattr(file, "write"):
+            raise TypeError(f"dump: needs a path or an open text file, "
+                            f"not {type(file).__name__}")
+        file.write(dumps(snap))
         return
+    text = dumps(snap)
     path = os.fspath(file)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        with open(path, "w") as f:
+            f.write(text)
+        return
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
+        f = open(tmp, "w")
+    except OSError as e:
+        # Name the file asked for, not the temporary one beside it.
+        raise type(e)(e.errno, e.strerror, path) from None
+    try:
+        with f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -1008,8 +1047,10 @@ def loads(text: Union[str, bytes]) -> Snapshot:
                                   f"column {e.colno})") from None
     except RecursionError:
         raise SnapshotFormatError("snapshot file: not a snapshot (nested too deeply)") from None
-    except ValueError as e:  # a number too long for int() (sys.get_int_max_str_digits())
-        raise SnapshotFormatError(f"snapshot file: not a snapshot ({e})") from None
+    except ValueError as e:
+        # Python's limit on the digits of an int it reads (sys.get_int_max_str_digits).
+        raise SnapshotFormatError(f"snapshot file: not a snapshot "
+                                  f"({str(e).split(';')[0]})") from None
     return _Checker().snapshot(doc)
 
 
@@ -1023,5 +1064,7 @@ def load(file: Union[str, "os.PathLike[str]", IO[Any]]) -> Snapshot:
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as f:
             return loads(f.read())
+    if not hasattr(file, "read"):
+        raise TypeError(f"load: needs a path or an open file, not {type(file).__name__}")
     data = file.read()
     return loads(data)

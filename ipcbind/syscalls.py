@@ -432,10 +432,9 @@ def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
     ds = ffi.new("struct msqid_ds *")
     if cmd == IPC_SET:
         changes = _settable(call, arg, _MSG_SET_FIELDS)
+        _set_msqid_ds(call, ffi.new("struct msqid_ds *"), changes)  # refuses bad values first
         _current(call, msqid, MSG_STAT_ANY, lambda i, c: lib.ipcb_msgctl(i, c, ds))
-        _assign(call, ds.msg_perm, changes, "qbytes")
-        if "qbytes" in changes:
-            _put(call, ds, "msg_qbytes", "qbytes", changes["qbytes"])
+        _set_msqid_ds(call, ds, changes)
     r = lib.ipcb_msgctl(msqid, cmd, ds)
     if r < 0:
         raise syscall_error(ffi.errno, call)
@@ -484,14 +483,28 @@ def _settable(call: str, arg: Any, allowed: Set[str]) -> Mapping[str, int]:
 def _put(call: str, target: Any, field: str, name: str, value: Any) -> None:
     try:
         setattr(target, field, value)
-    except (TypeError, OverflowError):
-        raise TypeError(f"{call}: IPC_SET {name}={value!r} is not a valid value") from None
+    except OverflowError:
+        struct = ffi.typeof(target)
+        if struct.kind == "pointer":
+            struct = struct.item
+        ctype = dict(struct.fields)[field].type.cname
+        raise OverflowError(f"{call}: IPC_SET {name}={value!r} does not fit its C field "
+                            f"({ctype})") from None
+    except TypeError:
+        raise TypeError(f"{call}: IPC_SET {name} must be an integer, "
+                        f"not {type(value).__name__}") from None
 
 
 def _assign(call: str, perm: Any, changes: Mapping[str, int], *skip: str) -> None:
     for name, value in changes.items():
         if name not in skip:
             _put(call, perm, name, name, value)
+
+
+def _set_msqid_ds(call: str, ds: Any, changes: Mapping[str, int]) -> None:
+    _assign(call, ds.msg_perm, changes, "qbytes")
+    if "qbytes" in changes:
+        _put(call, ds, "msg_qbytes", "qbytes", changes["qbytes"])
 
 
 # ---- semaphores -------------------------------------------------------------------
@@ -598,12 +611,12 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
         except TypeError:
             raise TypeError(f"{call}: SETALL needs a sequence of int, "
                             f"not {type(arg).__name__}") from None
+        for i, v in enumerate(wanted):
+            _check_int("semctl", f"SETALL value [{i}]", v, "unsigned short")
         n = _nsems(call, semid)
         if len(wanted) != n:
             raise ValueError(f"{call}: SETALL needs {n} values (one per semaphore), "
                              f"got {len(wanted)}")
-        for i, v in enumerate(wanted):
-            _check_int("semctl", f"SETALL value [{i}]", v, "unsigned short")
         if lib.ipcb_semctl_array(semid, SETALL, ffi.new("unsigned short[]", wanted)) < 0:
             raise syscall_error(ffi.errno, call)
         return None
@@ -616,6 +629,7 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
     ds = ffi.new("struct semid_ds *")
     if cmd == IPC_SET:
         changes = _settable(call, arg, _SEM_SET_FIELDS)
+        _assign(call, ffi.new("struct semid_ds *").sem_perm, changes)  # refuses bad values first
         _current(call, semid, SEM_STAT_ANY, lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
         _assign(call, ds.sem_perm, changes)
     r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)
@@ -693,8 +707,12 @@ def _msgrcv_many(msqid: int, max_count: int, maxsize: Optional[int], msgtyp: int
     _check_int("receive_many", "max_count", max_count, "size_t")
     deadline = _deadline("receive_many", timeout)
     while True:
-        b = lib.ipcb_msgrcv_many(msqid, max_count, size, msgtyp, flags,
-                                 _remaining_ns(deadline))
+        try:
+            b = lib.ipcb_msgrcv_many(msqid, max_count, size, msgtyp, flags,
+                                     _remaining_ns(deadline))
+        except (TypeError, OverflowError) as e:
+            raise _explain("receive_many", e, msqid=(msqid, "int"), msgtyp=(msgtyp, "long"),
+                           flags=(flags, "int")) from None
         if b == ffi.NULL:
             raise MemoryError("receive_many: no memory for the receive buffers")
         mtypes, text, ends, err, _ = _take_batch(b)

@@ -115,9 +115,10 @@ def test_msgctl_ipc_set_unknown_key_is_valueerror_and_changes_nothing(msq: int) 
     assert ipc.msgctl(msq, IPC_STAT).mode == 0o600
 
 
-def test_msgctl_ipc_set_value_that_is_not_an_int_changes_nothing(msq: int) -> None:
-    for bad in ({"mode": "0644"}, {"qbytes": -1}, {"uid": 2 ** 40}):
-        raises_before_syscall(TypeError, lambda: ipc.msgctl(msq, IPC_SET, bad))
+def test_msgctl_ipc_set_value_that_is_not_a_c_value_changes_nothing(msq: int) -> None:
+    for bad, exc in (({"mode": "0644"}, TypeError), ({"qbytes": -1}, OverflowError),
+                     ({"uid": 2 ** 40}, OverflowError)):
+        raises_before_syscall(exc, lambda: ipc.msgctl(msq, IPC_SET, bad), next(iter(bad)))
     s = ipc.msgctl(msq, IPC_STAT)
     assert (s.mode, s.qbytes) == (0o600, ipc.msgctl(0, ipc.IPC_INFO)[1].msgmnb)
 

@@ -299,8 +299,8 @@ def test_snapshot_number_of_thousands_of_digits_is_a_snapshot_format_error() -> 
 def test_semundo_number_of_thousands_of_digits_is_a_value_error_naming_the_line(
         proc_root: Path) -> None:
     (proc_root / str(PID) / "semundo").write_bytes(b"1 2\n3 " + b"9" * 5000 + b"\n")
-    with pytest.raises(ValueError, match=r"semundo: line 2: a number of 5000 characters is "
-                                         r"out of range"):
+    with pytest.raises(ValueError, match=r"semundo: line 2: the 5000-character number "
+                                         r"9+\.\.\. is far outside any valid range"):
         read_semundo(PID, proc_root=proc_root)
 
 
