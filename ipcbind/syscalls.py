@@ -19,7 +19,15 @@ from errno import EACCES, EAGAIN, EINTR, ETIMEDOUT
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple,
                     Union)
 
-from ._ffi import ffi, lib
+try:
+    from ._ffi import ffi, lib
+except ModuleNotFoundError as e:  # the unbuilt source tree, e.g. python -m from the checkout
+    if e.name != f"{__package__}._ffi":
+        raise
+    raise ImportError(
+        f"ipcbind's compiled shim is missing from {__file__.rsplit('/', 1)[0]}: that is the "
+        "source tree, not a built copy. Run from another directory to use the installed "
+        "ipcbind, or build it in place with 'pip install -e .'") from e
 from .errors import syscall_error, timeout_error
 
 __all__ = [
