@@ -768,7 +768,8 @@ def _semop1(semid: int, num: int, op: int, flg: int, timeout: Optional[float]) -
 def _ledger() -> Dict[int, List[int]]:
     """The SEM_UNDO adjustments this process made through ipcbind: {semid: [adj, ...]}.
 
-    Lists are as long as the highest semaphore number used plus one.
+    Lists are as long as the highest semaphore number used plus one; sets whose
+    adjustments are all back at zero are left out.
     """
     cap = 64
     while True:
@@ -781,7 +782,9 @@ def _ledger() -> Dict[int, List[int]]:
     i = 0
     while i < need:
         semid, n = out[i], out[i + 1]
-        result[semid] = list(out[i + 2:i + 2 + n])
+        adjs = list(out[i + 2:i + 2 + n])
+        if any(adjs):
+            result[semid] = adjs
         i += 2 + n
     return result
 

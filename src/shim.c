@@ -699,11 +699,13 @@ struct undo_set {
 };
 
 static struct undo_set *ledger;
+static size_t ledger_len;
 static pthread_mutex_t ledger_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t ledger_once = PTHREAD_ONCE_INIT;
 
 static void ledger_free_all(void)
 {
+    ledger_len = 0;
     while (ledger) {
         struct undo_set *u = ledger;
         ledger = u->next;
@@ -746,6 +748,7 @@ static struct undo_set **ledger_find(int semid)
 static void ledger_remove(struct undo_set **p)
 {
     struct undo_set *u = *p;
+    ledger_len--;
     *p = u->next;
     free(u->adj);
     free(u);
@@ -760,8 +763,24 @@ static int all_zero(const struct undo_set *u)
     return 1;
 }
 
-/* Entries back at zero are dropped: a long-running process that uses many
- * short-lived sets would otherwise keep one for every set it ever touched. */
+/* A set whose adjustments are back at zero keeps its entry while it is in use:
+ * dropping it at once would put a free and a calloc on every acquire/release
+ * pair. Such entries are pruned when a new set would make the ledger longer than
+ * IPCB_LEDGER_KEEP, so a long-running process that uses many short-lived sets does
+ * not keep one for every set it ever touched. */
+#define IPCB_LEDGER_KEEP 64
+
+static void ledger_prune(void)
+{
+    struct undo_set **p = &ledger;
+    while (*p) {
+        if (all_zero(*p))
+            ledger_remove(p);
+        else
+            p = &(*p)->next;
+    }
+}
+
 static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
 {
     struct undo_set **p, *u;
@@ -780,12 +799,15 @@ static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
     p = ledger_find(semid);
     u = *p;
     if (!u) {
+        if (ledger_len >= IPCB_LEDGER_KEEP)
+            ledger_prune();
         u = calloc(1, sizeof *u);
         if (!u)
             goto out;
         u->semid = semid;
         u->next = ledger;
         ledger = u;
+        ledger_len++;
     }
     if (u->n < max) {
         int *a = realloc(u->adj, max * sizeof *a);
@@ -800,8 +822,6 @@ static void ledger_apply(int semid, const struct sembuf *ops, size_t nops)
     for (i = 0; i < nops; i++)
         if ((ops[i].sem_flg & SEM_UNDO) && ops[i].sem_op)
             u->adj[ops[i].sem_num] -= ops[i].sem_op;
-    if (all_zero(u))
-        ledger_remove(ledger_find(semid));
 out:
     pthread_mutex_unlock(&ledger_lock);
 }
@@ -830,8 +850,8 @@ void ipcb_ledger_drop(int semid)
     ledger_clear(semid, -1, 1);
 }
 
-/* Writes semid, n, adj[0..n-1] for each set in the ledger (each has something to
- * undo); returns the number of ints needed, which may exceed cap (then call again). */
+/* Writes semid, n, adj[0..n-1] for each set in the ledger (some may be all zero);
+ * returns the number of ints needed, which may exceed cap (then call again). */
 size_t ipcb_ledger_dump(int *out, size_t cap)
 {
     struct undo_set *u;
