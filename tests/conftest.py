@@ -12,7 +12,7 @@ from typing import Callable, Iterator, List
 import pytest
 
 import ipcbind
-from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID
+from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, MessageQueue
 
 NOBODY = 65534
 
@@ -68,6 +68,30 @@ def make_queue() -> Iterator[Callable[..., int]]:
 def msq(make_queue: Callable[..., int]) -> int:
     """A fresh private message queue (mode 0600)."""
     return make_queue()
+
+
+@pytest.fixture
+def make_mq() -> Iterator[Callable[..., MessageQueue]]:
+    """Factory for MessageQueue.create(...); every queue made is removed at teardown."""
+    made: List[MessageQueue] = []
+
+    def make(*args: object, **kwargs: object) -> MessageQueue:
+        q = MessageQueue.create(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(q)
+        return q
+
+    yield make
+    for q in made:
+        try:
+            q.remove()
+        except OSError:
+            pass  # the test removed it
+
+
+@pytest.fixture
+def q(make_mq: Callable[..., MessageQueue]) -> MessageQueue:
+    """A fresh private MessageQueue (mode 0600), removed at teardown."""
+    return make_mq()
 
 
 @pytest.fixture

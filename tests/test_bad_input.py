@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple, T
 import pytest
 
 import ipcbind
-from ipcbind import (GETALL, GETVAL, IPC_CREAT, IPC_NOWAIT, IPC_PRIVATE, IPC_RMID, IPC_SET,
+from ipcbind import (GETALL, GETVAL, IPC_CREAT, IPC_NOWAIT, IPC_PRIVATE, IPC_SET,
                      IPC_STAT, MSG_COPY, SETALL, SETVAL, MessageQueue, SemaphoreSet)
 from ipcbind import syscalls as sc
 from ipcbind.cli import main

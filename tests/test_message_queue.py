@@ -11,7 +11,7 @@ import pickle
 import random
 import threading
 import time
-from typing import Callable, Iterator, List
+from typing import Callable, List
 
 import pytest
 
@@ -27,29 +27,6 @@ from ipcbind import (
 from conftest import needs_root, run_in_child
 
 MSGMAX = ipcbind.msgctl(0, ipcbind.IPC_INFO)[1].msgmax
-
-
-@pytest.fixture
-def make_mq() -> Iterator[Callable[..., MessageQueue]]:
-    """Factory for MessageQueue.create(...); every queue made is removed at teardown."""
-    made: List[MessageQueue] = []
-
-    def make(*args: object, **kwargs: object) -> MessageQueue:
-        q = MessageQueue.create(*args, **kwargs)  # type: ignore[arg-type]
-        made.append(q)
-        return q
-
-    yield make
-    for q in made:
-        try:
-            q.remove()
-        except OSError:
-            pass  # the test removed it
-
-
-@pytest.fixture
-def q(make_mq: Callable[..., MessageQueue]) -> MessageQueue:
-    return make_mq()
 
 
 def free_key() -> int:

@@ -8,25 +8,13 @@ import asyncio
 import random
 import threading
 import time
-from typing import Iterator, List, Set
+from typing import List, Set
 
 import pytest
 
 from ipcbind import IdentifierRemovedError, MessageQueue, NoMessageError, TooBigError
 
 SLACK = 2.0
-
-
-@pytest.fixture
-def q() -> Iterator[MessageQueue]:
-    queue = MessageQueue.create()
-    try:
-        yield queue
-    finally:
-        try:
-            queue.remove()
-        except OSError:
-            pass
 
 
 def send_later(q: MessageQueue, delay: float, data: bytes = b"late", mtype: int = 1) -> None:

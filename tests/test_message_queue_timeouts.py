@@ -24,18 +24,6 @@ from ipcbind import MessageQueue, NoMessageError
 SLACK = 2.0  # seconds a wake-up may be late on a busy machine
 
 
-@pytest.fixture
-def q() -> Iterator[MessageQueue]:
-    queue = MessageQueue.create()
-    try:
-        yield queue
-    finally:
-        try:
-            queue.remove()
-        except OSError:
-            pass
-
-
 def fill(q: MessageQueue) -> None:
     room = q.stat().qbytes
     while room:

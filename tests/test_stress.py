@@ -31,7 +31,6 @@ import pytest
 
 from ipcbind import (
     IdentifierRemovedError,
-    Message,
     MessageQueue,
     QueueChangedError,
     SemaphoreSet,
