@@ -119,10 +119,10 @@ def semset(make_semset: Callable[..., int]) -> int:
     return make_semset()
 
 
-def run_in_child(fn: Callable[[], int], *, uid: int | None = None, timeout: float = 10) -> int:
-    """Run fn in a forked child (as ``uid`` if given, which needs root) and return
-    its exit status; fn's return value is the exit code, an exception is 70.
-    The child is killed if it outlives ``timeout``."""
+def start_child(fn: Callable[[], int], *, uid: int | None = None) -> int:
+    """Fork a child running fn (as ``uid`` if given, which needs root) and return its
+    pid without waiting; fn's return value is the exit code, an exception is 70.
+    Pair with :func:`reap`."""
     pid = os.fork()
     if pid == 0:
         code = 70
@@ -139,7 +139,13 @@ def run_in_child(fn: Callable[[], int], *, uid: int | None = None, timeout: floa
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    return reap(pid, timeout)
+    return pid
+
+
+def run_in_child(fn: Callable[[], int], *, uid: int | None = None, timeout: float = 10) -> int:
+    """Run fn in a forked child (see :func:`start_child`) and return its exit status;
+    the child is killed if it outlives ``timeout``."""
+    return reap(start_child(fn, uid=uid), timeout)
 
 
 def reap(pid: int, timeout: float = 10) -> int:

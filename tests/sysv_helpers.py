@@ -4,7 +4,6 @@ thread to fall asleep in a system call, background children, and "another user".
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Callable, List, Tuple
 
@@ -73,24 +72,6 @@ def wait_blocked(task_dir: str, word: str, timeout: float = 10.0) -> None:
             asleep_since = None
         time.sleep(0.002)
     raise AssertionError(f"{task_dir} did not block in {word} within {timeout} s")
-
-
-def start_child(fn: Callable[[], int]) -> int:
-    """Fork a child running fn (its return value is the exit code, an exception 70)
-    and return its pid without waiting; pair with :func:`reap`."""
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            code = fn()
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return pid
 
 
 def semop_then_exit(semid: int, ops: List[Tuple[int, int]]) -> int:

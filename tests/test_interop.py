@@ -13,8 +13,8 @@ import pytest
 
 import ipcbind as ipc
 from ipcbind import GETALL, GETNCNT, GETPID, GETZCNT, IPC_NOWAIT, IPC_STAT, MSG_COPY
-from conftest import reap
-from sysv_helpers import semop_then_exit, start_child, wait_until
+from conftest import reap, start_child
+from sysv_helpers import semop_then_exit, wait_until
 
 CC = shutil.which("gcc") or shutil.which("cc")
 IPCS = shutil.which("ipcs")

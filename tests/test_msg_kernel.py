@@ -27,14 +27,13 @@ from ipcbind import (
     MSG_STAT,
     MSG_STAT_ANY,
 )
-from conftest import NOBODY, reap, run_in_child
+from conftest import NOBODY, reap, run_in_child, start_child
 from sysv_helpers import (
     CAP_SYS_RESOURCE,
     IS_ROOT,
     has_capability,
     proc_int,
     run_as_stranger,
-    start_child,
 )
 
 

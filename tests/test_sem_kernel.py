@@ -32,13 +32,12 @@ from ipcbind import (
     SETALL,
     SETVAL,
 )
-from conftest import NOBODY, reap, run_in_child
+from conftest import NOBODY, reap, run_in_child, start_child
 from sysv_helpers import (
     IS_ROOT,
     run_as_stranger,
     sem_limits,
     semop_then_exit,
-    start_child,
     wait_until,
 )
 

@@ -16,8 +16,8 @@ import pytest
 
 import ipcbind as ipc
 from ipcbind import GETNCNT, IPC_NOWAIT, IPC_RMID, IPC_SET, IPC_STAT
-from conftest import reap
-from sysv_helpers import start_child, wait_blocked, wait_until
+from conftest import reap, start_child
+from sysv_helpers import wait_blocked, wait_until
 
 MAIN_TASK = f"/proc/{os.getpid()}/task/{os.getpid()}"
 

@@ -20,9 +20,7 @@ import os
 import random
 import signal
 import struct
-import sys
 import time
-import traceback
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -35,7 +33,7 @@ from ipcbind import (
     QueueChangedError,
     SemaphoreSet,
 )
-from conftest import reap
+from conftest import reap, start_child
 
 pytestmark = pytest.mark.stress
 
@@ -82,18 +80,7 @@ class Children:
 
     def start(self, fn: Callable[..., Any], *args: Any) -> int:
         """Runs fn(*args) in a child; its exit code is 0, or 70 after an exception."""
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                fn(*args)
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+        pid = start_child(lambda: (fn(*args), 0)[1])
         self.pids.append(pid)
         return pid
 
