@@ -29,6 +29,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/scripts/copy-checkout.sh"
 cache=${IPCBIND_ARM64_CACHE:-/var/cache/ipcbind-arm64}
 suite=${IPCBIND_ARM64_SUITE:-bookworm}
 mirror=${IPCBIND_ARM64_MIRROR:-http://deb.debian.org/debian}
@@ -111,14 +112,7 @@ fi
 work=$rootfs/build
 remove_tree "$work"
 mkdir -p "$work/src" "$work/run"
-if git -C "$here" rev-parse --git-dir >/dev/null 2>&1; then
-    (cd "$here" && git ls-files -z --cached \
-        | xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh \
-        | tar --null -T - -cf -) | tar -C "$work/src" -xf -
-else
-    tar -C "$here" --exclude='.venv*' --exclude=build --exclude=dist --exclude='*.so' \
-        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$work/src" -xf -
-fi
+copy_checkout "$here" "$work/src"
 # pytest runs in a copy without ipcbind/, so the installed package (with the arm64
 # shim) is the one imported, never the checkout's sources.
 cp -r "$work/src/." "$work/run/"

@@ -22,6 +22,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/scripts/copy-checkout.sh"
 python=${PYTHON:-python3}
 python=$(command -v "$python") || { echo "check-packaging: no $python" >&2; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ipcbind-packaging.XXXXXX")
@@ -42,14 +43,7 @@ say "using $("$python" --version) ($(command -v "$python")), scratch directory $
 # Build from a copy of the files git tracks (as they are in the working tree), so
 # that nothing else (a virtualenv, the _ffi*.so of an editable install) can leak in.
 mkdir "$tmp/src"
-if git -C "$here" rev-parse --git-dir >/dev/null 2>&1; then
-    (cd "$here" && git ls-files -z --cached \
-        | xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh \
-        | tar --null -T - -cf -) | tar -C "$tmp/src" -xf -
-else
-    tar -C "$here" --exclude='.venv*' --exclude=build --exclude=dist --exclude='*.so' \
-        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$tmp/src" -xf -
-fi
+copy_checkout "$here" "$tmp/src"
 "$tmp/buildenv/bin/python" -m build --outdir "$tmp/dist" "$tmp/src" > "$tmp/build.log" 2>&1 \
     || { cat "$tmp/build.log" >&2; die "python -m build"; }
 sdist=$(ls "$tmp"/dist/*.tar.gz)
