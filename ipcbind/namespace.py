@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import psutil
 
@@ -47,6 +47,8 @@ NamespaceId = Tuple[int, int]
 """A namespace's identity: the (st_dev, st_ino) of its ``/proc/.../ns/ipc`` file."""
 
 _SELF = "/proc/thread-self/ns/ipc"
+_UNUSED = (errno.EINVAL, errno.EIDRM)  # an index nothing is at (any more)
+_DS = TypeVar("_DS", MsqidDs, SemidDs)
 
 
 class NamespaceReturnError(RuntimeError):
@@ -205,30 +207,70 @@ def list_queues() -> List[Tuple[int, MsqidDs]]:
     """Every message queue of the calling thread's namespace: ``[(msqid, MsqidDs)]`` by id.
 
     Uses MSG_STAT_ANY, which, like /proc/sysvipc/msg, needs no read permission on
-    the queues. A queue removed while the list is taken is left out.
+    the queues. A queue removed while the list is taken is left out. Where the kernel
+    does not know MSG_STAT_ANY (Linux < 4.17, and qemu-user, which refuses it), the
+    queues are read with MSG_STAT, which needs read permission: a queue the caller
+    cannot read then raises PermissionError rather than going unlisted.
     """
     highest, _ = sc.msgctl(0, sc.MSG_INFO)
-    found = []
-    for index in range(highest + 1):
-        try:
-            found.append(sc.msgctl(index, sc.MSG_STAT_ANY))
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.EIDRM):
-                raise
-    return sorted(found, key=lambda item: item[0])
+    return _listing("msg", highest, lambda index, cmd: sc.msgctl(index, cmd),
+                    sc.MSG_STAT_ANY, sc.MSG_STAT)
 
 
 def list_semaphore_sets() -> List[Tuple[int, SemidDs]]:
     """Every semaphore set of the calling thread's namespace: ``[(semid, SemidDs)]`` by id.
 
-    Uses SEM_STAT_ANY (no read permission needed). A set removed meanwhile is left out.
+    Uses SEM_STAT_ANY (no read permission needed). A set removed meanwhile is left
+    out. Without SEM_STAT_ANY (Linux < 4.17, qemu-user), SEM_STAT is used, as
+    :func:`list_queues` does with MSG_STAT.
     """
     highest, _ = sc.semctl(0, 0, sc.SEM_INFO)
+    return _listing("sem", highest, lambda index, cmd: sc.semctl(index, 0, cmd),
+                    sc.SEM_STAT_ANY, sc.SEM_STAT)
+
+
+# Per kind ("msg", "sem"): whether *_STAT_ANY is known to work here (True), known to
+# be refused (False) or not yet seen (absent). The kernel does not change under us.
+_stat_any_works: Dict[str, bool] = {}
+
+_Stat = Callable[[int, int], Tuple[int, _DS]]
+
+
+def _listing(kind: str, highest: int, stat: _Stat[_DS], stat_any: int,
+             stat_cmd: int) -> List[Tuple[int, _DS]]:
     found = []
     for index in range(highest + 1):
+        works = _stat_any_works.get(kind)
+        if works is not False:
+            try:
+                found.append(stat(index, stat_any))
+                _stat_any_works[kind] = True
+                continue
+            except OSError as e:
+                if e.errno not in _UNUSED:
+                    raise
+                if works or e.errno != errno.EINVAL:
+                    continue
+        # *_STAT_ANY refused this index: either nothing is there, or the kernel does
+        # not know the command. Plain *_STAT tells them apart.
         try:
-            found.append(sc.semctl(index, 0, sc.SEM_STAT_ANY))
+            found.append(stat(index, stat_cmd))
+        except PermissionError as e:
+            _stat_any_works[kind] = False
+            what = "queue" if kind == "msg" else "semaphore set"
+            raise PermissionError(
+                e.errno, f"cannot list the {what} at index {index}: this kernel does not "
+                f"know {kind.upper()}_STAT_ANY (Linux < 4.17, or an emulator), and "
+                f"{kind.upper()}_STAT needs read permission") from None
         except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.EIDRM):
+            if e.errno not in _UNUSED:
                 raise
+            continue
+        if works is None:
+            # Unless the object was made between the two calls, the command is unknown.
+            try:
+                stat(index, stat_any)
+                _stat_any_works[kind] = True
+            except OSError:
+                _stat_any_works[kind] = False
     return sorted(found, key=lambda item: item[0])

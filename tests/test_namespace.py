@@ -12,6 +12,7 @@ import pytest
 from conftest import NOBODY, needs_root, run_in_child
 from nschild import needs_ns_root, ns_child
 
+from ipcbind import namespace as ns_module
 from ipcbind import syscalls as sc
 from ipcbind.namespace import (
     NamespaceReturnError,
@@ -195,3 +196,41 @@ def test_failing_to_move_back_raises_namespace_return_error() -> None:
             return 1
 
         assert run_in_child(child) == 0
+
+
+@needs_ns_root
+def test_listing_reads_with_plain_stat_where_stat_any_is_refused() -> None:
+    # Where the kernel refuses MSG_STAT_ANY/SEM_STAT_ANY (Linux < 4.17, qemu-user), the
+    # listing reads each object with MSG_STAT/SEM_STAT instead. This kernel knows both,
+    # so the test tells the module the kernel refuses them, in a child, and compares.
+    def child(pid: int) -> int:
+        with enter_namespace(pid):
+            want = list_queues(), list_semaphore_sets()
+            ns_module._stat_any_works.update(msg=False, sem=False)
+            got = list_queues(), list_semaphore_sets()
+        return 0 if got == want and len(got[0]) == len(got[1]) == 1 else 1
+
+    with ns_child(_make_objects) as (pid, _):
+        assert run_in_child(lambda: child(pid)) == 0
+
+
+@needs_ns_root
+def test_listing_without_stat_any_raises_permission_error_for_an_unreadable_object() -> None:
+    # Plain MSG_STAT needs read permission: an object the caller cannot read must not
+    # go unlisted in silence.
+    def child(pid: int) -> int:
+        sc._setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        if len(list_semaphore_sets()) != 1:  # SEM_STAT_ANY lists the 0600 set of root
+            return 1
+        ns_module._stat_any_works["sem"] = False
+        try:
+            list_semaphore_sets()
+        except PermissionError as e:
+            return 0 if "index" in str(e) and "SEM_STAT_ANY" in str(e) else 2
+        return 3
+
+    with ns_child(_make_objects) as (pid, _):
+        assert run_in_child(lambda: child(pid)) == 0
