@@ -9,7 +9,7 @@ from typing import List
 
 import pytest
 
-from conftest import NOBODY, needs_root, run_in_child
+from conftest import NOBODY, needs_root, needs_stat_any, run_in_child
 from nschild import needs_ns_root, ns_child
 
 from ipcbind import namespace as ns_module
@@ -57,6 +57,7 @@ def test_bad_pid_is_refused_before_any_system_call(bad: object) -> None:
         namespace_id(bad)  # type: ignore[arg-type]
 
 
+@needs_stat_any
 def test_entering_our_own_namespace_needs_no_privilege(msq: int) -> None:
     def child() -> int:
         with enter_namespace(os.getpid()) as ns:
@@ -215,6 +216,7 @@ def test_listing_reads_with_plain_stat_where_stat_any_is_refused() -> None:
 
 
 @needs_ns_root
+@needs_stat_any
 def test_listing_without_stat_any_raises_permission_error_for_an_unreadable_object() -> None:
     # Plain MSG_STAT needs read permission: an object the caller cannot read must not
     # go unlisted in silence.

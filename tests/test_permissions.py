@@ -11,7 +11,7 @@ from typing import Callable
 
 import ipcbind as ipc
 from ipcbind import IPC_NOWAIT, IPC_RMID, IPC_SET, IPC_STAT, SETVAL
-from conftest import NOBODY, needs_root, run_in_child
+from conftest import NOBODY, needs_root, needs_stat_any, run_in_child
 
 pytestmark = needs_root
 
@@ -48,6 +48,7 @@ def test_msgctl_ipc_stat_by_another_user_is_eacces(msq: int) -> None:
     assert as_nobody(lambda: ipc.msgctl(msq, IPC_STAT), errno.EACCES) == 0
 
 
+@needs_stat_any
 def test_msgctl_ipc_set_by_another_user_is_eperm(msq: int) -> None:
     assert as_nobody(lambda: ipc.msgctl(msq, IPC_SET, {"mode": 0o666}), errno.EPERM) == 0
     assert ipc.msgctl(msq, IPC_STAT).mode == 0o600
@@ -82,6 +83,7 @@ def test_semctl_getval_and_setval_by_another_user_are_eacces(semset: int) -> Non
     assert ipc.semctl(semset, 0, ipc.GETVAL) == 0
 
 
+@needs_stat_any
 def test_semctl_ipc_set_by_another_user_is_eperm(semset: int) -> None:
     assert as_nobody(lambda: ipc.semctl(semset, 0, IPC_SET, {"mode": 0o666}),
                      errno.EPERM) == 0
