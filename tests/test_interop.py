@@ -13,7 +13,7 @@ import pytest
 
 import ipcbind as ipc
 from ipcbind import GETALL, GETNCNT, GETPID, GETZCNT, IPC_NOWAIT, IPC_STAT, MSG_COPY
-from conftest import reap, start_child
+from conftest import qemu_reads_lrpid_as_0, reap, start_child
 from sysv_helpers import semop_then_exit, wait_until
 
 CC = shutil.which("gcc") or shutil.which("cc")
@@ -176,6 +176,7 @@ def fields(text: str) -> Dict[str, str]:
 
 
 @needs_ipcs
+@qemu_reads_lrpid_as_0
 def test_ipcs_q_i_agrees_with_msgctl(make_queue: Callable[..., int]) -> None:
     q = make_queue(mode=0o640)
     ipc.msgsnd(q, 1, b"abc")
