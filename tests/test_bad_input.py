@@ -748,11 +748,17 @@ NAMESPACES = (
         str(NO_SUCH_PID)),
     Row("namespace_id-2**70", lambda e: namespace_id(2 ** 70), ProcessLookupError),
     Row("shares_namespace-str", lambda e: shares_namespace("1"), TypeError, "pid"),
+    Row("shares_namespace-None", lambda e: shares_namespace(None), TypeError, "pid"),
+    Row("shares_namespace-bool", lambda e: shares_namespace(True), TypeError, "pid"),
+    Row("shares_namespace-float", lambda e: shares_namespace(1.0), TypeError, "pid"),
     Row("shares_namespace-no-such-pid", lambda e: shares_namespace(NO_SUCH_PID),
         ProcessLookupError),
     Row("namespace_pids-bytes", lambda e: namespace_pids(b"1"), TypeError, "pid"),
     Row("namespace_pids-0", lambda e: namespace_pids(0), ValueError, "pid"),
     Row("enter_namespace-str", lambda e: _enter("1"), TypeError, "pid"),
+    Row("enter_namespace-None", lambda e: _enter(None), TypeError, "pid"),
+    Row("enter_namespace-bool", lambda e: _enter(True), TypeError, "pid"),
+    Row("enter_namespace-float", lambda e: _enter(1.0), TypeError, "pid"),
     Row("enter_namespace-0", lambda e: _enter(0), ValueError, "pid"),
     Row("enter_namespace-no-such-pid", lambda e: _enter(NO_SUCH_PID), ProcessLookupError,
         str(NO_SUCH_PID)),
@@ -768,7 +774,7 @@ def test_namespace_functions_refuse(row: Row, env: Env) -> None:
 
 def test_enter_namespace_of_a_bad_pid_leaves_no_descriptor_open(env: Env) -> None:
     before = len(os.listdir("/proc/self/fd"))
-    for pid in ("1", 0, NO_SUCH_PID):
+    for pid in ("1", None, 0, NO_SUCH_PID):
         with pytest.raises((TypeError, ValueError, ProcessLookupError)):
             _enter(pid)
     assert len(os.listdir("/proc/self/fd")) == before
