@@ -848,7 +848,9 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
 
     A path that names a regular file, or nothing yet, is replaced atomically (a new
     file, renamed over it); one that names a device or a FIFO (``/dev/stdout``, a
-    named pipe) is written into, and stays what it is.
+    named pipe) is written into, and stays what it is. A symbolic link is followed:
+    its target is written (created if the link dangles, as a shell's ``>`` would)
+    and the link stays a link.
     """
     _need_snapshot("dump", snap)
     if not isinstance(file, (str, os.PathLike)):
@@ -859,26 +861,29 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         return
     text = dumps(snap)
     path = os.fspath(file)
+    # The rename must land on the link's target, in the target's directory: renamed
+    # over the link itself, the new file would replace the link.
+    target = os.path.realpath(path)
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(target).st_mode
     except FileNotFoundError:
         mode = stat.S_IFREG
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         with open(path, "w") as f:
             f.write(text)
         return
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{target}.{os.getpid()}.tmp"
     try:
         f = open(tmp, "w")
     except OSError as e:
-        # Name the file asked for, not the temporary one beside it.
+        # Name the file asked for, not the temporary one beside its target.
         raise type(e)(e.errno, e.strerror, path) from None
     try:
         with f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
