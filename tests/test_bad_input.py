@@ -35,8 +35,8 @@ from ipcbind.cli import main
 from ipcbind.namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
                                namespace_pids, shares_namespace)
 from ipcbind.pytest_plugin import queue_messages, semaphore_values, wait_for_messages
-from ipcbind.snapshot import (Limits, QueueState, SemaphoreSetState, SnapshotFormatError, dump,
-                              dumps, freeze_namespace, load, loads, restore, snapshot)
+from ipcbind.snapshot import (Limits, QueueState, SemaphoreSetState, SnapshotFormatError, _digest,
+                              dump, dumps, freeze_namespace, load, loads, restore, snapshot)
 
 NO_SUCH_PID = 4194305  # above the kernel's PID_MAX_LIMIT: never a process
 
@@ -802,6 +802,14 @@ def _version_2(e: Env) -> str:
     return json.dumps(doc)
 
 
+def _taken_at(e: Env, when: str) -> str:
+    doc = json.loads(_snapshot_text(e))
+    doc["taken_at"] = when
+    del doc["checksum"]
+    doc["checksum"] = _digest(doc)
+    return json.dumps(doc)
+
+
 def _binary(e: Env) -> str:
     return e.file("binary", bytes(range(256)) * 4)
 
@@ -845,6 +853,15 @@ SNAPSHOTS = (
         "not an ipcbind snapshot"),
     Row("loads-version-2", lambda e: loads(_version_2(e)), SnapshotFormatError, "version 2"),
     Row("loads-edited", lambda e: loads(_edited(e)), SnapshotFormatError, "checksum"),
+    Row("loads-taken_at-month-99",
+        lambda e: loads(_taken_at(e, "2026-99-01T00:00:00.000000Z")), SnapshotFormatError,
+        "taken_at: .* is not a real date and time"),
+    Row("loads-taken_at-february-29-of-2025",
+        lambda e: loads(_taken_at(e, "2025-02-29T00:00:00.000000Z")), SnapshotFormatError,
+        "taken_at: .* is not a real date and time"),
+    Row("loads-taken_at-second-60",
+        lambda e: loads(_taken_at(e, "2026-01-01T00:00:60.000000Z")), SnapshotFormatError,
+        "taken_at: .* is not a real date and time"),
     Row("loads-5000-digit-number", lambda e: loads("9" * 5000), SnapshotFormatError,
         "snapshot file"),
     Row("loads-5000-digit-field", lambda e: loads('{"format": "ipcbind-snapshot", "version": '

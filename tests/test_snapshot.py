@@ -430,6 +430,14 @@ DAMAGED = {
     "missing field": (_resigned(lambda d: d["queues"][0].pop("uid")), "missing uid"),
     "unknown field": (_resigned(_set(["queues", 0, "extra"], 1)), "unknown field extra"),
     "limits short": (_resigned(_set(["limits", "sem"], [1, 2])), "4 numbers"),
+    "taken_at month 99": (_resigned(_set(["taken_at"], "2026-99-01T00:00:00.000000Z")),
+                          "taken_at: .* is not a real date and time"),
+    "taken_at february 30": (_resigned(_set(["taken_at"], "2026-02-30T00:00:00.000000Z")),
+                             "taken_at: .* is not a real date and time"),
+    "taken_at hour 24": (_resigned(_set(["taken_at"], "2026-01-01T24:00:00.000000Z")),
+                         "taken_at: .* is not a real date and time"),
+    "taken_at year 0": (_resigned(_set(["taken_at"], "0000-01-01T00:00:00.000000Z")),
+                        "taken_at: .* is not a real date and time"),
 }
 
 
