@@ -3,7 +3,14 @@
 The syscall-shaped functions (``msgget``, ``msgsnd``, ``msgrcv``, ``msgctl``, ``semget``,
 ``semop``, ``semctl``, ``ftok``) and the constants under their C names are importable
 from here.
+
+A copy of ipcbind whose compiled shim (``ipcbind._ffi``) cannot be loaded still
+imports: pytest loads :mod:`ipcbind.pytest_plugin` in every run of the environment,
+and must be able to start. Only the exceptions are usable then; every other name
+raises the shim's ImportError when it is used.
 """
+
+from typing import TYPE_CHECKING, Optional
 
 from .errors import (
     IdentifierRemovedError,
@@ -13,69 +20,88 @@ from .errors import (
     QueueChangedError,
     TooBigError,
 )
-from .msg import Message, MessageQueue
-from .namespace import (
-    NamespaceReturnError,
-    enter_namespace,
-    namespace_id,
-    namespace_pids,
-    shares_namespace,
-)
-from .sem import Semaphore, SemaphoreSet
-from .snapshot import (
-    FreezeError,
-    RestoreConflictError,
-    RestoreError,
-    Snapshot,
-    SnapshotFormatError,
-)
-from .syscalls import (
-    GETALL,
-    GETNCNT,
-    GETPID,
-    GETVAL,
-    GETZCNT,
-    IPC_CREAT,
-    IPC_EXCL,
-    IPC_INFO,
-    IPC_NOWAIT,
-    IPC_PRIVATE,
-    IPC_RMID,
-    IPC_SET,
-    IPC_STAT,
-    MSG_COPY,
-    MSG_EXCEPT,
-    MSG_INFO,
-    MSG_NOERROR,
-    MSG_STAT,
-    MSG_STAT_ANY,
-    SEM_INFO,
-    SEM_STAT,
-    SEM_STAT_ANY,
-    SEM_UNDO,
-    SETALL,
-    SETVAL,
-    MsgInfo,
-    MsqidDs,
-    SemidDs,
-    SemInfo,
-    ftok,
-    msgctl,
-    msgget,
-    msgrcv,
-    msgsnd,
-    semctl,
-    semget,
-    semop,
-)
-from .semundo import (
-    SemundoNotSupportedError,
-    read_semundo,
-    restore_semundo,
-    semundo_supported,
-    tracked_semundo,
-    write_semundo,
-)
+
+
+def _shim_unloadable(err: BaseException) -> bool:
+    """Whether an ImportError comes from loading the compiled shim (its cause included)."""
+    seen: Optional[BaseException] = err
+    while seen is not None:
+        if isinstance(seen, ImportError) and seen.name == f"{__name__}._ffi":
+            return True
+        seen = seen.__cause__
+    return False
+
+
+_SHIM_ERROR: Optional[ImportError] = None
+try:
+    from .msg import Message, MessageQueue
+    from .namespace import (
+        NamespaceReturnError,
+        enter_namespace,
+        namespace_id,
+        namespace_pids,
+        shares_namespace,
+    )
+    from .sem import Semaphore, SemaphoreSet
+    from .snapshot import (
+        FreezeError,
+        RestoreConflictError,
+        RestoreError,
+        Snapshot,
+        SnapshotFormatError,
+    )
+    from .syscalls import (
+        GETALL,
+        GETNCNT,
+        GETPID,
+        GETVAL,
+        GETZCNT,
+        IPC_CREAT,
+        IPC_EXCL,
+        IPC_INFO,
+        IPC_NOWAIT,
+        IPC_PRIVATE,
+        IPC_RMID,
+        IPC_SET,
+        IPC_STAT,
+        MSG_COPY,
+        MSG_EXCEPT,
+        MSG_INFO,
+        MSG_NOERROR,
+        MSG_STAT,
+        MSG_STAT_ANY,
+        SEM_INFO,
+        SEM_STAT,
+        SEM_STAT_ANY,
+        SEM_UNDO,
+        SETALL,
+        SETVAL,
+        MsgInfo,
+        MsqidDs,
+        SemidDs,
+        SemInfo,
+        ftok,
+        msgctl,
+        msgget,
+        msgrcv,
+        msgsnd,
+        semctl,
+        semget,
+        semop,
+    )
+    from .semundo import (
+        SemundoNotSupportedError,
+        read_semundo,
+        restore_semundo,
+        semundo_supported,
+        tracked_semundo,
+        write_semundo,
+    )
+except ImportError as e:
+    if not _shim_unloadable(e):
+        raise
+    _SHIM_ERROR = e
+
 
 __all__ = [
     "IdentifierRemovedError",
@@ -144,3 +170,10 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+if _SHIM_ERROR is not None and not TYPE_CHECKING:
+    def __getattr__(name: str) -> object:
+        if name in __all__:
+            raise ImportError(str(_SHIM_ERROR), name=f"{__name__}._ffi") from _SHIM_ERROR
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

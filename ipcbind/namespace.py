@@ -71,6 +71,13 @@ class NamespaceReturnError(RuntimeError):
 def _ns_path(pid: Optional[int]) -> str:
     if pid is None:
         return _SELF
+    return _pid_ns_path(pid)
+
+
+def _pid_ns_path(pid: object) -> str:
+    """The namespace file of ``pid``, which must be a process id (None is refused)."""
+    if pid is None:
+        raise TypeError("pid must be an int (a process id), not None")
     if isinstance(pid, bool) or not isinstance(pid, int):
         raise TypeError(f"pid must be an int, not {type(pid).__name__}")
     if pid <= 0:
@@ -93,6 +100,7 @@ def namespace_id(pid: Optional[int] = None) -> NamespaceId:
     """The identity of the IPC namespace of ``pid`` (None: the calling thread's).
 
     Raises:
+        TypeError: ``pid`` is neither an int nor None.
         ProcessLookupError: no such process.
         PermissionError: its namespace file cannot be read (another user's process).
     """
@@ -108,9 +116,11 @@ def shares_namespace(pid: int) -> bool:
     """Whether process ``pid`` is in the calling thread's IPC namespace.
 
     Raises:
+        TypeError: ``pid`` is not an int (None included: there is no default).
         ProcessLookupError: no such process.
         PermissionError: its namespace cannot be seen (another user's process).
     """
+    _pid_ns_path(pid)
     return namespace_id(pid) == namespace_id()
 
 
@@ -120,6 +130,10 @@ def namespace_pids(pid: Optional[int] = None) -> List[int]:
     ``pid`` None: the calling thread's namespace. A process's namespace is its main
     thread's. Processes whose namespace cannot be seen (other users' processes,
     without privilege) and processes that exit meanwhile are not listed.
+
+    Raises:
+        TypeError: ``pid`` is neither an int nor None.
+        ProcessLookupError: no such process.
     """
     target = namespace_id(pid)
     found = []
@@ -143,6 +157,7 @@ def enter_namespace(pid: int) -> Iterator[NamespaceId]:
     block in the same thread that entered it.
 
     Raises:
+        TypeError: ``pid`` is not an int (None included: there is no default).
         ProcessLookupError: no such process.
         PermissionError: entering needs CAP_SYS_ADMIN in the user namespace that owns
             the target namespace (and reading its /proc entry needs the right to
@@ -150,7 +165,7 @@ def enter_namespace(pid: int) -> Iterator[NamespaceId]:
         NamespaceReturnError: on exit, the thread could not be moved back (it is
             raised even while another exception propagates, which it then chains).
     """
-    target_path = _ns_path(pid)
+    target_path = _pid_ns_path(pid)
     original = os.open(_SELF, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(original)

@@ -22,6 +22,11 @@ of skipping them.
 
 Assertion helpers, importable from here: :func:`queue_messages`,
 :func:`wait_for_messages`, :func:`semaphore_values`.
+
+The modules that need ipcbind's compiled shim are imported when a fixture or
+helper first needs them, not when pytest loads the plugin: an ipcbind whose shim
+cannot be loaded leaves pytest able to start, and only the tests that use these
+fixtures fail, with the shim's ImportError.
 """
 
 from __future__ import annotations
@@ -30,15 +35,14 @@ import errno
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import psutil
 import pytest
 
-from . import syscalls as sc
-from .msg import Message, MessageQueue
-from .namespace import NamespaceId, namespace_id
-from .sem import SemaphoreSet
+if TYPE_CHECKING:
+    from .msg import Message, MessageQueue
+    from .sem import SemaphoreSet
 
 __all__ = [
     "IpcFactory",
@@ -54,11 +58,24 @@ _PROC_MSG = "/proc/sysvipc/msg"
 _PROC_SEM = "/proc/sysvipc/sem"
 _GONE = (errno.EINVAL, errno.EIDRM)
 _SETTLE = 0.2  # seconds before a leak suspected by uid alone is looked at again
+# IPC_PRIVATE is the key 0 on every Linux ABI; spelt out so that a default argument
+# below does not need the shim when the plugin is loaded.
+_IPC_PRIVATE = 0
+
+NamespaceId = Tuple[int, int]
+"""A namespace's identity, as :data:`ipcbind.namespace.NamespaceId`."""
 
 Queue = Union[int, Any]
 """A queue given to a helper: its msqid, or any object with an ``id`` attribute."""
 SemSet = Union[int, Any]
 """A semaphore set given to a helper: its semid, or any object with an ``id`` attribute."""
+
+
+def _namespace_id() -> NamespaceId:
+    """The calling thread's IPC namespace, read without the shim (the hooks use it
+    for every checked test)."""
+    st = os.stat(_NS_PATH)
+    return st.st_dev, st.st_ino
 
 
 def _ident(obj: Any, what: str) -> int:
@@ -94,6 +111,8 @@ def queue_messages(queue: Queue) -> List[Message]:
 
 
 def _as_queue(queue: Queue) -> MessageQueue:
+    from .msg import MessageQueue
+
     if isinstance(queue, MessageQueue):
         return queue
     return MessageQueue.from_id(_ident(queue, "message queue"))
@@ -121,6 +140,8 @@ def wait_for_messages(queue: Queue, count: int,
         OSError: the queue does not exist or was removed while waiting.
     """
     __tracebackhide__ = True
+    from . import syscalls as sc
+
     q = _as_queue(queue)
     if isinstance(count, bool) or not isinstance(count, int):
         raise TypeError(f"wait_for_messages: count must be an int, not {type(count).__name__}")
@@ -146,6 +167,8 @@ def semaphore_values(semset: SemSet) -> List[int]:
     Args:
         semset: a :class:`~ipcbind.SemaphoreSet`, a semid, or any object with an ``id``.
     """
+    from .sem import SemaphoreSet
+
     if isinstance(semset, SemaphoreSet):
         return semset.values
     return SemaphoreSet.from_id(_ident(semset, "semaphore set")).values
@@ -168,6 +191,8 @@ def _forget_undo_ledger() -> None:
     for the calling thread; in a single-threaded process that applies and frees
     the whole process's undo list, so the ledger's entries no longer exist.
     """
+    from . import syscalls as sc
+
     if _single_threaded():
         for semid in sc._ledger():
             sc._ledger_drop(semid)
@@ -203,7 +228,7 @@ class _NamespaceRef:
         self.id: NamespaceId = (st.st_dev, st.st_ino)
 
     def is_current(self) -> bool:
-        return namespace_id() == self.id
+        return _namespace_id() == self.id
 
     def close(self) -> None:
         os.close(self.fd)
@@ -277,6 +302,8 @@ def _evidence(obj: IpcObject) -> Set[int]:
     set's last operator on each semaphore (where readable)."""
     if obj.kind == "queue":
         return {p for p in obj.pids if p}
+    from . import syscalls as sc
+
     pids: Set[int] = set()
     for n in range(obj.size):
         try:
@@ -416,7 +443,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     """For a checked test: what exists before its setup, and after it."""
     watch = None
     if _leak_check_enabled(item):
-        watch = _LeakWatch(namespace_id(), _snapshot())
+        watch = _LeakWatch(_namespace_id(), _snapshot())
         item.stash[_WATCH] = watch
     item.config.stash[_SETTING_UP] = watch
     try:
@@ -424,7 +451,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     finally:
         item.config.stash[_SETTING_UP] = None
         if watch is not None:
-            if namespace_id() == watch.ns:
+            if _namespace_id() == watch.ns:
                 watch.after_setup = _snapshot()
             else:
                 watch.after_setup = watch.host_at_entry
@@ -444,7 +471,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) 
     if watch is None:
         return
     del item.stash[_WATCH]
-    if namespace_id() != watch.ns:
+    if _namespace_id() != watch.ns:
         pytest.fail("the test ended in another IPC namespace than it started in; "
                     "no leak check was possible", pytrace=False)
     host = _host_leaks(watch)
@@ -468,6 +495,8 @@ def ipc_namespace(request: pytest.FixtureRequest) -> Iterator[IpcNamespace]:
     the host namespace and gets ``isolated=False``. Only the thread running the
     test moves; processes and threads it starts inherit the namespace.
     """
+    from . import syscalls as sc
+
     watch = request.node.stash.get(_WATCH, None)
     if watch is not None:
         watch.host_at_entry = _snapshot()
@@ -481,11 +510,11 @@ def ipc_namespace(request: pytest.FixtureRequest) -> Iterator[IpcNamespace]:
         if not _fallback_wanted(request.config):
             pytest.skip(reason + " (--ipc-namespace-fallback runs such tests in the host "
                                  "namespace instead)")
-        yield IpcNamespace(False, namespace_id()[1], reason)
+        yield IpcNamespace(False, _namespace_id()[1], reason)
         return
     _forget_undo_ledger()
     try:
-        yield IpcNamespace(True, namespace_id()[1])
+        yield IpcNamespace(True, _namespace_id()[1])
         if watch is not None:
             watch.in_namespace = list(_snapshot().values())
     finally:
@@ -516,7 +545,7 @@ class IpcFactory:
     def __init__(self) -> None:
         self._made: List[_Made] = []
 
-    def queue(self, mode: int = 0o600, key: int = sc.IPC_PRIVATE,
+    def queue(self, mode: int = 0o600, key: int = _IPC_PRIVATE,
               qbytes: Optional[int] = None) -> MessageQueue:
         """Make a message queue.
 
@@ -527,6 +556,9 @@ class IpcFactory:
             qbytes: the queue's capacity in bytes, if not the system's default
                 (raising it above msgmnb needs CAP_SYS_RESOURCE).
         """
+        from . import syscalls as sc
+        from .msg import MessageQueue
+
         ns = _NamespaceRef()
         try:
             q = MessageQueue.create(key, mode, exclusive=True)
@@ -538,7 +570,7 @@ class IpcFactory:
             sc.msgctl(q.id, sc.IPC_SET, {"qbytes": qbytes})
         return q
 
-    def semset(self, nsems: int = 1, mode: int = 0o600, key: int = sc.IPC_PRIVATE,
+    def semset(self, nsems: int = 1, mode: int = 0o600, key: int = _IPC_PRIVATE,
                values: Optional[Sequence[int]] = None) -> SemaphoreSet:
         """Make a semaphore set.
 
@@ -549,6 +581,8 @@ class IpcFactory:
                 raises ``FileExistsError``.
             values: initial values, one per semaphore (default: all 0).
         """
+        from .sem import SemaphoreSet
+
         ns = _NamespaceRef()
         try:
             s = SemaphoreSet.create(nsems, key, mode, values, exclusive=True)
@@ -600,6 +634,9 @@ def _options(request: pytest.FixtureRequest, name: str, allowed: Sequence[str]) 
 def ipc_factory(request: pytest.FixtureRequest) -> Iterator[IpcFactory]:
     """Makes queues (``.queue(...)``) and semaphore sets (``.semset(...)``) for the
     test; every one still there is removed after it, whatever the outcome."""
+    # Without a loadable shim the test errors here, in setup, with its ImportError.
+    from . import syscalls  # noqa: F401
+
     if "ipc_namespace" in request.fixturenames:
         # Objects belong in the test's namespace, so enter it before making any.
         request.getfixturevalue("ipc_namespace")

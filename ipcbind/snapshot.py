@@ -72,6 +72,7 @@ _U32 = 2 ** 32 - 1
 _FREEZE_WAIT = 10.0
 # ASCII digits only: \d would also take other scripts' digits.
 _TAKEN_AT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+_TAKEN_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, what): called before each object is read or recreated."""
@@ -130,10 +131,11 @@ class SemaphoreSetState:
 class Snapshot:
     """A namespace's queues and semaphore sets at one time.
 
-    ``taken_at``: ISO 8601 UTC. ``namespace``: inode number of the namespace read.
-    ``pid``: the pid whose namespace was read (None: the caller's own). ``frozen``:
-    how its processes were held still: None, ``"cgroup"``, ``"sigstop"`` or
-    ``"cgroup+sigstop"``.
+    ``taken_at``: ISO 8601 UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (the loader refuses a
+    time that is not on the calendar, such as month 13). ``namespace``: inode number
+    of the namespace read. ``pid``: the pid whose namespace was read (None: the
+    caller's own). ``frozen``: how its processes were held still: None, ``"cgroup"``,
+    ``"sigstop"`` or ``"cgroup+sigstop"``.
     """
 
     taken_at: str
@@ -315,7 +317,7 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
                 sets.append(s)
         if progress:
             progress(total, total, "done")
-    taken = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    taken = datetime.now(timezone.utc).strftime(_TAKEN_AT_FORMAT)
     return Snapshot(taken, ns, pid, frozen, limits, tuple(queues), tuple(sets))
 
 
@@ -848,7 +850,9 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
 
     A path that names a regular file, or nothing yet, is replaced atomically (a new
     file, renamed over it); one that names a device or a FIFO (``/dev/stdout``, a
-    named pipe) is written into, and stays what it is.
+    named pipe) is written into, and stays what it is. A symbolic link is followed:
+    its target is written (created if the link dangles, as a shell's ``>`` would)
+    and the link stays a link.
     """
     _need_snapshot("dump", snap)
     if not isinstance(file, (str, os.PathLike)):
@@ -859,26 +863,29 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         return
     text = dumps(snap)
     path = os.fspath(file)
+    # The rename must land on the link's target, in the target's directory: renamed
+    # over the link itself, the new file would replace the link.
+    target = os.path.realpath(path)
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(target).st_mode
     except FileNotFoundError:
         mode = stat.S_IFREG
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         with open(path, "w") as f:
             f.write(text)
         return
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{target}.{os.getpid()}.tmp"
     try:
         f = open(tmp, "w")
     except OSError as e:
-        # Name the file asked for, not the temporary one beside it.
+        # Name the file asked for, not the temporary one beside its target.
         raise type(e)(e.errno, e.strerror, path) from None
     try:
         with f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -921,6 +928,15 @@ class _Checker:
         if not isinstance(v, str) or not re.fullmatch(pattern, v):
             raise self.fail(where, f"{json.dumps(v)[:40]} does not match {pattern}")
         return v
+
+    def moment(self, v: Any, where: str) -> str:
+        text = self.text(v, where, _TAKEN_AT)
+        # The pattern lets month 99 or February 30 through; the calendar does not.
+        try:
+            datetime.strptime(text, _TAKEN_AT_FORMAT)
+        except ValueError:
+            raise self.fail(where, f"{json.dumps(text)} is not a real date and time") from None
+        return text
 
     def key(self, v: Any, where: str) -> int:
         return int(self.text(v, where, r"0x[0-9a-f]{8}"), 16)
@@ -1020,7 +1036,7 @@ class _Checker:
                      for i, s in enumerate(self.listof(o["semaphore_sets"], "semaphore_sets")))
         self.unique(queues, "queues")
         self.unique(sets, "semaphore_sets")
-        return Snapshot(self.text(o["taken_at"], "taken_at", _TAKEN_AT),
+        return Snapshot(self.moment(o["taken_at"], "taken_at"),
                         self.integer(ns["inode"], "namespace.inode", 0, 2 ** 64 - 1), pid, frozen,
                         self.limits(o["limits"]), queues, sets)
 

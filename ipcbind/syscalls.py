@@ -271,14 +271,14 @@ def ftok(path: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"], proj
     raw = os.fsencode(path)
     if b"\0" in raw:
         raise ValueError("ftok: path contains a NUL byte")
+    key = ffi.new("key_t *")
     try:
-        key = lib.ftok(raw, proj_id)
+        err = lib.ipcb_ftok(raw, proj_id, key)
     except (TypeError, OverflowError) as e:
         raise _explain("ftok", e, proj_id=(proj_id, "int")) from None
-    if key == -1:
-        err = ffi.errno
+    if err:
         raise OSError(err, f"ftok(proj_id={proj_id}): {os.strerror(err)}", os.fsdecode(raw))
-    return int(key)
+    return int(key[0])
 
 
 def _key(call: str, key: int) -> int:
@@ -296,11 +296,11 @@ def msgget(key: int, flags: int = 0) -> int:
     """
     k = _key("msgget", key)
     try:
-        r = lib.msgget(k, flags)
+        r = lib.ipcb_msgget(k, flags)
     except (TypeError, OverflowError) as e:
         raise _explain("msgget", e, flags=(flags, "int")) from None
     if r < 0:
-        raise syscall_error(ffi.errno, f"msgget(key={key:#x})")
+        raise syscall_error(-r, f"msgget(key={key:#x})")
     return int(r)
 
 
@@ -437,7 +437,7 @@ def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
         info = ffi.new("struct msginfo *")
         r = lib.ipcb_msgctl(msqid, cmd, ffi.cast("struct msqid_ds *", info))
         if r < 0:
-            raise syscall_error(ffi.errno, call)
+            raise syscall_error(-r, call)
         return r, _fields(MsgInfo, info)
     ds = ffi.new("struct msqid_ds *")
     if cmd == IPC_SET:
@@ -447,7 +447,7 @@ def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
         _set_msqid_ds(call, ds, changes)
     r = lib.ipcb_msgctl(msqid, cmd, ds)
     if r < 0:
-        raise syscall_error(ffi.errno, call)
+        raise syscall_error(-r, call)
     if cmd == IPC_STAT:
         return _msqid_ds(ds)
     if cmd in (MSG_STAT, MSG_STAT_ANY):
@@ -464,14 +464,16 @@ _INDEX_BITS = (15, 24)
 def _current(call: str, ident: int, stat_any: int, stat: Callable[[int, int], int]) -> None:
     """Fill a struct with the object's current values, even without read permission.
 
-    ``stat(id_or_index, cmd)`` runs msgctl/semctl into that struct. IPC_STAT needs
+    ``stat(id_or_index, cmd)`` runs msgctl/semctl into that struct (-errno on
+    failure, as the shim returns it). IPC_STAT needs
     read permission, but IPC_SET needs only ownership and SETALL only write
     permission, so on EACCES the object is read by its index with MSG_STAT_ANY /
     SEM_STAT_ANY and the call itself is left to the kernel to allow or refuse.
     """
-    if stat(ident, IPC_STAT) >= 0:
+    r = stat(ident, IPC_STAT)
+    if r >= 0:
         return
-    err = ffi.errno
+    err = -r
     if err == EACCES:
         for bits in _INDEX_BITS:
             if stat(ident & ((1 << bits) - 1), stat_any) == ident:
@@ -523,11 +525,11 @@ def semget(key: int, nsems: int, flags: int = 0) -> int:
     """semget(2): the identifier of the semaphore set for ``key`` (IPC_CREAT to create it)."""
     k = _key("semget", key)
     try:
-        r = lib.semget(k, nsems, flags)
+        r = lib.ipcb_semget(k, nsems, flags)
     except (TypeError, OverflowError) as e:
         raise _explain("semget", e, nsems=(nsems, "int"), flags=(flags, "int")) from None
     if r < 0:
-        raise syscall_error(ffi.errno, f"semget(key={key:#x})")
+        raise syscall_error(-r, f"semget(key={key:#x})")
     return int(r)
 
 
@@ -608,12 +610,13 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
             val = arg
         r = lib.ipcb_semctl_val(semid, semnum, cmd, val)
         if r < 0:
-            raise syscall_error(ffi.errno, call)
+            raise syscall_error(-r, call)
         return r if cmd in _SEM_INT_CMDS else None
     if cmd == GETALL:
         values = ffi.new("unsigned short[]", _nsems(call, semid))
-        if lib.ipcb_semctl_array(semid, GETALL, values) < 0:
-            raise syscall_error(ffi.errno, call)
+        r = lib.ipcb_semctl_array(semid, GETALL, values)
+        if r < 0:
+            raise syscall_error(-r, call)
         return list(values)
     if cmd == SETALL:
         try:
@@ -627,14 +630,15 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
         if len(wanted) != n:
             raise ValueError(f"{call}: SETALL needs {n} values (one per semaphore), "
                              f"got {len(wanted)}")
-        if lib.ipcb_semctl_array(semid, SETALL, ffi.new("unsigned short[]", wanted)) < 0:
-            raise syscall_error(ffi.errno, call)
+        r = lib.ipcb_semctl_array(semid, SETALL, ffi.new("unsigned short[]", wanted))
+        if r < 0:
+            raise syscall_error(-r, call)
         return None
     if cmd in (IPC_INFO, SEM_INFO):
         info = ffi.new("struct seminfo *")
         r = lib.ipcb_semctl_ds(semid, semnum, cmd, ffi.cast("struct semid_ds *", info))
         if r < 0:
-            raise syscall_error(ffi.errno, call)
+            raise syscall_error(-r, call)
         return r, _fields(SemInfo, info)
     ds = ffi.new("struct semid_ds *")
     if cmd == IPC_SET:
@@ -644,7 +648,7 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
         _assign(call, ds.sem_perm, changes)
     r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)
     if r < 0:
-        raise syscall_error(ffi.errno, call)
+        raise syscall_error(-r, call)
     if cmd == IPC_STAT:
         return _semid_ds(ds)
     if cmd in (SEM_STAT, SEM_STAT_ANY):

@@ -1,7 +1,11 @@
 /* ipcbind shim: small, non-variadic wrappers around the System V IPC calls.
  *
- * Every wrapper returns like the call it wraps (-1 or NULL with errno set) and
- * never touches Python objects, so cffi can release the GIL around all of them.
+ * Every IPC wrapper hands its errno back itself, never in errno alone: by the time
+ * Python could read ffi.errno, a signal handler may have run and made calls of its
+ * own. A call with a result of its own returns -errno on failure (its successes
+ * are never negative); one without returns its errno (0: success); the others
+ * carry it in what they return or in an out-parameter. The wrappers never touch
+ * Python objects, so cffi can release the GIL around all of them.
  * Buffers for messages belong to the calling thread and are reused between calls.
  */
 #include <errno.h>
@@ -338,9 +342,20 @@ static void deadline_stop(struct deadline *d, int failed)
 
 /* ---- message queues ------------------------------------------------------ */
 
-/* The blocking calls return their errno (0: success), or carry it in what they
- * return: by the time Python could read ffi.errno, a signal handler may have run
- * and made calls of its own. */
+/* A key can be any int, -1 included (ftok's failure value, also a key it can
+ * compute): errno is cleared first, so only a failure leaves it set. */
+int ipcb_ftok(const char *pathname, int proj_id, key_t *key)
+{
+    errno = 0;
+    *key = ftok(pathname, proj_id);
+    return *key == -1 ? errno : 0;
+}
+
+int ipcb_msgget(key_t key, int msgflg)
+{
+    int r = msgget(key, msgflg);
+    return r < 0 ? -errno : r;
+}
 
 int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
                 long long timeout_ns)
@@ -590,7 +605,8 @@ struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
 
 int ipcb_msgctl(int msqid, int cmd, struct msqid_ds *buf)
 {
-    return msgctl(msqid, cmd, buf);
+    int r = msgctl(msqid, cmd, buf);
+    return r < 0 ? -errno : r;
 }
 
 static int same_queue(const struct msqid_ds *a, const struct msqid_ds *b)
@@ -871,6 +887,12 @@ size_t ipcb_ledger_dump(int *out, size_t cap)
 
 /* ---- semaphores -------------------------------------------------------------- */
 
+int ipcb_semget(key_t key, int nsems, int semflg)
+{
+    int r = semget(key, nsems, semflg);
+    return r < 0 ? -errno : r;
+}
+
 int ipcb_semop(int semid, struct sembuf *ops, size_t nops, long long timeout_ns)
 {
     int r;
@@ -903,7 +925,9 @@ int ipcb_semctl_val(int semid, int semnum, int cmd, int val)
     int r;
     arg.val = val;
     r = semctl(semid, semnum, cmd, arg);
-    if (r >= 0 && (cmd == SETVAL || cmd == IPC_RMID))
+    if (r < 0)
+        return -errno;
+    if (cmd == SETVAL || cmd == IPC_RMID)
         ledger_clear(semid, semnum, cmd == IPC_RMID);
     return r;
 }
@@ -914,7 +938,9 @@ int ipcb_semctl_array(int semid, int cmd, unsigned short *values)
     int r;
     arg.array = values;
     r = semctl(semid, 0, cmd, arg);
-    if (r >= 0 && cmd == SETALL)
+    if (r < 0)
+        return -errno;
+    if (cmd == SETALL)
         ledger_clear(semid, -1, 0);
     return r;
 }
@@ -922,8 +948,10 @@ int ipcb_semctl_array(int semid, int cmd, unsigned short *values)
 int ipcb_semctl_ds(int semid, int semnum, int cmd, struct semid_ds *buf)
 {
     union ipcb_semun arg;
+    int r;
     arg.buf = buf;
-    return semctl(semid, semnum, cmd, arg);
+    r = semctl(semid, semnum, cmd, arg);
+    return r < 0 ? -errno : r;
 }
 
 /* ipcb_semop1 without a timeout, its arguments packed into one integer: a cffi

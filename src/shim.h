@@ -126,14 +126,14 @@ struct ipcb_batch {
     ...;
 };
 
-/* Plain libc calls with fixed arguments. */
-key_t ftok(const char *pathname, int proj_id);
-int msgget(key_t key, int msgflg);
-int semget(key_t key, int nsems, int semflg);
+/* Plain libc calls with fixed arguments (errno in ffi.errno). */
 int setns(int fd, int nstype);
 int unshare(int flags);
 
-/* The blocking calls return their errno (0: success), or carry it in what they return. */
+/* The IPC calls hand back their errno: -errno from a call with a result of its own,
+ * the errno (0: success) from one without, or in what they return or fill in. */
+int ipcb_ftok(const char *pathname, int proj_id, key_t *key);
+int ipcb_msgget(key_t key, int msgflg);
 int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
                 long long timeout_ns);
 struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
@@ -148,6 +148,7 @@ struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
 struct ipcb_batch *ipcb_msgcopy_all(int msqid);
 int ipcb_msgctl(int msqid, int cmd, struct msqid_ds *buf);
 
+int ipcb_semget(key_t key, int nsems, int semflg);
 int ipcb_semop(int semid, struct sembuf *ops, size_t nops, long long timeout_ns);
 int ipcb_semop1(int semid, unsigned short num, short op, short flg, long long timeout_ns);
 int ipcb_semctl_val(int semid, int semnum, int cmd, int val);

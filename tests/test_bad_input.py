@@ -35,8 +35,8 @@ from ipcbind.cli import main
 from ipcbind.namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
                                namespace_pids, shares_namespace)
 from ipcbind.pytest_plugin import queue_messages, semaphore_values, wait_for_messages
-from ipcbind.snapshot import (Limits, QueueState, SemaphoreSetState, SnapshotFormatError, dump,
-                              dumps, freeze_namespace, load, loads, restore, snapshot)
+from ipcbind.snapshot import (Limits, QueueState, SemaphoreSetState, SnapshotFormatError, _digest,
+                              dump, dumps, freeze_namespace, load, loads, restore, snapshot)
 
 NO_SUCH_PID = 4194305  # above the kernel's PID_MAX_LIMIT: never a process
 
@@ -748,11 +748,17 @@ NAMESPACES = (
         str(NO_SUCH_PID)),
     Row("namespace_id-2**70", lambda e: namespace_id(2 ** 70), ProcessLookupError),
     Row("shares_namespace-str", lambda e: shares_namespace("1"), TypeError, "pid"),
+    Row("shares_namespace-None", lambda e: shares_namespace(None), TypeError, "pid"),
+    Row("shares_namespace-bool", lambda e: shares_namespace(True), TypeError, "pid"),
+    Row("shares_namespace-float", lambda e: shares_namespace(1.0), TypeError, "pid"),
     Row("shares_namespace-no-such-pid", lambda e: shares_namespace(NO_SUCH_PID),
         ProcessLookupError),
     Row("namespace_pids-bytes", lambda e: namespace_pids(b"1"), TypeError, "pid"),
     Row("namespace_pids-0", lambda e: namespace_pids(0), ValueError, "pid"),
     Row("enter_namespace-str", lambda e: _enter("1"), TypeError, "pid"),
+    Row("enter_namespace-None", lambda e: _enter(None), TypeError, "pid"),
+    Row("enter_namespace-bool", lambda e: _enter(True), TypeError, "pid"),
+    Row("enter_namespace-float", lambda e: _enter(1.0), TypeError, "pid"),
     Row("enter_namespace-0", lambda e: _enter(0), ValueError, "pid"),
     Row("enter_namespace-no-such-pid", lambda e: _enter(NO_SUCH_PID), ProcessLookupError,
         str(NO_SUCH_PID)),
@@ -768,7 +774,7 @@ def test_namespace_functions_refuse(row: Row, env: Env) -> None:
 
 def test_enter_namespace_of_a_bad_pid_leaves_no_descriptor_open(env: Env) -> None:
     before = len(os.listdir("/proc/self/fd"))
-    for pid in ("1", 0, NO_SUCH_PID):
+    for pid in ("1", None, 0, NO_SUCH_PID):
         with pytest.raises((TypeError, ValueError, ProcessLookupError)):
             _enter(pid)
     assert len(os.listdir("/proc/self/fd")) == before
@@ -793,6 +799,14 @@ def _edited(e: Env) -> str:
 def _version_2(e: Env) -> str:
     doc = json.loads(_snapshot_text(e))
     doc["version"] = 2
+    return json.dumps(doc)
+
+
+def _taken_at(e: Env, when: str) -> str:
+    doc = json.loads(_snapshot_text(e))
+    doc["taken_at"] = when
+    del doc["checksum"]
+    doc["checksum"] = _digest(doc)
     return json.dumps(doc)
 
 
@@ -839,6 +853,15 @@ SNAPSHOTS = (
         "not an ipcbind snapshot"),
     Row("loads-version-2", lambda e: loads(_version_2(e)), SnapshotFormatError, "version 2"),
     Row("loads-edited", lambda e: loads(_edited(e)), SnapshotFormatError, "checksum"),
+    Row("loads-taken_at-month-99",
+        lambda e: loads(_taken_at(e, "2026-99-01T00:00:00.000000Z")), SnapshotFormatError,
+        "taken_at: .* is not a real date and time"),
+    Row("loads-taken_at-february-29-of-2025",
+        lambda e: loads(_taken_at(e, "2025-02-29T00:00:00.000000Z")), SnapshotFormatError,
+        "taken_at: .* is not a real date and time"),
+    Row("loads-taken_at-second-60",
+        lambda e: loads(_taken_at(e, "2026-01-01T00:00:60.000000Z")), SnapshotFormatError,
+        "taken_at: .* is not a real date and time"),
     Row("loads-5000-digit-number", lambda e: loads("9" * 5000), SnapshotFormatError,
         "snapshot file"),
     Row("loads-5000-digit-field", lambda e: loads('{"format": "ipcbind-snapshot", "version": '

@@ -227,6 +227,21 @@ def test_dump_pid_then_restore_into_another_namespace_gives_the_same_objects(
 
 
 @needs_ns_root
+def test_dump_output_through_a_symlink_writes_its_target_and_keeps_the_link(
+        tmp_path: Any) -> None:
+    target = tmp_path / "ns.json"
+    target.write_text("old")
+    link = tmp_path / "latest.json"
+    link.symlink_to("ns.json")
+    with ns_child(_holder) as (pid, made):
+        code, _ = run("dump", "--pid", pid, "-o", link)
+    assert code == 0
+    assert link.is_symlink() and os.readlink(link) == "ns.json"
+    assert [q.id for q in load(target).queues] == [made["q"]]
+    assert sorted(os.listdir(tmp_path)) == ["latest.json", "ns.json"]
+
+
+@needs_ns_root
 def test_dump_to_stdout_is_a_loadable_snapshot_file() -> None:
     with ns_child(_holder) as (pid, made):
         code, out = run("dump", "--pid", pid)

@@ -329,6 +329,33 @@ def test_snapshot_taken_at_takes_ascii_digits_only() -> None:
         loads(_edited(taken_at="٢٠٢٦-11-22T06:46:23.116172Z"))
 
 
+def _field(lo: int, hi: int) -> Any:
+    """Mostly within lo..hi, often anywhere the two digits allow."""
+    return st.integers(lo, hi) | st.integers(0, 99)
+
+
+calendar_fields = st.tuples(st.integers(0, 9999), _field(1, 12), _field(1, 31), _field(0, 23),
+                            _field(0, 59), _field(0, 59), st.integers(0, 999999))
+
+
+@budget(300)
+@given(calendar_fields)
+def test_snapshot_taken_at_loads_exactly_when_it_is_on_the_calendar(
+        fields: Tuple[int, int, int, int, int, int, int]) -> None:
+    year, month, day, hour, minute, second, micro = fields
+    text = (f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}."
+            f"{micro:06d}Z")
+    try:
+        datetime(*fields)
+        real = True
+    except ValueError:
+        real = False
+    got = load_or_refuse(_edited(taken_at=text))
+    assert (got is not None) == real, text
+    if got is not None:
+        assert got.taken_at == text
+
+
 def test_snapshot_data_with_spare_base64_bits_set_is_refused() -> None:
     doc = json.loads(_edited())
     assert doc["queues"][0]["messages"][0]["data"] == "AA=="

@@ -43,6 +43,22 @@ def test_shares_namespace_is_true_for_our_own_process() -> None:
     assert shares_namespace(os.getpid())
 
 
+def test_enter_namespace_of_none_is_a_type_error_not_a_no_op() -> None:
+    with pytest.raises(TypeError, match="pid must be an int.*not None"):
+        with enter_namespace(None):  # type: ignore[arg-type]
+            pass
+
+
+def test_shares_namespace_of_none_is_a_type_error_not_true() -> None:
+    with pytest.raises(TypeError, match="pid must be an int.*not None"):
+        shares_namespace(None)  # type: ignore[arg-type]
+
+
+def test_namespace_id_and_namespace_pids_of_none_are_the_calling_threads() -> None:
+    assert namespace_id(None) == namespace_id(os.getpid())
+    assert os.getpid() in namespace_pids(None)
+
+
 def test_unknown_pid_raises_process_lookup_error() -> None:
     with pytest.raises(ProcessLookupError, match=f"no process with pid {NO_SUCH_PID}"):
         namespace_id(NO_SUCH_PID)

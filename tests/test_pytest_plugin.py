@@ -657,3 +657,72 @@ def test_helpers_refuse_something_that_is_not_a_queue() -> None:
 def test_wait_for_messages_refuses_a_negative_count(ipc_queue: MessageQueue) -> None:
     with pytest.raises(ValueError, match="count must be >= 0"):
         wait_for_messages(ipc_queue, -1)
+
+
+# ---- an ipcbind whose shim cannot be loaded -----------------------------------------------
+
+# The inner run hides the compiled shim before pytest loads its plugins (the
+# plugin's entry point among them), as an install with a missing or broken
+# _ffi*.so would.
+WITHOUT_SHIM = """
+import sys
+sys.modules["ipcbind._ffi"] = None
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def test_pytest_starts_without_the_shim_and_only_tests_using_the_plugin_fail(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        def test_plain():
+            pass
+
+        @pytest.mark.ipc_leaks
+        def test_leak_checked():
+            pass
+
+        def test_with_a_queue(ipc_queue):
+            pass
+
+        def test_with_a_namespace(ipc_namespace):
+            pass
+    """)
+    result = pytester.run(sys.executable, "-c", WITHOUT_SHIM, "-p", "no:cacheprovider",
+                          "--ipc-leaks", timeout=120)
+    result.assert_outcomes(passed=2, errors=2)
+    raised = [line for line in result.outlines
+              if line.startswith("E ") and "ImportError: ipcbind's compiled shim" in line]
+    assert len(raised) == 2, result.outlines
+
+
+def test_package_without_the_shim_imports_and_its_names_raise_the_shims_import_error(
+        tmp_path: Path) -> None:
+    probe = """
+import sys
+sys.modules["ipcbind._ffi"] = None
+import ipcbind
+assert issubclass(ipcbind.NoMessageError, OSError)
+for use in ("ipcbind.msgget", "ipcbind.MessageQueue", "__import__('ipcbind.msg')"):
+    try:
+        eval(use)
+    except ImportError as e:
+        assert "compiled shim" in str(e), (use, e)
+    else:
+        raise SystemExit(f"{use} did not raise")
+try:
+    from ipcbind import SemaphoreSet
+except ImportError as e:
+    assert "compiled shim" in str(e), e
+else:
+    raise SystemExit("from ipcbind import SemaphoreSet did not raise")
+try:
+    ipcbind.no_such_name
+except AttributeError:
+    pass
+"""
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
+import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional
 
 import pytest
 
 import ipcbind as ipc
 from ipcbind import GETNCNT, IPC_NOWAIT, IPC_RMID, IPC_SET, IPC_STAT
+from ipcbind._ffi import ffi, lib
 from conftest import reap, start_child
 from sysv_helpers import wait_blocked, wait_until
 
@@ -196,6 +200,89 @@ def test_a_handler_whose_own_call_fails_does_not_change_semops_errno(
     alarm(failing_handler(make_queue(), lambda: ipc.semop(semset, [(0, 1)])), 0.05, 0.05)
     ipc.semop(semset, [(0, -1)], timeout=10)
     assert ipc.semctl(semset, 0, ipc.GETVAL) == 0
+
+
+class Spoiler:
+    """Runs a real SIGUSR1 handler, whose own call fails with ENOMSG, right after the
+    next call into the compiled shim returns: before the caller's next line, which is
+    where the handler of a signal that arrived during the call runs. A profile hook
+    sees the C call return and raises the signal there; signal.raise_signal runs the
+    Python handler before it returns."""
+
+    def __init__(self, empty_queue: int) -> None:
+        self.empty_queue = empty_queue
+        self.saved_errno_after_handler: Optional[int] = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        with pytest.raises(ipc.NoMessageError):
+            ipc.msgrcv(self.empty_queue, None, 0, IPC_NOWAIT)
+        self.saved_errno_after_handler = ffi.errno
+
+    def hook(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "c_return" and getattr(arg, "__self__", None) is lib:
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGUSR1)
+
+    def run(self, call: Callable[[], Any]) -> None:
+        old = signal.signal(signal.SIGUSR1, self.handler)
+        sys.setprofile(self.hook)
+        try:
+            call()
+        finally:
+            sys.setprofile(None)
+            signal.signal(signal.SIGUSR1, old)
+
+
+def _missing_key() -> int:
+    while True:
+        key = random.randrange(1, 2 ** 31)
+        try:
+            ipc.msgget(key)
+        except FileNotFoundError:
+            return key
+
+
+class Objects(NamedTuple):
+    """What the calls below fail on, all made before the hook is set."""
+
+    q: int
+    s: int
+    gone_q: int
+    gone_s: int
+    missing_key: int
+    missing_path: str
+
+
+GET_AND_CTL_FAILURES = {
+    "ftok-ENOENT": (lambda o: ipc.ftok(o.missing_path, 1), errno.ENOENT),
+    "msgget-ENOENT": (lambda o: ipc.msgget(o.missing_key), errno.ENOENT),
+    "semget-EINVAL": (lambda o: ipc.semget(ipc.IPC_PRIVATE, 0, ipc.IPC_CREAT | 0o600),
+                      errno.EINVAL),
+    "msgctl-unknown-cmd-EINVAL": (lambda o: ipc.msgctl(o.q, 0x7FFF), errno.EINVAL),
+    "msgctl-IPC_SET-removed-EINVAL": (lambda o: ipc.msgctl(o.gone_q, IPC_SET, {"mode": 0o600}),
+                                      errno.EINVAL),
+    "semctl-SETVAL-ERANGE": (lambda o: ipc.semctl(o.s, 0, ipc.SETVAL, 40000), errno.ERANGE),
+    "semctl-GETALL-removed-EINVAL": (lambda o: ipc.semctl(o.gone_s, 0, ipc.GETALL),
+                                     errno.EINVAL),
+    "semctl-unknown-cmd-EINVAL": (lambda o: ipc.semctl(o.s, 0, 0x7FFF), errno.EINVAL),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GET_AND_CTL_FAILURES))
+def test_a_handler_whose_own_call_fails_does_not_change_get_and_ctl_errnos(
+        case: str, make_queue: Callable[..., int], make_semset: Callable[..., int],
+        tmp_path: Path) -> None:
+    call, expected = GET_AND_CTL_FAILURES[case]
+    gone_q, gone_s = make_queue(), make_semset()
+    ipc.msgctl(gone_q, IPC_RMID)
+    ipc.semctl(gone_s, 0, IPC_RMID)
+    objects = Objects(make_queue(), make_semset(), gone_q, gone_s, _missing_key(),
+                      str(tmp_path / "none"))
+    spoiler = Spoiler(make_queue())
+    with pytest.raises(OSError) as got:
+        spoiler.run(lambda: call(objects))
+    assert spoiler.saved_errno_after_handler == errno.ENOMSG, "the handler did not run"
+    assert got.value.errno == expected, got.value
 
 
 def test_semop_timeout_is_not_restarted_by_signals(semset: int, alarm: Callable[..., None]

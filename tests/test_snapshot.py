@@ -430,6 +430,14 @@ DAMAGED = {
     "missing field": (_resigned(lambda d: d["queues"][0].pop("uid")), "missing uid"),
     "unknown field": (_resigned(_set(["queues", 0, "extra"], 1)), "unknown field extra"),
     "limits short": (_resigned(_set(["limits", "sem"], [1, 2])), "4 numbers"),
+    "taken_at month 99": (_resigned(_set(["taken_at"], "2026-99-01T00:00:00.000000Z")),
+                          "taken_at: .* is not a real date and time"),
+    "taken_at february 30": (_resigned(_set(["taken_at"], "2026-02-30T00:00:00.000000Z")),
+                             "taken_at: .* is not a real date and time"),
+    "taken_at hour 24": (_resigned(_set(["taken_at"], "2026-01-01T24:00:00.000000Z")),
+                         "taken_at: .* is not a real date and time"),
+    "taken_at year 0": (_resigned(_set(["taken_at"], "0000-01-01T00:00:00.000000Z")),
+                        "taken_at: .* is not a real date and time"),
 }
 
 
@@ -438,6 +446,39 @@ def test_loader_rejects_damaged_or_foreign_files_with_a_clear_error(name: str) -
     text, why = DAMAGED[name]
     with pytest.raises(SnapshotFormatError, match=why):
         loads(text)
+
+
+def test_dump_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path: Any) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    target = tmp_path / "real" / "ns.json"
+    target.write_text("old")
+    link = tmp_path / "links" / "ns.json"
+    link.symlink_to(os.path.join("..", "real", "ns.json"))
+    dump(SAMPLE, link)
+    assert link.is_symlink() and os.readlink(link) == os.path.join("..", "real", "ns.json")
+    assert load(target) == SAMPLE
+    assert os.listdir(tmp_path / "links") == ["ns.json"]
+    assert os.listdir(tmp_path / "real") == ["ns.json"]
+
+
+def test_dump_through_a_dangling_symlink_creates_its_target(tmp_path: Any) -> None:
+    link = tmp_path / "ns.json"
+    link.symlink_to("made.json")
+    dump(SAMPLE, link)
+    assert link.is_symlink() and os.readlink(link) == "made.json"
+    assert load(tmp_path / "made.json") == SAMPLE
+    assert sorted(os.listdir(tmp_path)) == ["made.json", "ns.json"]
+
+
+def test_dump_through_a_dangling_symlink_into_a_missing_directory_names_the_link(
+        tmp_path: Any) -> None:
+    link = tmp_path / "ns.json"
+    link.symlink_to(os.path.join("no", "made.json"))
+    with pytest.raises(FileNotFoundError) as got:
+        dump(SAMPLE, link)
+    assert got.value.filename == str(link)
+    assert os.listdir(tmp_path) == ["ns.json"] and link.is_symlink()
 
 
 def test_snapshot_format_error_is_a_value_error() -> None:
