@@ -15,7 +15,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from errno import EACCES, EAGAIN, EINTR, ETIMEDOUT
+from errno import EACCES, EAGAIN, EINTR, EINVAL, ETIMEDOUT
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple,
                     Union)
 
@@ -475,9 +475,20 @@ def _current(call: str, ident: int, stat_any: int, stat: Callable[[int, int], in
         return
     err = -r
     if err == EACCES:
+        refused = True
         for bits in _INDEX_BITS:
-            if stat(ident & ((1 << bits) - 1), stat_any) == ident:
+            r = stat(ident & ((1 << bits) - 1), stat_any)
+            if r == ident:
                 return
+            refused = refused and r == -EINVAL
+        if refused:
+            # Linux < 4.17 and qemu-user answer *_STAT_ANY with EINVAL even for an
+            # index in use: without read permission nothing else can read the values.
+            name = "MSG_STAT_ANY" if stat_any == MSG_STAT_ANY else "SEM_STAT_ANY"
+            raise PermissionError(
+                err, f"{call}: {os.strerror(err)}: needs the current values, and without read "
+                f"permission only {name} can read them, which this kernel refuses "
+                f"(it came with Linux 4.17)")
     raise syscall_error(err, call)
 
 

@@ -34,8 +34,9 @@ def _kernel_knows_stat_any() -> bool:
         ipcbind.msgctl(q, IPC_RMID)
 
 
+STAT_ANY_KNOWN = _kernel_knows_stat_any()
 needs_stat_any = pytest.mark.skipif(
-    not _kernel_knows_stat_any(),
+    not STAT_ANY_KNOWN,
     reason="the kernel refuses MSG_STAT_ANY/SEM_STAT_ANY (Linux < 4.17, or qemu-user), "
            "and this test needs to read an object without read permission")
 

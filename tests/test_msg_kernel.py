@@ -27,8 +27,8 @@ from ipcbind import (
     MSG_STAT,
     MSG_STAT_ANY,
 )
-from conftest import (NOBODY, needs_stat_any, qemu_reads_lrpid_as_0, reap, run_in_child,
-                      start_child)
+from conftest import (NOBODY, STAT_ANY_KNOWN, needs_stat_any, qemu_reads_lrpid_as_0, reap,
+                      run_in_child, start_child)
 from sysv_helpers import (
     CAP_SYS_RESOURCE,
     IS_ROOT,
@@ -512,6 +512,23 @@ def test_msg_stat_needs_read_permission_msg_stat_any_does_not() -> None:
         assert run_as_stranger(child) == 0
     finally:
         ipc.msgctl(q, IPC_RMID)
+
+
+@pytest.mark.skipif(STAT_ANY_KNOWN, reason="this kernel knows MSG_STAT_ANY (Linux >= 4.17)")
+def test_ipc_set_without_read_permission_where_msg_stat_any_is_refused_says_so(
+        make_queue: Callable[..., int]) -> None:
+    q = make_queue(mode=0o000)
+    if IS_ROOT:
+        ipc.msgctl(q, IPC_SET, {"uid": NOBODY})
+
+    def child() -> int:
+        try:
+            ipc.msgctl(q, IPC_SET, {"mode": 0o600})
+        except PermissionError as e:
+            return 0 if e.errno == errno.EACCES and "MSG_STAT_ANY" in str(e) else 2
+        return 1
+    assert run_in_child(child, uid=NOBODY if IS_ROOT else None) == 0
+    assert ipc.msgctl(q, IPC_STAT).mode == 0o000
 
 
 @needs_stat_any
