@@ -813,14 +813,16 @@ def _ledger_drop(semid: int) -> None:
 
 def _setns_ipc(fd: int) -> None:
     """setns(2) into the IPC namespace open as ``fd``, for the calling thread."""
-    if lib.setns(fd, CLONE_NEWIPC):
-        raise syscall_error(ffi.errno, f"setns(fd={fd}, CLONE_NEWIPC)")
+    err = lib.ipcb_setns_ipc(fd)
+    if err:
+        raise syscall_error(err, f"setns(fd={fd}, CLONE_NEWIPC)")
 
 
 def _unshare_ipc() -> None:
     """unshare(2) a fresh IPC namespace, for the calling thread."""
-    if lib.unshare(CLONE_NEWIPC):
-        raise syscall_error(ffi.errno, "unshare(CLONE_NEWIPC)")
+    err = lib.ipcb_unshare_ipc()
+    if err:
+        raise syscall_error(err, "unshare(CLONE_NEWIPC)")
 
 
 def _wake_signal() -> int:

@@ -351,6 +351,16 @@ int ipcb_ftok(const char *pathname, int proj_id, key_t *key)
     return *key == -1 ? errno : 0;
 }
 
+int ipcb_setns_ipc(int fd)
+{
+    return setns(fd, CLONE_NEWIPC) ? errno : 0;
+}
+
+int ipcb_unshare_ipc(void)
+{
+    return unshare(CLONE_NEWIPC) ? errno : 0;
+}
+
 int ipcb_msgget(key_t key, int msgflg)
 {
     int r = msgget(key, msgflg);

@@ -126,9 +126,9 @@ struct ipcb_batch {
     ...;
 };
 
-/* Plain libc calls with fixed arguments (errno in ffi.errno). */
-int setns(int fd, int nstype);
-int unshare(int flags);
+/* Namespace moves of the calling thread: 0, or the errno. */
+int ipcb_setns_ipc(int fd);
+int ipcb_unshare_ipc(void);
 
 /* The IPC calls hand back their errno: -errno from a call with a result of its own,
  * the errno (0: success) from one without, or in what they return or fill in. */

@@ -265,6 +265,7 @@ GET_AND_CTL_FAILURES = {
     "semctl-GETALL-removed-EINVAL": (lambda o: ipc.semctl(o.gone_s, 0, ipc.GETALL),
                                      errno.EINVAL),
     "semctl-unknown-cmd-EINVAL": (lambda o: ipc.semctl(o.s, 0, 0x7FFF), errno.EINVAL),
+    "setns-EBADF": (lambda o: ipc.syscalls._setns_ipc(-1), errno.EBADF),
 }
 
 
