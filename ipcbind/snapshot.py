@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import stat
+import tempfile
 from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
@@ -852,7 +853,9 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
     file, renamed over it); one that names a device or a FIFO (``/dev/stdout``, a
     named pipe) is written into, and stays what it is. A symbolic link is followed:
     its target is written (created if the link dangles, as a shell's ``>`` would)
-    and the link stays a link.
+    and the link stays a link. A new file is readable by its owner only (mode 0600:
+    it holds the messages, which the queues' permissions may have kept private); a
+    file replaced keeps its permission bits.
     """
     _need_snapshot("dump", snap)
     if not isinstance(file, (str, os.PathLike)):
@@ -868,20 +871,24 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
     target = os.path.realpath(path)
     try:
         mode = os.stat(target).st_mode
+        keep = stat.S_IMODE(mode) if stat.S_ISREG(mode) else None
     except FileNotFoundError:
-        mode = stat.S_IFREG
+        mode, keep = stat.S_IFREG, None
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         with open(path, "w") as f:
             f.write(text)
         return
-    tmp = f"{target}.{os.getpid()}.tmp"
     try:
-        f = open(tmp, "w")
+        # mkstemp: a fresh name (O_EXCL, so nothing planted there is followed), mode 0600.
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".",
+                                   suffix=".tmp", dir=os.path.dirname(target))
     except OSError as e:
         # Name the file asked for, not the temporary one beside its target.
         raise type(e)(e.errno, e.strerror, path) from None
     try:
-        with f:
+        with open(fd, "w") as f:
+            if keep is not None:
+                os.fchmod(fd, keep)  # a file replaced keeps its permissions
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

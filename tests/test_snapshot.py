@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import signal
 import subprocess
 import sys
@@ -479,6 +480,32 @@ def test_dump_through_a_dangling_symlink_into_a_missing_directory_names_the_link
         dump(SAMPLE, link)
     assert got.value.filename == str(link)
     assert os.listdir(tmp_path) == ["ns.json"] and link.is_symlink()
+
+
+def test_dump_makes_a_new_file_readable_by_its_owner_only(tmp_path: Any) -> None:
+    # The file holds the messages, which the queues' modes may have kept private.
+    dump(SAMPLE, tmp_path / "ns.json")
+    assert stat.S_IMODE(os.stat(tmp_path / "ns.json").st_mode) == 0o600
+    assert load(tmp_path / "ns.json") == SAMPLE
+
+
+def test_dump_over_a_file_keeps_that_files_permissions(tmp_path: Any) -> None:
+    target = tmp_path / "ns.json"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+    dump(SAMPLE, target)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    assert load(target) == SAMPLE and os.listdir(tmp_path) == ["ns.json"]
+
+
+def test_dump_does_not_follow_a_link_planted_at_its_old_temporary_name(tmp_path: Any) -> None:
+    # A name that can be guessed (path.PID.tmp) could be made a link to another file.
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / f"ns.json.{os.getpid()}.tmp").symlink_to(victim)
+    dump(SAMPLE, tmp_path / "ns.json")
+    assert victim.read_text() == "keep me"
+    assert load(tmp_path / "ns.json") == SAMPLE
 
 
 def test_snapshot_format_error_is_a_value_error() -> None:
