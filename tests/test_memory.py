@@ -16,7 +16,7 @@ import gc
 import os
 import struct
 import threading
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pytest
 
@@ -85,12 +85,14 @@ def measure(run: Callable[[int], None], warmup: int, count: int, timeout: float)
                 os.close(fd)
 
 
-def assert_no_growth(what: str, figures: List[int], platform: int = 0) -> None:
+def assert_no_growth(what: str, figures: List[int], platform: Optional[int] = None) -> None:
     """``platform``: what the same loop costs without ipcbind (bytes), not counted."""
     before, after, timers_before, timers_after = figures
+    own = "" if platform is None else f", {platform / 1024:+.0f} KiB of it the platform's own"
     print(f"{what}: RSS {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
-          f"({(after - before) / 1024:+.0f} KiB, {platform / 1024:+.0f} KiB of it the "
-          f"platform's own); POSIX timers {timers_before} -> {timers_after}")
+          f"({(after - before) / 1024:+.0f} KiB{own}); POSIX timers {timers_before} -> "
+          f"{timers_after}")
+    platform = platform or 0
     assert after - before - platform < GROWTH_LIMIT, (
         f"{what}: the process grew by {(after - before - platform) / 1024:.0f} KiB "
         f"more than the same loop without ipcbind")
