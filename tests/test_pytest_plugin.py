@@ -482,38 +482,7 @@ def test_namespace_holds_the_test_thread_and_its_new_threads_not_earlier_ones(
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
 
 
-UNDO_INNER = """
-import ipcbind, pytest
-from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, GETVAL, SETVAL, SEM_UNDO
-from ipcbind.syscalls import _ledger
-
-@pytest.fixture(scope="module")
-def held():
-    s = ipcbind.semget(IPC_PRIVATE, 1, IPC_CREAT | 0o600)
-    ipcbind.semctl(s, 0, SETVAL, 1)
-    ipcbind.semop(s, [(0, -1, SEM_UNDO)])
-    assert _ledger() == {s: [1]}
-    yield s
-    ipcbind.semctl(s, 0, IPC_RMID)
-
-def test_enters_a_namespace(held, ipc_namespace):
-    assert _ledger() == {}
-
-def test_the_hold_was_released(held):
-    assert ipcbind.semctl(held, 0, GETVAL) == 1
-"""
-
-
-@needs_ns
-@pytest.mark.skipif(EMULATOR == "qemu-user", reason="qemu-user runs a thread of its own in "
-                    "every process, and then the kernel keeps the undo list (see the next test)")
-def test_entering_a_namespace_applies_pending_undo_and_empties_the_ledger(
-        pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(UNDO_INNER)
-    _run_alone(pytester).assert_outcomes(passed=2)
-
-
-UNDO_INNER_THREADED = """
+UNDO_HELD = """
 import threading
 import ipcbind, pytest
 from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, GETVAL, SETVAL, SEM_UNDO
@@ -524,20 +493,33 @@ def held():
     s = ipcbind.semget(IPC_PRIVATE, 1, IPC_CREAT | 0o600)
     ipcbind.semctl(s, 0, SETVAL, 1)
     ipcbind.semop(s, [(0, -1, SEM_UNDO)])
+    assert _ledger() == {s: [1]}
     done = threading.Event()
-    other = threading.Thread(target=done.wait)
-    other.start()
+    others = [threading.Thread(target=done.wait) for _ in range(%d)]
+    for other in others:
+        other.start()
     yield s
     done.set()
-    other.join()
+    for other in others:
+        other.join()
     ipcbind.semctl(s, 0, IPC_RMID)
-
-def test_enters_a_namespace(held, ipc_namespace):
-    assert _ledger() == {held: [1]}
-
-def test_the_hold_is_still_held(held):
-    assert ipcbind.semctl(held, 0, GETVAL) == 0
 """
+"""A module-scoped semaphore held with SEM_UNDO, by a process with that many more threads."""
+
+
+@needs_ns
+@pytest.mark.skipif(EMULATOR == "qemu-user", reason="qemu-user runs a thread of its own in "
+                    "every process, and then the kernel keeps the undo list (see the next test)")
+def test_entering_a_namespace_applies_pending_undo_and_empties_the_ledger(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(UNDO_HELD % 0 + """
+def test_enters_a_namespace(held, ipc_namespace):
+    assert _ledger() == {}
+
+def test_the_hold_was_released(held):
+    assert ipcbind.semctl(held, 0, GETVAL) == 1
+""")
+    _run_alone(pytester).assert_outcomes(passed=2)
 
 
 @needs_ns
@@ -545,7 +527,13 @@ def test_entering_a_namespace_in_a_threaded_process_keeps_pending_undo_and_the_l
         pytester: pytest.Pytester) -> None:
     # unshare(CLONE_NEWIPC) detaches only the calling thread from the undo list the
     # process's threads share; the list is applied when its last holder exits.
-    pytester.makepyfile(UNDO_INNER_THREADED)
+    pytester.makepyfile(UNDO_HELD % 1 + """
+def test_enters_a_namespace(held, ipc_namespace):
+    assert _ledger() == {held: [1]}
+
+def test_the_hold_is_still_held(held):
+    assert ipcbind.semctl(held, 0, GETVAL) == 0
+""")
     _run_alone(pytester).assert_outcomes(passed=2)
 
 
