@@ -38,8 +38,9 @@ from .syscalls import (
     MSG_NOERROR,
     Buffer,
     MsqidDs,
-    _msgrcv1,
+    _RECV_NOWAIT,
     _msgsnd1,
+    _receive1,
 )
 
 if TYPE_CHECKING:
@@ -374,7 +375,7 @@ class MessageQueue:
             The message.
         """
         if timeout is None and maxsize is None and not except_type and not truncate:
-            msg: Message = _msgrcv1(self._id, mtype, 0 if block else IPC_NOWAIT, Message)
+            msg: Message = _receive1(self._id, mtype, 0 if block else _RECV_NOWAIT, Message)
             return msg
         flags = _receive_flags("receive", mtype, except_type, maxsize, truncate)
         if timeout is None:
