@@ -334,8 +334,13 @@ def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
     except (TypeError, OverflowError) as e:
         raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
                        flags=(flags, "int")) from None
-    if not err:
-        return
+    if err:
+        _msgsnd_failed(err, msqid, mtype, data, flags)
+
+
+def _msgsnd_failed(err: int, msqid: int, mtype: int, data: Any, flags: int) -> None:
+    """Raise the error ``err`` of a ``_send`` call; after EINTR (the signal handlers
+    have run by now, per PEP 475), send again."""
     if err != EINTR:
         raise syscall_error(err, f"msgsnd(msqid={msqid})")
     _msgsnd_wait(msqid, mtype, data, flags, None)
@@ -833,12 +838,18 @@ def _semop_packed_failed(err: int, semid: int, num: int, op: int, flg: int) -> N
     _semop1(semid, num, op, flg, None)
 
 
-# MessageQueue.receive's common case: one integer into C and one back (see
-# ipcb_recv_packed in the shim), the text sliced from one view of the shim's arena
-# of receive buffers.
+# MessageQueue.receive's common case calls the shim straight from the method, as
+# the semaphore methods do (a Python call costs about 0.1 us), with one integer
+# each way. _recv_packed(msgtyp << 32 | msqid | nowait), for msgtyp in the range
+# of a C int (else cffi raises OverflowError), msqid a queue id (0 to INT_MAX) and
+# nowait 0 or _RECV_NOWAIT, returns r:
+#   r >= 0: the message is in a chunk of the shim's arena of receive buffers, lent:
+#     mtype is r >> 32 and the text is _ARENA[chunk + _TEXT:r & 0xFFFFFFFF], where
+#     chunk = r & _CHUNK_MASK; _ARENA[chunk] = _GIVE_BACK gives the chunk back, once
+#     the text is copied (a signal handler receiving in between takes another one).
+#   anything else: hand it to _receive_rare, which raises or reads the message.
 _recv_packed = lib.ipcb_recv_packed
 _RECV_NOWAIT = 1 << 31
-"""IPC_NOWAIT, as :func:`_receive1` takes it."""
 _RECV_RARE: int = lib.IPCB_RECV_RARE
 _TEXT: int = ffi.offsetof("struct ipcb_rmsg", "mtext")
 _CHUNK_MASK = 0xFFFFFFFF & -lib.IPCB_CHUNK
@@ -855,31 +866,11 @@ def _arena() -> Any:
 _ARENA = _arena()
 
 
-def _receive1(msqid: int, msgtyp: int, nowait: int, cls: Any) -> Any:
-    """msgrcv of a message of any size, without a timeout, for MessageQueue.receive.
-
-    ``msqid`` must be a queue id (0 to INT_MAX) and ``nowait`` 0 or
-    ``_RECV_NOWAIT``. Returns ``(mtype, data)`` as :func:`_msgrcv1` does.
-    """
-    if type(msgtyp) is int:  # another type's << might not be an int's
-        try:
-            r = _recv_packed(msgtyp << 32 | msqid | nowait)
-        except OverflowError:  # msgtyp beyond a C int: the general path
-            pass
-        else:
-            if r >= 0:
-                # Written out here, not in a helper: a Python call costs about 0.1 us.
-                chunk = r & _CHUNK_MASK
-                got = _tuple_new(cls, (r >> 32, _ARENA[chunk + _TEXT:r & 0xFFFFFFFF]))
-                _ARENA[chunk] = _GIVE_BACK
-                return got
-            return _receive_rare(r, msqid, msgtyp, nowait, cls)
-    return _msgrcv1(msqid, msgtyp, IPC_NOWAIT if nowait else 0, cls)
-
-
 def _receive_rare(r: int, msqid: int, msgtyp: int, nowait: int, cls: Any) -> Any:
-    """:func:`_receive1` for a result other than a message in the arena: an errno,
-    or a message to read from its slot's struct."""
+    """What a ``_recv_packed`` result other than a message in the arena means: an
+    errno (raised; after EINTR the receive is made again, per PEP 475), or a message
+    to read from its slot, returned as ``(mtype, data)`` in a ``cls`` as
+    :func:`_msgrcv1` does."""
     if r <= _RECV_RARE:
         m = lib.ipcb_rslot(_RECV_RARE - r)
         got = _tuple_new(cls, (m.mtype, _unpack(m.mtext, m.len)))
