@@ -142,6 +142,8 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
                               long long timeout_ns);
 int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags);
 struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags);
+/* ipcb_recv in one integer each way, its message in an arena of buffers shared by
+ * all threads (or in a slot that ipcb_rslot returns): see shim.c. */
 long long ipcb_recv_packed(long long arg);
 struct ipcb_rmsg *ipcb_rslot(size_t k);
 char *ipcb_arena(size_t *size);
