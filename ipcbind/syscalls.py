@@ -334,8 +334,13 @@ def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
     except (TypeError, OverflowError) as e:
         raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
                        flags=(flags, "int")) from None
-    if not err:
-        return
+    if err:
+        _msgsnd_failed(err, msqid, mtype, data, flags)
+
+
+def _msgsnd_failed(err: int, msqid: int, mtype: int, data: Any, flags: int) -> None:
+    """Raise the error ``err`` of a ``_send`` call; after EINTR (the signal handlers
+    have run by now, per PEP 475), send again."""
     if err != EINTR:
         raise syscall_error(err, f"msgsnd(msqid={msqid})")
     _msgsnd_wait(msqid, mtype, data, flags, None)
@@ -848,3 +853,46 @@ def _semop_packed_failed(err: int, semid: int, num: int, op: int, flg: int) -> N
     if err != EINTR:
         raise syscall_error(err, f"semop(semid={semid})")
     _semop1(semid, num, op, flg, None)
+
+
+# MessageQueue.receive's common case calls the shim straight from the method, as
+# the semaphore methods do (a Python call costs about 0.1 us), with one integer
+# each way. _recv_packed(msgtyp << 32 | msqid | nowait), for msgtyp in the range
+# of a C int (else cffi raises OverflowError), msqid a queue id (0 to INT_MAX) and
+# nowait 0 or _RECV_NOWAIT, returns r:
+#   r >= 0: the message is in a chunk of the shim's arena of receive buffers, lent:
+#     mtype is r >> 32 and the text is _ARENA[chunk + _TEXT:r & 0xFFFFFFFF], where
+#     chunk = r & _CHUNK_MASK; _ARENA[chunk] = _GIVE_BACK gives the chunk back, once
+#     the text is copied (a signal handler receiving in between takes another one).
+#   anything else: hand it to _receive_rare, which raises or reads the message.
+_recv_packed = lib.ipcb_recv_packed
+_RECV_NOWAIT = 1 << 31
+_RECV_RARE: int = lib.IPCB_RECV_RARE
+_TEXT: int = ffi.offsetof("struct ipcb_rmsg", "mtext")
+_CHUNK_MASK = 0xFFFFFFFF & -lib.IPCB_CHUNK
+_GIVE_BACK = b"\0"  # a chunk's first byte is its lent flag
+
+
+def _arena() -> Any:
+    size = ffi.new("size_t *")
+    start = lib.ipcb_arena(size)
+    # Without an arena, ipcb_recv_packed never returns an offset into it.
+    return ffi.buffer(start, size[0]) if start != ffi.NULL else b""
+
+
+_ARENA = _arena()
+
+
+def _receive_rare(r: int, msqid: int, msgtyp: int, nowait: int, cls: Any) -> Any:
+    """What a ``_recv_packed`` result other than a message in the arena means: an
+    errno (raised; after EINTR the receive is made again, per PEP 475), or a message
+    to read from its slot, returned as ``(mtype, data)`` in a ``cls`` as
+    :func:`_msgrcv1` does."""
+    if r <= _RECV_RARE:
+        m = lib.ipcb_rslot(_RECV_RARE - r)
+        got = _tuple_new(cls, (m.mtype, _unpack(m.mtext, m.len)))
+        m.lent = 0
+        return got
+    if r != -EINTR:
+        raise syscall_error(-r, f"msgrcv(msqid={msqid})")
+    return _msgrcv_wait(msqid, None, msgtyp, IPC_NOWAIT if nowait else 0, None, cls)

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/syscall.h>
@@ -48,6 +50,10 @@
 /* maxsize meaning "whatever size the message has". */
 #define IPCB_ANY_SIZE ((size_t)-1)
 
+/* Bytes of text in a receive slot's fixed buffer; see ipcb_recv_packed. */
+#define IPCB_FIRST_RCAP 8192
+#define IPCB_RECV_RARE (-4096LL)
+
 /* semctl's fourth argument; the caller must define it (semctl(2)). */
 union ipcb_semun {
     int val;
@@ -56,7 +62,7 @@ union ipcb_semun {
 };
 
 struct ipcb_rmsg {
-    int lent;      /* set when returned; the caller clears it once it has copied */
+    unsigned char lent; /* set when returned; the caller clears it once it has copied */
     int err;       /* 0, or the errno of a failed call (then len is -1) */
     ssize_t len;
     long mtype;    /* mtype and mtext are the struct msgbuf the kernel fills */
@@ -87,9 +93,14 @@ struct ipcb_batch {
 
 #define IPCB_MAX_SLOTS 1024
 
+/* A receive slot has two buffers: m, with IPCB_FIRST_RCAP bytes of text, taken
+ * once from the arena below (or from malloc when the arena is full) and never
+ * moved while its thread lives, and big, grown as longer messages need. A slot
+ * is lent while either is. */
 struct rslot {
     struct ipcb_rmsg *m;
-    size_t cap;             /* bytes of mtext */
+    struct ipcb_rmsg *big;
+    size_t bigcap;          /* bytes of big's mtext */
 };
 
 struct ipcb_tls {
@@ -101,20 +112,98 @@ struct ipcb_tls {
     size_t scap;
 };
 
+/* ---- the arena of fixed receive buffers -----------------------------------
+ * One region of address space, reserved once per process, holds the fixed
+ * buffers of every thread's receive slots in chunks of IPCB_CHUNK bytes, so
+ * that Python reads any of them through one view of the whole region, by
+ * offset (see ipcb_recv_packed), without looking up anything per thread. Pages
+ * are only backed by memory once used. A thread's chunks are given back when it
+ * exits; a slot that finds the arena full (or unavailable) takes its buffer
+ * from malloc, and its messages take ipcb_recv_packed's slower result. */
+
+#define IPCB_CHUNK 16384   /* a power of two holding a struct ipcb_rmsg and its text */
+#define IPCB_CHUNKS 1024
+
+_Static_assert(sizeof(struct ipcb_rmsg) + IPCB_FIRST_RCAP <= IPCB_CHUNK,
+               "a chunk holds a fixed buffer");
+
+static char *arena;
+static size_t arena_used;       /* chunks ever handed out */
+static size_t arena_free[IPCB_CHUNKS];
+static size_t arena_nfree;      /* chunks given back, in arena_free */
+static pthread_mutex_t arena_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+
+static void arena_prefork(void) { pthread_mutex_lock(&arena_lock); }
+static void arena_parent(void) { pthread_mutex_unlock(&arena_lock); }
+static void arena_child(void) { pthread_mutex_init(&arena_lock, NULL); }
+
+static void arena_init(void)
+{
+    void *p = mmap(NULL, (size_t)IPCB_CHUNK * IPCB_CHUNKS, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p != MAP_FAILED)
+        arena = p;
+    pthread_atfork(arena_prefork, arena_parent, arena_child);
+}
+
+/* The arena's start (NULL: none) and its size in bytes. */
+char *ipcb_arena(size_t *size)
+{
+    pthread_once(&arena_once, arena_init);
+    *size = arena ? (size_t)IPCB_CHUNK * IPCB_CHUNKS : 0;
+    return arena;
+}
+
+static int in_arena(const void *p)
+{
+    return arena && (const char *)p >= arena &&
+           (const char *)p < arena + (size_t)IPCB_CHUNK * IPCB_CHUNKS;
+}
+
+/* A chunk of the arena, or NULL when it is full or unavailable. */
+static void *arena_take(void)
+{
+    char *p = NULL;
+    pthread_once(&arena_once, arena_init);
+    if (!arena)
+        return NULL;
+    pthread_mutex_lock(&arena_lock);
+    if (arena_nfree)
+        p = arena + arena_free[--arena_nfree] * IPCB_CHUNK;
+    else if (arena_used < IPCB_CHUNKS)
+        p = arena + arena_used++ * IPCB_CHUNK;
+    pthread_mutex_unlock(&arena_lock);
+    return p;
+}
+
+static void fixed_free(void *p)
+{
+    if (!in_arena(p)) {
+        free(p);
+        return;
+    }
+    pthread_mutex_lock(&arena_lock);
+    arena_free[arena_nfree++] = (size_t)((char *)p - arena) / IPCB_CHUNK;
+    pthread_mutex_unlock(&arena_lock);
+}
+
 static pthread_key_t tls_key;
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 static __thread struct ipcb_tls *tls_cur;
 
 /* Large batch buffers are given back at the next batch instead of kept. */
 #define IPCB_KEEP_BYTES (1u << 20)
-#define IPCB_FIRST_RCAP 8192u
 
 static void tls_free(void *p)
 {
     struct ipcb_tls *t = p;
     size_t i;
-    for (i = 0; i < t->nr; i++)
-        free(t->r[i].m);
+    for (i = 0; i < t->nr; i++) {
+        if (t->r[i].m)
+            fixed_free(t->r[i].m);
+        free(t->r[i].big);
+    }
     for (i = 0; i < t->nb; i++) {
         if (t->b[i]) {
             free(t->b[i]->mtypes);
@@ -192,16 +281,25 @@ static int more_slots(void **array, size_t *n, size_t elem)
     return 0;
 }
 
+static int rslot_lent(const struct rslot *s)
+{
+    return (s->m && s->m->lent) || (s->big && s->big->lent);
+}
+
 /* A receive slot not lent, or NULL (ENOMEM). */
 static struct rslot *take_rslot(struct ipcb_tls *t)
 {
     size_t i, n = t->nr;
     for (i = 0; i < n; i++)
-        if (!t->r[i].m || !t->r[i].m->lent)
+        if (!rslot_lent(&t->r[i]))
             return &t->r[i];
     if (n >= IPCB_MAX_SLOTS) {
-        for (i = 0; i < n; i++)
-            t->r[i].m->lent = 0;
+        for (i = 0; i < n; i++) {
+            if (t->r[i].m)
+                t->r[i].m->lent = 0;
+            if (t->r[i].big)
+                t->r[i].big->lent = 0;
+        }
         return &t->r[0];
     }
     if (more_slots((void **)&t->r, &t->nr, sizeof *t->r))
@@ -209,16 +307,31 @@ static struct rslot *take_rslot(struct ipcb_tls *t)
     return &t->r[n];
 }
 
-static struct ipcb_rmsg *rslot_grow(struct rslot *s, size_t need)
+/* The slot's fixed buffer, allocated at first use; NULL (ENOMEM). */
+static struct ipcb_rmsg *rslot_fixed(struct rslot *s)
 {
-    int fresh = !s->m;
-    if (need < IPCB_FIRST_RCAP)
-        need = IPCB_FIRST_RCAP;
-    if (grow((void **)&s->m, &s->cap, need, 1, sizeof(struct ipcb_rmsg)))
+    if (!s->m) {
+        s->m = arena_take();
+        if (!s->m)
+            s->m = malloc(sizeof(struct ipcb_rmsg) + IPCB_FIRST_RCAP);
+        if (!s->m) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        s->m->lent = 0;
+    }
+    return s->m;
+}
+
+/* The slot's large buffer with room for need bytes of text; NULL (ENOMEM). */
+static struct ipcb_rmsg *rslot_big(struct rslot *s, size_t need)
+{
+    int fresh = !s->big;
+    if (grow((void **)&s->big, &s->bigcap, need, 1, sizeof(struct ipcb_rmsg)))
         return NULL;
     if (fresh)
-        s->m->lent = 0;
-    return s->m;
+        s->big->lent = 0;
+    return s->big;
 }
 
 /* ---- timeouts ------------------------------------------------------------
@@ -398,29 +511,45 @@ static long read_msgmax(void)
     return v;
 }
 
-/* One msgrcv into the thread's buffer. With maxsize larger than the buffer the
- * call is first made with the buffer's size and without MSG_NOERROR; on E2BIG
- * (the message stays queued) the buffer grows and the call is made again, so
- * the caller sees exactly what a buffer of maxsize bytes would have given.
+/* One msgrcv into one of the slot's buffers, returned (NULL and errno on failure).
+ * With maxsize larger than the buffer the call is first made with the buffer's
+ * size and without MSG_NOERROR; on E2BIG (the message stays queued) a larger
+ * buffer is taken and the call is made again, so the caller sees exactly what a
+ * buffer of maxsize bytes would have given. Once the large buffer has grown past
+ * the fixed one, calls start with it; a message that fits the fixed buffer is
+ * then moved there, where ipcb_recv_packed can hand it out.
  * MSG_COPY copies at most msgmax bytes, so growing past msgmax is pointless. */
 static struct ipcb_rmsg *recv_one(struct rslot *s, int msqid, size_t maxsize,
                                   long msgtyp, int flags)
 {
-    size_t limit = maxsize;
+    struct ipcb_rmsg *b;
+    size_t cap, limit = maxsize;
     int copy_limited = 0;
     if (maxsize != IPCB_ANY_SIZE && (long)maxsize < 0) {
         errno = EINVAL;
         return NULL;
     }
-    if (!rslot_grow(s, 0))
+    if (!rslot_fixed(s))
         return NULL;
+    if (s->big && s->bigcap > IPCB_FIRST_RCAP) {
+        b = s->big;
+        cap = s->bigcap;
+    } else {
+        b = s->m;
+        cap = IPCB_FIRST_RCAP;
+    }
     for (;;) {
-        size_t size = limit < s->cap ? limit : s->cap;
+        size_t size = limit < cap ? limit : cap;
         int f = size < maxsize ? (flags & ~MSG_NOERROR) : flags;
-        ssize_t n = msgrcv(msqid, &s->m->mtype, size, msgtyp, f);
+        ssize_t n = msgrcv(msqid, &b->mtype, size, msgtyp, f);
         if (n >= 0) {
-            s->m->len = n;
-            return s->m;
+            if (b != s->m && (size_t)n <= IPCB_FIRST_RCAP) {
+                s->m->mtype = b->mtype;
+                memcpy(s->m->mtext, b->mtext, (size_t)n);
+                b = s->m;
+            }
+            b->len = n;
+            return b;
         }
         if (errno != E2BIG || size >= limit)
             return NULL;
@@ -434,8 +563,9 @@ static struct ipcb_rmsg *recv_one(struct rslot *s, int msqid, size_t maxsize,
                 return NULL;
             }
         }
-        if (!rslot_grow(s, size <= limit / 2 ? size * 2 : limit))
+        if (!(b = rslot_big(s, size <= limit / 2 ? size * 2 : limit)))
             return NULL;
+        cap = s->bigcap;
     }
 }
 
@@ -497,6 +627,49 @@ struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags)
     if (!t || !(s = take_rslot(t)))
         return &no_memory;
     return lend(s, recv_one(s, msqid, IPCB_ANY_SIZE, msgtyp, flags));
+}
+
+/* ipcb_recv without MSG_NOERROR, MSG_EXCEPT or MSG_COPY, for msgtyp in the range of
+ * a C int, in one integer each way: cffi calls a function of one integer argument
+ * without building an argument tuple, and Python splits an integer result with
+ * a few operators where it would read each field of a struct through cffi.
+ * arg: bits 0-30 msqid (never negative for a live queue), bit 31 IPC_NOWAIT,
+ * bits 32-63 msgtyp (signed).
+ * The result, r:
+ *   r >= 0: the message is in a chunk of the arena, lent: mtype is r >> 32, and
+ *     r & 0xffffffff is the arena offset where its text ends. The chunk starts at
+ *     offset r & 0xffffffff & -IPCB_CHUNK with a struct ipcb_rmsg: the text starts
+ *     at its mtext, and clearing its lent (the chunk's first byte) gives it back.
+ *   IPCB_RECV_RARE - r >= 0: the message is in the calling thread's slot
+ *     IPCB_RECV_RARE - r, lent, but does not fit the above (a buffer outside the
+ *     arena, a longer message, an mtype >= 2**31): read it from ipcb_rslot().
+ *   otherwise: -errno; nothing is lent. */
+long long ipcb_recv_packed(long long arg)
+{
+    unsigned long long bits = (unsigned long long)arg;
+    int msqid = (int)(bits & 0x7fffffffULL);
+    long msgtyp = (int)(unsigned int)(bits >> 32);
+    struct ipcb_tls *t = tls();
+    struct rslot *s;
+    struct ipcb_rmsg *m;
+    if (!t || !(s = take_rslot(t)))
+        return -ENOMEM;
+    m = recv_one(s, msqid, IPCB_ANY_SIZE, msgtyp, (bits >> 31) & 1 ? IPC_NOWAIT : 0);
+    if (!m)
+        return -(long long)errno;
+    m->err = 0;
+    m->lent = 1;
+    if (m == s->m && in_arena(m) && m->mtype <= 0x7fffffffL)
+        return (long long)m->mtype << 32 |
+               (long long)((char *)m->mtext - arena + m->len);
+    return IPCB_RECV_RARE - (long long)(s - t->r);
+}
+
+/* The buffer of the calling thread's slot k lent with an IPCB_RECV_RARE result. */
+struct ipcb_rmsg *ipcb_rslot(size_t k)
+{
+    struct rslot *s = &tls_cur->r[k];
+    return s->big && s->big->lent ? s->big : s->m;
 }
 
 /* Sends messages from..count-1 in order (message i is text[ends[i-1]:ends[i]]);
@@ -632,9 +805,9 @@ static int still_at(struct rslot *s, int msqid, size_t i, const struct ipcb_batc
                     size_t j, size_t size)
 {
     size_t start = j ? b->ends[j - 1] : 0, len = b->ends[j] - start;
-    ssize_t got = msgrcv(msqid, &s->m->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
-    return got == (ssize_t)len && s->m->mtype == b->mtypes[j] &&
-           memcmp(s->m->mtext, b->text + start, len) == 0;
+    ssize_t got = msgrcv(msqid, &s->big->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
+    return got == (ssize_t)len && s->big->mtype == b->mtypes[j] &&
+           memcmp(s->big->mtext, b->text + start, len) == 0;
 }
 
 /* Copies every message with MSG_COPY, without taking any. MSG_COPY walks the
@@ -666,12 +839,12 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
     n = before.msg_qnum;
     if (n && before.__msg_cbytes / n > size)
         size = before.__msg_cbytes / n;
-    if (!rslot_grow(s, size)) {
+    if (!rslot_big(s, size)) {
         b->err = errno;
         return b;
     }
     for (i = 0; i < n; i++) {
-        ssize_t got = msgrcv(msqid, &s->m->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
+        ssize_t got = msgrcv(msqid, &s->big->mtype, size, (long)i, MSG_COPY | IPC_NOWAIT);
         if (got < 0 && errno == E2BIG) {
             if (!msgmax) {
                 long m = read_msgmax();
@@ -682,7 +855,7 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
                 return b;
             }
             size = size * 2 < msgmax ? size * 2 : msgmax;
-            if (!rslot_grow(s, size)) {
+            if (!rslot_big(s, size)) {
                 b->err = errno;
                 return b;
             }
@@ -696,7 +869,7 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
                 b->err = errno;
             return b;
         }
-        if (batch_push(b, s->m->mtype, s->m->mtext, (size_t)got)) {
+        if (batch_push(b, s->big->mtype, s->big->mtext, (size_t)got)) {
             b->err = errno;
             return b;
         }

@@ -38,6 +38,8 @@ typedef int... __syscall_ulong_t;
 #define SEM_STAT_ANY ...
 #define CLONE_NEWIPC ...
 #define IPCB_ANY_SIZE ...
+#define IPCB_CHUNK ...
+#define IPCB_RECV_RARE ...
 
 struct ipc_perm {
     key_t __key;
@@ -106,7 +108,7 @@ struct sembuf {
 /* A received message (or len -1 and its errno in err), in a buffer of the calling
  * thread lent to the caller: clear lent once it is copied out. */
 struct ipcb_rmsg {
-    int lent;
+    unsigned char lent;
     int err;
     ssize_t len;
     long mtype;
@@ -140,6 +142,11 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
                               long long timeout_ns);
 int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags);
 struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags);
+/* ipcb_recv in one integer each way, its message in an arena of buffers shared by
+ * all threads (or in a slot that ipcb_rslot returns): see shim.c. */
+long long ipcb_recv_packed(long long arg);
+struct ipcb_rmsg *ipcb_rslot(size_t k);
+char *ipcb_arena(size_t *size);
 size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes,
                         const char *text, const size_t *ends, int flags, long long timeout_ns,
                         int *err);

@@ -143,6 +143,44 @@ def test_msgsnd_is_retried_after_a_handler_that_returns(msq: int, alarm: Callabl
     assert ipc.msgrcv(msq, None, 0, IPC_NOWAIT) == (2, b"b")
 
 
+def test_queue_receive_is_retried_after_a_handler_that_returns(
+        msq: int, alarm: Callable[..., None]) -> None:
+    calls: List[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        ipc.msgsnd(msq, 9, b"sent by the handler")
+    alarm(handler, 0.1)
+    assert ipc.MessageQueue.from_id(msq).receive() == (9, b"sent by the handler")
+    assert calls == [signal.SIGALRM]
+
+
+def test_queue_receive_handler_exception_propagates_and_the_message_stays_queued(
+        msq: int, alarm: Callable[..., None]) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        ipc.msgsnd(msq, 9, b"queued before the raise")
+        raise HandlerError()
+    alarm(handler, 0.1)
+    with pytest.raises(HandlerError):
+        ipc.MessageQueue.from_id(msq).receive()
+    assert ipc.msgrcv(msq, None, 0, IPC_NOWAIT) == (9, b"queued before the raise")
+
+
+def test_queue_send_is_retried_after_a_handler_that_returns(
+        msq: int, alarm: Callable[..., None]) -> None:
+    ipc.msgctl(msq, IPC_SET, {"qbytes": 1})
+    ipc.msgsnd(msq, 1, b"a")
+    calls: List[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        ipc.msgrcv(msq, None, 0, IPC_NOWAIT)   # makes room
+    alarm(handler, 0.1)
+    ipc.MessageQueue.from_id(msq).send(b"b", 2)
+    assert calls == [signal.SIGALRM]
+    assert ipc.msgrcv(msq, None, 0, IPC_NOWAIT) == (2, b"b")
+
+
 def test_semop_is_retried_after_a_handler_that_returns(semset: int, alarm: Callable[..., None]
                                                        ) -> None:
     def handler(signum: int, frame: Any) -> None:
@@ -192,6 +230,23 @@ def test_a_handler_whose_own_call_fails_does_not_change_msgsnds_errno(
     ipc.msgsnd(q, 1, b"a")
     alarm(failing_handler(other, lambda: ipc.msgrcv(q, None, 0, IPC_NOWAIT)), 0.05, 0.05)
     ipc.msgsnd(q, 2, b"b")
+    assert ipc.msgrcv(q, None, 0, IPC_NOWAIT) == (2, b"b")
+
+
+def test_a_handler_whose_own_call_fails_does_not_change_queue_receives_errno(
+        make_queue: Callable[..., int], alarm: Callable[..., None]) -> None:
+    q, other = make_queue(), make_queue()
+    alarm(failing_handler(other, lambda: ipc.msgsnd(q, 5, b"at last")), 0.05, 0.05)
+    assert ipc.MessageQueue.from_id(q).receive() == (5, b"at last")
+
+
+def test_a_handler_whose_own_call_fails_does_not_change_queue_sends_errno(
+        make_queue: Callable[..., int], alarm: Callable[..., None]) -> None:
+    q, other = make_queue(), make_queue()
+    ipc.msgctl(q, IPC_SET, {"qbytes": 1})
+    ipc.msgsnd(q, 1, b"a")
+    alarm(failing_handler(other, lambda: ipc.msgrcv(q, None, 0, IPC_NOWAIT)), 0.05, 0.05)
+    ipc.MessageQueue.from_id(q).send(b"b", 2)
     assert ipc.msgrcv(q, None, 0, IPC_NOWAIT) == (2, b"b")
 
 
