@@ -686,6 +686,34 @@ def test_pytest_starts_without_the_shim_and_only_tests_using_the_plugin_fail(
     assert len(raised) == 2, result.outlines
 
 
+def test_leak_check_without_the_shim_reports_a_semaphore_set_left_behind(
+        pytester: pytest.Pytester) -> None:
+    # A set new during a checked test is looked at for its users (semctl GETPID),
+    # which needs the shim; without it the creator's uid must decide, as for a set
+    # never used, instead of the test erroring with the shim's ImportError.
+    made = pytester.path / "semid"
+    pytester.makepyfile(f"""
+        import ctypes
+
+        def test_makes_a_set():
+            libc = ctypes.CDLL(None, use_errno=True)
+            semid = libc.semget(0, 1, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+            assert semid >= 0, ctypes.get_errno()
+            with open({str(made)!r}, "w") as f:
+                f.write(str(semid))
+    """)
+    try:
+        result = pytester.run(sys.executable, "-c", WITHOUT_SHIM, "-p", "no:cacheprovider",
+                              "--ipc-leaks", timeout=120)
+    finally:
+        if made.exists():
+            ipcbind.semctl(int(made.read_text()), 0, IPC_RMID)
+    text = "\n".join(result.outlines)
+    assert "ImportError" not in text
+    assert f"semaphore set {made.read_text()} " in text
+    result.assert_outcomes(passed=1, errors=1)
+
+
 def test_package_without_the_shim_imports_and_its_names_raise_the_shims_import_error(
         tmp_path: Path) -> None:
     probe = """
