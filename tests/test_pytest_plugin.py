@@ -742,3 +742,28 @@ except AttributeError:
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_pytest_starts_with_a_shim_that_cannot_be_loaded(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A shim built for another platform, or damaged, exists but fails to load: the
+    # loader's ImportError names it "_ffi", not "ipcbind._ffi", and gives its path.
+    import ipcbind._ffi
+
+    copy = pytester.path / "site"
+    shutil.copytree(Path(ipcbind.__file__).parent, copy / "ipcbind",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "ipcbind" / Path(ipcbind._ffi.__file__).name).write_bytes(b"not a shared object")
+    pytester.makepyfile("""
+        import ipcbind
+
+        def test_plain():
+            assert ipcbind.__file__.startswith(%r)
+            assert issubclass(ipcbind.NoMessageError, OSError)
+
+        def test_with_a_queue(ipc_queue):
+            pass
+    """ % str(copy))
+    monkeypatch.setenv("PYTHONPATH", str(copy))
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1, errors=1)
