@@ -38,9 +38,10 @@ def asan() -> None:
 
 @needs_asan
 def test_semctl_ipc_set_writes_into_no_freed_memory(asan: None, semset: int) -> None:
+    owner = {"uid": os.geteuid(), "gid": os.getegid()}
     done = run_under_asan(f"""
         import ipcbind
         for mode in (0o600, 0o640, 0o600):
-            ipcbind.semctl({semset}, 0, ipcbind.IPC_SET, {{"mode": mode, "uid": 0, "gid": 0}})
+            ipcbind.semctl({semset}, 0, ipcbind.IPC_SET, dict({owner!r}, mode=mode))
         """)
     assert done.returncode == 0, done.stderr[:3000]
