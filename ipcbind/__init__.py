@@ -10,6 +10,7 @@ and must be able to start. Only the exceptions are usable then; every other name
 raises the shim's ImportError when it is used.
 """
 
+import os as _os
 from typing import TYPE_CHECKING, Optional
 
 from .errors import (
@@ -22,11 +23,21 @@ from .errors import (
 )
 
 
+def _is_shim(err: ImportError) -> bool:
+    if err.name == f"{__name__}._ffi":  # no shim at all
+        return True
+    # A shim that is there but cannot be loaded (built for another platform, damaged):
+    # the loader names the module by its last part only, and gives the file.
+    return (err.name == "_ffi" and err.path is not None
+            and _os.path.dirname(_os.path.abspath(err.path)) == _os.path.dirname(
+                _os.path.abspath(__file__)))
+
+
 def _shim_unloadable(err: BaseException) -> bool:
     """Whether an ImportError comes from loading the compiled shim (its cause included)."""
     seen: Optional[BaseException] = err
     while seen is not None:
-        if isinstance(seen, ImportError) and seen.name == f"{__name__}._ffi":
+        if isinstance(seen, ImportError) and _is_shim(seen):
             return True
         seen = seen.__cause__
     return False

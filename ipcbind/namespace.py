@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import psutil
 
@@ -257,35 +257,54 @@ def _listing(kind: str, highest: int, stat: _Stat[_DS], stat_any: int,
     for index in range(highest + 1):
         works = _stat_any_works.get(kind)
         if works is not False:
-            try:
-                found.append(stat(index, stat_any))
+            got = _outcome(stat, index, stat_any, _UNUSED)
+            if not isinstance(got, int):
+                found.append(got)
                 _stat_any_works[kind] = True
                 continue
-            except OSError as e:
-                if e.errno not in _UNUSED:
-                    raise
-                if works or e.errno != errno.EINVAL:
-                    continue
+            if works or got != errno.EINVAL:
+                continue
         # *_STAT_ANY refused this index: either nothing is there, or the kernel does
         # not know the command. Plain *_STAT tells them apart.
-        try:
-            found.append(stat(index, stat_cmd))
-        except PermissionError as e:
-            _stat_any_works[kind] = False
-            what = "queue" if kind == "msg" else "semaphore set"
-            raise PermissionError(
-                e.errno, f"cannot list the {what} at index {index}: this kernel does not "
-                f"know {kind.upper()}_STAT_ANY (Linux < 4.17, or an emulator), and "
-                f"{kind.upper()}_STAT needs read permission") from None
-        except OSError as e:
-            if e.errno not in _UNUSED:
-                raise
+        plain = _outcome(stat, index, stat_cmd, _UNUSED + (errno.EACCES,))
+        if plain in _UNUSED:
             continue
         if works is None:
-            # Unless the object was made between the two calls, the command is unknown.
-            try:
-                stat(index, stat_any)
+            # Something is there now. The command is unknown only if it fails again
+            # while the same object stays there: other processes make and remove
+            # objects between these calls, and a refusal, once concluded, is kept.
+            again = _outcome(stat, index, stat_any, _UNUSED)
+            if not isinstance(again, int):
                 _stat_any_works[kind] = True
-            except OSError:
-                _stat_any_works[kind] = False
+                found.append(again)
+                continue
+            if again != errno.EINVAL or not _same(_outcome(stat, index, stat_cmd,
+                                                           _UNUSED + (errno.EACCES,)), plain):
+                continue  # the object changed meanwhile: left to the next listing to judge
+            _stat_any_works[kind] = False
+        if isinstance(plain, int):
+            what = "queue" if kind == "msg" else "semaphore set"
+            raise PermissionError(
+                plain, f"cannot list the {what} at index {index}: this kernel does not "
+                f"know {kind.upper()}_STAT_ANY (Linux < 4.17, or an emulator), and "
+                f"{kind.upper()}_STAT needs read permission")
+        found.append(plain)
     return sorted(found, key=lambda item: item[0])
+
+
+def _outcome(stat: _Stat[_DS], index: int, cmd: int,
+             expected: Tuple[int, ...]) -> Union[Tuple[int, _DS], int]:
+    """``stat(index, cmd)``, or the errno it failed with if that is one of ``expected``."""
+    try:
+        return stat(index, cmd)
+    except OSError as e:
+        if e.errno not in expected:
+            raise
+        return int(e.errno)
+
+
+def _same(a: Union[Tuple[int, _DS], int], b: Union[Tuple[int, _DS], int]) -> bool:
+    """Whether two outcomes at one index are the same object (or the same errno)."""
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return a[0] == b[0]

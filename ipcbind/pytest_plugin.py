@@ -299,10 +299,14 @@ def _snapshot() -> Dict[Tuple[str, int], IpcObject]:
 
 def _evidence(obj: IpcObject) -> Set[int]:
     """Pids known to have used an object: a queue's last sender and receiver, a
-    set's last operator on each semaphore (where readable)."""
+    set's last operator on each semaphore (where readable, and where the shim can
+    be loaded: the leak check runs for tests that do not use ipcbind too)."""
     if obj.kind == "queue":
         return {p for p in obj.pids if p}
-    from . import syscalls as sc
+    try:
+        from . import syscalls as sc
+    except ImportError:
+        return set()
 
     pids: Set[int] = set()
     for n in range(obj.size):

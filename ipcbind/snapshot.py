@@ -851,7 +851,8 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
 
     A path that names a regular file, or nothing yet, is replaced atomically (a new
     file, renamed over it); one that names a device or a FIFO (``/dev/stdout``, a
-    named pipe) is written into, and stays what it is. A symbolic link is followed:
+    named pipe, also the pipe or socket ``/dev/stdout`` leads to) is written into, and
+    stays what it is. A symbolic link is followed:
     its target is written (created if the link dangles, as a shell's ``>`` would)
     and the link stays a link. A new file is readable by its owner only (mode 0600:
     it holds the messages, which the queues' permissions may have kept private); a
@@ -870,14 +871,17 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
     # over the link itself, the new file would replace the link.
     target = os.path.realpath(path)
     try:
-        mode = os.stat(target).st_mode
-        keep = stat.S_IMODE(mode) if stat.S_ISREG(mode) else None
+        st = os.stat(path)
     except FileNotFoundError:
-        mode, keep = stat.S_IFREG, None
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        st = None  # nothing there yet, or a dangling link: its target is created
+    # What the path opens decides, not its resolved name: a link in /proc, such as
+    # /dev/stdout, can point to a pipe or a deleted file, whose "target" (pipe:[1234])
+    # is no path. Anything realpath does not reach is written into, as a device is.
+    if st is not None and not (stat.S_ISDIR(st.st_mode) or _same_file(st, target)):
         with open(path, "w") as f:
             f.write(text)
         return
+    keep = stat.S_IMODE(st.st_mode) if st is not None and stat.S_ISREG(st.st_mode) else None
     try:
         # mkstemp: a fresh name (O_EXCL, so nothing planted there is followed), mode 0600.
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".",
@@ -899,6 +903,15 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         except OSError:
             pass
         raise
+
+
+def _same_file(st: os.stat_result, path: str) -> bool:
+    """Whether ``path`` is the regular file ``st`` describes."""
+    try:
+        other = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
 
 
 class _Checker:

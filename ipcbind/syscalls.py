@@ -659,7 +659,10 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
     ds = ffi.new("struct semid_ds *")
     if cmd == IPC_SET:
         changes = _settable(call, arg, _SEM_SET_FIELDS)
-        _assign(call, ffi.new("struct semid_ds *").sem_perm, changes)  # refuses bad values first
+        # Refuses bad values first. A field of a struct does not keep the struct alive:
+        # the scratch one must stay referenced while it is written into.
+        scratch = ffi.new("struct semid_ds *")
+        _assign(call, scratch.sem_perm, changes)
         _current(call, semid, SEM_STAT_ANY, lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
         _assign(call, ds.sem_perm, changes)
     r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from typing import List
 
 import pytest
@@ -229,6 +230,44 @@ def test_listing_reads_with_plain_stat_where_stat_any_is_refused() -> None:
 
     with ns_child(_make_objects) as (pid, _):
         assert run_in_child(lambda: child(pid)) == 0
+
+
+def _one_queue_above_a_free_index() -> int:
+    first = sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600)
+    kept = sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600)
+    sc.msgctl(first, sc.IPC_RMID)
+    return kept
+
+
+def _make_and_remove_a_queue(kept: int) -> None:
+    sc.msgctl(sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600), sc.IPC_RMID)
+
+
+@needs_ns_root
+@needs_stat_any
+def test_listing_while_another_process_makes_and_removes_objects_keeps_using_stat_any(
+        ) -> None:
+    # The first listing learns whether the kernel knows MSG_STAT_ANY, from an index
+    # where it fails and MSG_STAT finds an object. A queue made and removed between
+    # those calls must not pass for a refusal: the listing would then need read
+    # permission for good. Each round here starts with nothing learnt.
+    def child(pid: int, kept: int) -> int:
+        sc._setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and ns_module._stat_any_works.get("msg") is not False:
+            ns_module._stat_any_works.clear()
+            list_queues()
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        try:
+            listed = [msqid for msqid, _ in list_queues()]
+        except PermissionError:
+            return 1
+        return 0 if kept in listed else 2
+
+    with ns_child(_one_queue_above_a_free_index, _make_and_remove_a_queue) as (pid, kept):
+        assert run_in_child(lambda: child(pid, kept), timeout=60) == 0
 
 
 @needs_ns_root

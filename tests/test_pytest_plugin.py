@@ -686,6 +686,34 @@ def test_pytest_starts_without_the_shim_and_only_tests_using_the_plugin_fail(
     assert len(raised) == 2, result.outlines
 
 
+def test_leak_check_without_the_shim_reports_a_semaphore_set_left_behind(
+        pytester: pytest.Pytester) -> None:
+    # A set new during a checked test is looked at for its users (semctl GETPID),
+    # which needs the shim; without it the creator's uid must decide, as for a set
+    # never used, instead of the test erroring with the shim's ImportError.
+    made = pytester.path / "semid"
+    pytester.makepyfile(f"""
+        import ctypes
+
+        def test_makes_a_set():
+            libc = ctypes.CDLL(None, use_errno=True)
+            semid = libc.semget(0, 1, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+            assert semid >= 0, ctypes.get_errno()
+            with open({str(made)!r}, "w") as f:
+                f.write(str(semid))
+    """)
+    try:
+        result = pytester.run(sys.executable, "-c", WITHOUT_SHIM, "-p", "no:cacheprovider",
+                              "--ipc-leaks", timeout=120)
+    finally:
+        if made.exists():
+            ipcbind.semctl(int(made.read_text()), 0, IPC_RMID)
+    text = "\n".join(result.outlines)
+    assert "ImportError" not in text
+    assert f"semaphore set {made.read_text()} " in text
+    result.assert_outcomes(passed=1, errors=1)
+
+
 def test_package_without_the_shim_imports_and_its_names_raise_the_shims_import_error(
         tmp_path: Path) -> None:
     probe = """
@@ -714,3 +742,28 @@ except AttributeError:
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_pytest_starts_with_a_shim_that_cannot_be_loaded(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A shim built for another platform, or damaged, exists but fails to load: the
+    # loader's ImportError names it "_ffi", not "ipcbind._ffi", and gives its path.
+    import ipcbind._ffi
+
+    copy = pytester.path / "site"
+    shutil.copytree(Path(ipcbind.__file__).parent, copy / "ipcbind",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "ipcbind" / Path(ipcbind._ffi.__file__).name).write_bytes(b"not a shared object")
+    pytester.makepyfile("""
+        import ipcbind
+
+        def test_plain():
+            assert ipcbind.__file__.startswith(%r)
+            assert issubclass(ipcbind.NoMessageError, OSError)
+
+        def test_with_a_queue(ipc_queue):
+            pass
+    """ % str(copy))
+    monkeypatch.setenv("PYTHONPATH", str(copy))
+    result = pytester.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1, errors=1)

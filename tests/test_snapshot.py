@@ -482,6 +482,18 @@ def test_dump_through_a_dangling_symlink_into_a_missing_directory_names_the_link
     assert os.listdir(tmp_path) == ["ns.json"] and link.is_symlink()
 
 
+@pytest.mark.parametrize("path", ["/dev/stdout", "/proc/self/fd/1"])
+def test_dump_to_a_link_to_a_pipe_writes_into_the_pipe(path: str) -> None:
+    # /dev/stdout leads to /proc/self/fd/1, whose target is "pipe:[...]", no path.
+    code = ("import sys\n"
+            "from ipcbind.snapshot import dump, loads\n"
+            f"dump(loads(sys.stdin.read()), {path!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], input=dumps(SAMPLE),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert loads(done.stdout) == SAMPLE
+
+
 def test_dump_makes_a_new_file_readable_by_its_owner_only(tmp_path: Any) -> None:
     # The file holds the messages, which the queues' modes may have kept private.
     dump(SAMPLE, tmp_path / "ns.json")
