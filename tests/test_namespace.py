@@ -6,7 +6,7 @@ import os
 import subprocess
 import threading
 import time
-from typing import List
+from typing import Dict, List
 
 import pytest
 
@@ -28,7 +28,7 @@ from ipcbind.namespace import (
 NO_SUCH_PID = 4194305  # above the largest pid_max Linux allows
 
 
-def _make_objects() -> dict:
+def _make_objects() -> Dict[str, int]:
     q = sc.msgget(0x1234, sc.IPC_CREAT | 0o640)
     sc.msgsnd(q, 3, b"inside")
     s = sc.semget(0x5678, 2, sc.IPC_CREAT | 0o600)
