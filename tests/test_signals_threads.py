@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
 
@@ -93,26 +93,38 @@ def test_blocking_semop_releases_the_gil(semset: int) -> None:
 
 # ---- PEP 475 -----------------------------------------------------------------------------
 
-def test_msgrcv_is_retried_after_a_handler_that_returns(msq: int, alarm: Callable[..., None]
-                                                        ) -> None:
+RECEIVE: Dict[str, Callable[[int], Any]] = {
+    "msgrcv": lambda q: ipc.msgrcv(q),
+    "MessageQueue.receive": lambda q: tuple(ipc.MessageQueue.from_id(q).receive()),
+}
+SEND: Dict[str, Callable[[int, int, bytes], None]] = {
+    "msgsnd": lambda q, mtype, data: ipc.msgsnd(q, mtype, data),
+    "MessageQueue.send": lambda q, mtype, data: ipc.MessageQueue.from_id(q).send(data, mtype),
+}
+
+
+@pytest.mark.parametrize("via", sorted(RECEIVE))
+def test_receive_is_retried_after_a_handler_that_returns(
+        msq: int, alarm: Callable[..., None], via: str) -> None:
     calls: List[int] = []
 
     def handler(signum: int, frame: Any) -> None:
         calls.append(signum)
         ipc.msgsnd(msq, 9, b"sent by the handler")
     alarm(handler, 0.1)
-    assert ipc.msgrcv(msq) == (9, b"sent by the handler")
+    assert RECEIVE[via](msq) == (9, b"sent by the handler")
     assert calls == [signal.SIGALRM]
 
 
-def test_msgrcv_handler_exception_propagates_and_the_message_stays_queued(
-        msq: int, alarm: Callable[..., None]) -> None:
+@pytest.mark.parametrize("via", sorted(RECEIVE))
+def test_receive_handler_exception_propagates_and_the_message_stays_queued(
+        msq: int, alarm: Callable[..., None], via: str) -> None:
     def handler(signum: int, frame: Any) -> None:
         ipc.msgsnd(msq, 9, b"queued before the raise")
         raise HandlerError()
     alarm(handler, 0.1)
     with pytest.raises(HandlerError):
-        ipc.msgrcv(msq)
+        RECEIVE[via](msq)
     assert ipc.msgctl(msq, IPC_STAT).qnum == 1
     assert ipc.msgrcv(msq, None, 0, IPC_NOWAIT) == (9, b"queued before the raise")
 
@@ -128,8 +140,9 @@ def test_timed_msgrcv_handler_exception_propagates_at_once(
     assert time.monotonic() - t0 < 5
 
 
-def test_msgsnd_is_retried_after_a_handler_that_returns(msq: int, alarm: Callable[..., None]
-                                                        ) -> None:
+@pytest.mark.parametrize("via", sorted(SEND))
+def test_send_is_retried_after_a_handler_that_returns(
+        msq: int, alarm: Callable[..., None], via: str) -> None:
     ipc.msgctl(msq, IPC_SET, {"qbytes": 1})
     ipc.msgsnd(msq, 1, b"a")
     calls: List[int] = []
@@ -138,45 +151,7 @@ def test_msgsnd_is_retried_after_a_handler_that_returns(msq: int, alarm: Callabl
         calls.append(signum)
         ipc.msgrcv(msq, None, 0, IPC_NOWAIT)   # makes room
     alarm(handler, 0.1)
-    ipc.msgsnd(msq, 2, b"b")
-    assert calls == [signal.SIGALRM]
-    assert ipc.msgrcv(msq, None, 0, IPC_NOWAIT) == (2, b"b")
-
-
-def test_queue_receive_is_retried_after_a_handler_that_returns(
-        msq: int, alarm: Callable[..., None]) -> None:
-    calls: List[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        calls.append(signum)
-        ipc.msgsnd(msq, 9, b"sent by the handler")
-    alarm(handler, 0.1)
-    assert ipc.MessageQueue.from_id(msq).receive() == (9, b"sent by the handler")
-    assert calls == [signal.SIGALRM]
-
-
-def test_queue_receive_handler_exception_propagates_and_the_message_stays_queued(
-        msq: int, alarm: Callable[..., None]) -> None:
-    def handler(signum: int, frame: Any) -> None:
-        ipc.msgsnd(msq, 9, b"queued before the raise")
-        raise HandlerError()
-    alarm(handler, 0.1)
-    with pytest.raises(HandlerError):
-        ipc.MessageQueue.from_id(msq).receive()
-    assert ipc.msgrcv(msq, None, 0, IPC_NOWAIT) == (9, b"queued before the raise")
-
-
-def test_queue_send_is_retried_after_a_handler_that_returns(
-        msq: int, alarm: Callable[..., None]) -> None:
-    ipc.msgctl(msq, IPC_SET, {"qbytes": 1})
-    ipc.msgsnd(msq, 1, b"a")
-    calls: List[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        calls.append(signum)
-        ipc.msgrcv(msq, None, 0, IPC_NOWAIT)   # makes room
-    alarm(handler, 0.1)
-    ipc.MessageQueue.from_id(msq).send(b"b", 2)
+    SEND[via](msq, 2, b"b")
     assert calls == [signal.SIGALRM]
     assert ipc.msgrcv(msq, None, 0, IPC_NOWAIT) == (2, b"b")
 
