@@ -19,6 +19,16 @@ def proc_int(name: str) -> int:
         return int(f.read().split()[0])
 
 
+def unshare_with_msg_limits(msgmax: int, msgmnb: int) -> None:
+    """Move the calling thread into a fresh IPC namespace (root) and raise its message
+    limits there: the host's stay as they are."""
+    from ipcbind.syscalls import _unshare_ipc
+    _unshare_ipc()
+    for name, value in (("msgmax", msgmax), ("msgmnb", msgmnb)):
+        with open(f"/proc/sys/kernel/{name}", "w") as f:
+            f.write(str(value))
+
+
 def sem_limits() -> List[int]:
     """SEMMSL, SEMMNS, SEMOPM, SEMMNI, as /proc/sys/kernel/sem lists them."""
     with open("/proc/sys/kernel/sem") as f:

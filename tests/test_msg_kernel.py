@@ -35,6 +35,7 @@ from sysv_helpers import (
     has_capability,
     proc_int,
     run_as_stranger,
+    unshare_with_msg_limits,
 )
 
 
@@ -246,12 +247,7 @@ def test_msgrcv_maxsize_none_never_e2big_after_msgmax_is_raised() -> None:
     """In a private IPC namespace, messages beyond the default msgmax (and beyond the
     shim's first buffer) come back whole, by msgrcv and by MSG_COPY."""
     def child() -> int:
-        from ipcbind.syscalls import _unshare_ipc
-        _unshare_ipc()
-        with open("/proc/sys/kernel/msgmax", "w") as f:
-            f.write("200000")
-        with open("/proc/sys/kernel/msgmnb", "w") as f:
-            f.write("400000")
+        unshare_with_msg_limits(msgmax=200000, msgmnb=400000)
         q = ipc.msgget(ipc.IPC_PRIVATE, IPC_CREAT | 0o600)
         small, big = b"s" * 10, os.urandom(150000)
         ipc.msgsnd(q, 1, small)

@@ -15,6 +15,7 @@ import pytest
 import ipcbind
 from ipcbind import IPC_NOWAIT, NoMessageError
 from conftest import run_in_child
+from sysv_helpers import unshare_with_msg_limits
 
 N = 1500  # 8-byte messages: well inside a default queue's 16 KiB
 
@@ -221,13 +222,9 @@ def test_receive_by_type_takes_the_right_message_for_any_mtype(
                     reason="needs root (to unshare an IPC namespace and raise msgmax)")
 def test_receive_takes_messages_longer_than_the_fixed_buffer_and_short_ones_after() -> None:
     def child() -> int:
-        from ipcbind.syscalls import _RECV_NOWAIT, _recv_packed, _unshare_ipc
+        from ipcbind.syscalls import _RECV_NOWAIT, _recv_packed
 
-        _unshare_ipc()
-        with open("/proc/sys/kernel/msgmax", "w") as f:
-            f.write("200000")
-        with open("/proc/sys/kernel/msgmnb", "w") as f:
-            f.write("400000")
+        unshare_with_msg_limits(msgmax=200000, msgmnb=400000)
         with ipcbind.MessageQueue.create() as q:
             big = os.urandom(150000)
             for mtype, data in ((1, b"small"), (2, big), (3, big[:8193]), (4, b"x" * 8192),
