@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -17,19 +17,28 @@ from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, MSG_STAT_ANY, MessageQueue
 NOBODY = 65534
 
 
+def index_of(ident: int, stat: Callable[[int, int], Tuple[int, Any]],
+             cmds: Sequence[int]) -> Optional[int]:
+    """The index of IPC object ``ident``, asking only the indices it can have (its id
+    modulo IPCMNI, without and with ipcmni_extend) with ``stat(index, cmd)`` for each
+    of ``cmds`` in turn; None if none gives the object back."""
+    for mni in (1 << 15, 1 << 24):
+        for cmd in cmds:
+            try:
+                if stat(ident % mni, cmd)[0] == ident:
+                    return ident % mni
+            except OSError:
+                pass
+    return None
+
+
 def _kernel_knows_stat_any() -> bool:
     """Whether MSG_STAT_ANY (and SEM_STAT_ANY, which came with it) works here.
 
     Linux < 4.17 and qemu-user answer it with EINVAL, even for an index in use."""
     q = ipcbind.msgget(IPC_PRIVATE, IPC_CREAT | 0o600)
     try:
-        for mni in (1 << 15, 1 << 24):  # IPCMNI, without and with ipcmni_extend
-            try:
-                if ipcbind.msgctl(q % mni, MSG_STAT_ANY)[0] == q:
-                    return True
-            except OSError:
-                pass
-        return False
+        return index_of(q, ipcbind.msgctl, (MSG_STAT_ANY,)) is not None
     finally:
         ipcbind.msgctl(q, IPC_RMID)
 

@@ -27,8 +27,8 @@ from ipcbind import (
     MSG_STAT,
     MSG_STAT_ANY,
 )
-from conftest import (NOBODY, STAT_ANY_KNOWN, needs_stat_any, qemu_reads_lrpid_as_0, reap,
-                      run_in_child, start_child)
+from conftest import (NOBODY, STAT_ANY_KNOWN, index_of, needs_stat_any, qemu_reads_lrpid_as_0,
+                      reap, run_in_child, start_child)
 from sysv_helpers import (
     CAP_SYS_RESOURCE,
     IS_ROOT,
@@ -467,17 +467,11 @@ def test_msgctl_msg_info_counts_queues_messages_and_bytes_in_use(msq: int) -> No
 
 
 def own_index(q: int) -> int:
-    """The index of our own queue, found by asking only for indices that can be ours
-    (an id is its index plus a multiple of IPCMNI: 32768, or 2**24 with ipcmni_extend)."""
-    for mni in (1 << 15, 1 << 24):
-        for cmd in (MSG_STAT_ANY, MSG_STAT):  # where the kernel refuses the first
-            try:
-                found, _ = ipc.msgctl(q % mni, cmd)
-            except OSError:
-                continue
-            if found == q:
-                return q % mni
-    raise AssertionError(f"no index gives back queue {q}")
+    """The index of our own queue (see conftest.index_of)."""
+    index = index_of(q, ipc.msgctl, (MSG_STAT_ANY, MSG_STAT))  # where the first is refused
+    if index is None:
+        raise AssertionError(f"no index gives back queue {q}")
+    return index
 
 
 @needs_stat_any

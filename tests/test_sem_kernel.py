@@ -32,7 +32,7 @@ from ipcbind import (
     SETALL,
     SETVAL,
 )
-from conftest import NOBODY, needs_stat_any, reap, run_in_child, start_child
+from conftest import NOBODY, index_of, needs_stat_any, reap, run_in_child, start_child
 from sysv_helpers import (
     IS_ROOT,
     run_as_stranger,
@@ -406,15 +406,10 @@ def test_semctl_ipc_rmid_removes_the_set(make_semset: Callable[..., int]) -> Non
 
 def own_sem_index(s: int) -> int:
     """The index of our own set, asking only for indices that can be ours."""
-    for mni in (1 << 15, 1 << 24):
-        for cmd in (SEM_STAT_ANY, SEM_STAT):  # where the kernel refuses the first
-            try:
-                found, _ = ipc.semctl(s % mni, 0, cmd)
-            except OSError:
-                continue
-            if found == s:
-                return s % mni
-    raise AssertionError(f"no index gives back set {s}")
+    index = index_of(s, lambda i, cmd: ipc.semctl(i, 0, cmd), (SEM_STAT_ANY, SEM_STAT))
+    if index is None:
+        raise AssertionError(f"no index gives back set {s}")
+    return index
 
 
 @needs_stat_any
