@@ -245,14 +245,19 @@ def test_semadj_is_kept_across_execve(make_semset: Callable[..., int]) -> None:
     assert val(s) == 0
 
 
-def test_semadj_at_exit_is_clamped_to_zero(make_semset: Callable[..., int]) -> None:
-    s = make_semset(2)
-
+def start_undo_holder(s: int, op: int) -> int:
+    """Fork a child that adds ``op`` to semaphore 0 with SEM_UNDO, then waits for
+    semaphore 1 to be raised before it exits (and its adjustment is undone)."""
     def child() -> int:
-        ipc.semop(s, [(0, 5, SEM_UNDO)])
+        ipc.semop(s, [(0, op, SEM_UNDO)])
         ipc.semop(s, [(1, -1)])
         return 0
-    pid = start_child(child)
+    return start_child(child)
+
+
+def test_semadj_at_exit_is_clamped_to_zero(make_semset: Callable[..., int]) -> None:
+    s = make_semset(2)
+    pid = start_undo_holder(s, 5)
     try:
         ipc.semop(s, [(0, -4)], timeout=10)      # leaves 1; the child will undo 5
     finally:
@@ -263,12 +268,7 @@ def test_semadj_at_exit_is_clamped_to_zero(make_semset: Callable[..., int]) -> N
 
 def test_setval_zeroes_the_semadj_of_other_processes(make_semset: Callable[..., int]) -> None:
     s = make_semset(2)
-
-    def child() -> int:
-        ipc.semop(s, [(0, 1, SEM_UNDO)])
-        ipc.semop(s, [(1, -1)])
-        return 0
-    pid = start_child(child)
+    pid = start_undo_holder(s, 1)
     try:
         ipc.semop(s, [(0, -1), (0, 1)], timeout=10)   # wait for the child's +1
         ipc.semctl(s, 0, SETVAL, 5)
@@ -280,12 +280,7 @@ def test_setval_zeroes_the_semadj_of_other_processes(make_semset: Callable[..., 
 
 def test_setall_zeroes_the_semadj_of_other_processes(make_semset: Callable[..., int]) -> None:
     s = make_semset(2)
-
-    def child() -> int:
-        ipc.semop(s, [(0, 1, SEM_UNDO)])
-        ipc.semop(s, [(1, -1)])
-        return 0
-    pid = start_child(child)
+    pid = start_undo_holder(s, 1)
     try:
         ipc.semop(s, [(0, -1), (0, 1)], timeout=10)
         ipc.semctl(s, 0, SETALL, [5, 1])
