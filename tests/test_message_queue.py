@@ -244,40 +244,33 @@ def test_remove_removes_and_a_second_remove_raises(q: MessageQueue) -> None:
     assert e.value.errno == errno.EINVAL
 
 
-def test_remove_wakes_a_waiting_receiver_with_identifier_removed(q: MessageQueue) -> None:
+def caught_when_removed(q: MessageQueue, wait: Callable[[], object]) -> List[BaseException]:
+    """What ``wait()``, blocked in a thread, raises when ``q`` is removed under it."""
     caught: List[BaseException] = []
 
-    def wait() -> None:
+    def run() -> None:
         try:
-            q.receive()
+            wait()
         except BaseException as e:
             caught.append(e)
 
-    t = threading.Thread(target=wait)
+    t = threading.Thread(target=run)
     t.start()
     time.sleep(0.2)
     q.remove()
     t.join(10)
     assert not t.is_alive()
+    return caught
+
+
+def test_remove_wakes_a_waiting_receiver_with_identifier_removed(q: MessageQueue) -> None:
+    caught = caught_when_removed(q, q.receive)
     assert len(caught) == 1 and isinstance(caught[0], IdentifierRemovedError)
 
 
 def test_remove_wakes_a_waiting_sender_with_identifier_removed(q: MessageQueue) -> None:
     fill(q)
-    caught: List[BaseException] = []
-
-    def wait() -> None:
-        try:
-            q.send(b"no room")
-        except BaseException as e:
-            caught.append(e)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    time.sleep(0.2)
-    q.remove()
-    t.join(10)
-    assert not t.is_alive()
+    caught = caught_when_removed(q, lambda: q.send(b"no room"))
     assert len(caught) == 1 and isinstance(caught[0], IdentifierRemovedError)
 
 
