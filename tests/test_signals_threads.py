@@ -316,10 +316,8 @@ def test_a_handler_whose_own_call_fails_does_not_change_get_and_ctl_errnos(
     assert got.value.errno == expected, got.value
 
 
-def test_semop_timeout_is_not_restarted_by_signals(semset: int, alarm: Callable[..., None]
-                                                   ) -> None:
-    """Signals at 0.3, 0.6 and 0.9 s: retried with the remaining time the call ends
-    near 1 s; restarted from zero it would end near 1.9 s."""
+def three_signals(alarm: Callable[..., None]) -> List[int]:
+    """SIGALRM at 0.3, 0.6 and 0.9 s, each recorded in the list returned."""
     calls: List[int] = []
 
     def handler(signum: int, frame: Any) -> None:
@@ -327,6 +325,14 @@ def test_semop_timeout_is_not_restarted_by_signals(semset: int, alarm: Callable[
         if len(calls) == 3:
             signal.setitimer(signal.ITIMER_REAL, 0)
     alarm(handler, 0.3, 0.3)
+    return calls
+
+
+def test_semop_timeout_is_not_restarted_by_signals(semset: int, alarm: Callable[..., None]
+                                                   ) -> None:
+    """Signals at 0.3, 0.6 and 0.9 s: retried with the remaining time the call ends
+    near 1 s; restarted from zero it would end near 1.9 s."""
+    calls = three_signals(alarm)
     t0 = time.monotonic()
     with pytest.raises(BlockingIOError) as e:
         ipc.semop(semset, [(0, -1)], timeout=1.0)
@@ -338,13 +344,7 @@ def test_semop_timeout_is_not_restarted_by_signals(semset: int, alarm: Callable[
 
 def test_msgrcv_timeout_is_not_restarted_by_signals(msq: int, alarm: Callable[..., None]
                                                     ) -> None:
-    calls: List[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        calls.append(signum)
-        if len(calls) == 3:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    alarm(handler, 0.3, 0.3)
+    calls = three_signals(alarm)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
         ipc.msgrcv(msq, timeout=1.0)
