@@ -22,7 +22,7 @@
 # gets an IPC namespace of its own, and fails if any object is left in it at the end.
 #
 # Before the tests it runs scripts/emulator-check.c, which shows in plain C what
-# qemu-user gets wrong (see README.md, "arm64 and packaging checks").
+# qemu-user gets wrong (see docs/development.md, "arm64 and packaging checks").
 #
 # Environment: IPCBIND_ARM64_CACHE (cache directory), IPCBIND_ARM64_SUITE (Debian
 # suite, default bookworm), IPCBIND_ARM64_MIRROR (default http://deb.debian.org/debian).

@@ -8,7 +8,7 @@
 #    UNPACKED SDIST, so a file missing from the sdist breaks the wheel build.
 # 2. Checks the sdist holds everything needed to build (build_ffi.py, src/shim.h,
 #    src/shim.c, setup.py, pyproject.toml, MANIFEST.in, README.md, every tracked
-#    file of ipcbind/, src/, tests/ and examples/) and no build products; checks the wheel is
+#    file of ipcbind/, src/, tests/, examples/ and docs/) and no build products; checks the wheel is
 #    platform-specific and holds the compiled shim, py.typed and every module.
 # 3. Installs each artefact, with the test extra, into its own fresh virtualenv
 #    (the sdist one compiles the shim again), and runs the test suite against the
@@ -56,7 +56,7 @@ tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort > "$tmp/sdist.txt"
 need=(build_ffi.py setup.py pyproject.toml MANIFEST.in README.md src/shim.h src/shim.c
       ipcbind/py.typed ipcbind/__init__.py ipcbind/syscalls.py ipcbind/errors.py)
 if git -C "$here" rev-parse --git-dir >/dev/null 2>&1; then
-    mapfile -t tracked < <(cd "$here" && git ls-files ipcbind src tests examples)
+    mapfile -t tracked < <(cd "$here" && git ls-files ipcbind src tests examples docs)
     need+=("${tracked[@]}")
 fi
 for f in "${need[@]}"; do
