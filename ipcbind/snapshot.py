@@ -603,39 +603,46 @@ class _Restorer:
 
     def queue(self, q: QueueState) -> None:
         where = f"queue {q.id}"
+        # Room to send every message: a queue can hold more than its qbytes (lowered
+        # after the messages came), and the kernel counts each message as a byte too.
+        room = max(q.qbytes, sum(len(d) for _, d in q.messages), len(q.messages))
         msgmnb = _read_int("msgmnb")
-        raise_mnb = self.set_limits and q.qbytes > msgmnb
+        # Without CAP_SYS_RESOURCE the kernel refuses every IPC_SET of a queue whose
+        # qbytes is above msgmnb, the last one (owner and mode) included: msgmnb
+        # stays raised until the queue is complete.
+        raise_mnb = self.set_limits and room > msgmnb
         if raise_mnb:
-            _write_proc("msgmnb", str(q.qbytes))
+            _write_proc("msgmnb", str(room))
         try:
-            _set_next_id("msg", q.id)
-            try:
-                msqid = sc.msgget(q.key, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
-            finally:
-                _clear_next_id("msg")
+            self.create_queue(q)
+            created = sc.msgctl(q.id, sc.IPC_STAT).qbytes
+            if room > created:
+                try:
+                    sc.msgctl(q.id, sc.IPC_SET, {"qbytes": room})
+                except PermissionError:
+                    raise PermissionError(
+                        errno.EPERM, f"{where}: holding it needs qbytes {room}, above this "
+                        f"namespace's msgmnb {created}, and raising it needs "
+                        "CAP_SYS_RESOURCE; restore with the snapshot's limits "
+                        "(set_limits=True, --limits) into a namespace you own") from None
+            if q.messages:
+                self.send(q.id, q)
+            sc.msgctl(q.id, sc.IPC_SET, {"uid": q.uid, "gid": q.gid, "mode": q.mode,
+                                         "qbytes": q.qbytes})
         finally:
             if raise_mnb:
                 _write_proc("msgmnb", str(msgmnb))
+
+    def create_queue(self, q: QueueState) -> None:
+        _set_next_id("msg", q.id)
+        try:
+            msqid = sc.msgget(q.key, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
+        finally:
+            _clear_next_id("msg")
         self.queues.append(msqid)
         if msqid != q.id:
-            raise RestoreError(f"{where}: the kernel gave id {msqid} instead (another process "
-                               "created an object at the same time?)")
-        created = sc.msgctl(msqid, sc.IPC_STAT).qbytes
-        if q.qbytes > created:
-            try:
-                sc.msgctl(msqid, sc.IPC_SET, {"qbytes": q.qbytes})
-            except PermissionError:
-                raise PermissionError(
-                    errno.EPERM, f"{where}: qbytes {q.qbytes} is above this namespace's "
-                    f"msgmnb {created} and raising it needs CAP_SYS_RESOURCE; restore with "
-                    "the snapshot's limits (set_limits=True, --limits) into a namespace "
-                    "you own") from None
-        if q.messages:
-            self.send(msqid, q)
-        change: Dict[str, int] = {"uid": q.uid, "gid": q.gid, "mode": q.mode}
-        if q.qbytes != sc.msgctl(msqid, sc.IPC_STAT).qbytes:
-            change["qbytes"] = q.qbytes
-        sc.msgctl(msqid, sc.IPC_SET, change)
+            raise RestoreError(f"queue {q.id}: the kernel gave id {msqid} instead (another "
+                               "process created an object at the same time?)")
 
     def send(self, msqid: int, q: QueueState) -> None:
         mtypes = [m for m, _ in q.messages]
