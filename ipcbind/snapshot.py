@@ -28,6 +28,7 @@ import re
 import signal
 import stat
 import tempfile
+import threading
 from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
@@ -52,6 +53,7 @@ __all__ = [
     "SnapshotFormatError",
     "RestoreError",
     "RestoreConflictError",
+    "RestoreInterrupted",
     "FreezeError",
     "snapshot",
     "restore",
@@ -60,6 +62,7 @@ __all__ = [
     "dump",
     "loads",
     "load",
+    "DEFAULT_MAX_SIZE",
 ]
 
 FORMAT = "ipcbind-snapshot"
@@ -150,10 +153,12 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Restored:
-    """What :func:`restore` created: the ids of the queues and of the semaphore sets."""
+    """What :func:`restore` created: the ids of the queues and of the semaphore sets;
+    ``cleaned`` names what a killed restore had left and this one removed first."""
 
     queues: Tuple[int, ...]
     semaphore_sets: Tuple[int, ...]
+    cleaned: Tuple[str, ...] = ()
 
 
 class SnapshotFormatError(ValueError):
@@ -207,11 +212,21 @@ def _read_limits() -> Limits:
                   semmsl, semmns, semopm, semmni)
 
 
-def _write_limits(limits: Limits) -> None:
-    _write_proc("msgmax", str(limits.msgmax))
-    _write_proc("msgmnb", str(limits.msgmnb))
-    _write_proc("msgmni", str(limits.msgmni))
-    _write_proc("sem", f"{limits.semmsl} {limits.semmns} {limits.semopm} {limits.semmni}")
+def _write_limits(limits: Limits) -> bool:
+    """Write the limits that differ from the namespace's; whether any did.
+
+    Only those: a limit never changed needs no putting back (and no privilege)."""
+    now = _read_limits()
+    changed = False
+    for name in ("msgmax", "msgmnb", "msgmni"):
+        if getattr(now, name) != getattr(limits, name):
+            _write_proc(name, str(getattr(limits, name)))
+            changed = True
+    sem = (limits.semmsl, limits.semmns, limits.semopm, limits.semmni)
+    if (now.semmsl, now.semmns, now.semopm, now.semmni) != sem:
+        _write_proc("sem", " ".join(map(str, sem)))
+        changed = True
+    return changed
 
 
 def _gone(e: OSError) -> bool:
@@ -547,6 +562,82 @@ def freeze_namespace(pid: Optional[int]) -> Iterator[Optional[str]]:
 
 # ---- restoring --------------------------------------------------------------------------
 
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The type of a staging marker's one message ("ipcbrest" in ASCII), and how its text begins.
+_MARK_TYPE = 0x6970636272657374
+_MARK_HEAD = "ipcbind-restore 1"
+# A namespace holds one object per index, an id's low bits (15 on a kernel booted
+# without ipcmni_extend): ids 0 and 32768 cannot both exist.
+_INDEX_MASK = (1 << sc._INDEX_BITS[0]) - 1
+
+
+class RestoreInterrupted(KeyboardInterrupt):
+    """A restore undone because SIGINT or SIGTERM came (``signum`` says which).
+
+    A KeyboardInterrupt, so that Ctrl-C goes on as it would have; ``leftovers`` as
+    for :class:`RestoreError`.
+    """
+
+    def __init__(self, signum: int, message: str, leftovers: Sequence[str] = ()) -> None:
+        if leftovers:
+            message += "; COULD NOT REMOVE: " + ", ".join(leftovers)
+        super().__init__(message)
+        self.signum = signum
+        self.leftovers = tuple(leftovers)
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Held:
+    """SIGINT and SIGTERM held off while a restore works and while it is undone.
+
+    In the main thread their handlers are replaced by one that only records the
+    signal; a signal the caller blocks (pthread_sigmask) shows as pending instead.
+    :meth:`arrived` tells the first that came, at the points where stopping is safe.
+    On leaving, the handlers are put back and a recorded signal goes on to the handler
+    it was meant for (the default Ctrl-C handler excepted: :class:`RestoreInterrupted`
+    already is its KeyboardInterrupt).
+    """
+
+    def __init__(self) -> None:
+        self.old: Dict[int, Any] = {}
+        self.got: List[int] = []
+
+    def __enter__(self) -> "_Held":
+        if threading.current_thread() is threading.main_thread():
+            for sig in _HELD_SIGNALS:
+                old = signal.getsignal(sig)
+                if old not in (signal.SIG_IGN, None):
+                    self.old[sig] = old
+                    signal.signal(sig, self.record)
+        return self
+
+    def record(self, signum: int, frame: Any) -> None:
+        self.got.append(signum)
+
+    def arrived(self) -> Optional[int]:
+        if self.got:
+            return self.got[0]
+        pending = signal.sigpending() & set(_HELD_SIGNALS)
+        return min(pending) if pending else None
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        for sig in dict.fromkeys(self.got):
+            old = self.old[sig]
+            if old is signal.default_int_handler:
+                continue
+            if callable(old):
+                old(sig, None)
+            else:
+                os.kill(os.getpid(), sig)  # SIG_DFL: what the signal would have done
+
+
 def _set_next_id(kind: str, ident: int) -> None:
     try:
         _write_proc(f"{kind}_next_id", str(ident))
@@ -557,49 +648,216 @@ def _set_next_id(kind: str, ident: int) -> None:
                               "namespace that owns it)") from None
 
 
+def _throwaway(kind: str) -> None:
+    if kind == "msg":
+        sc.msgctl(sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600), sc.IPC_RMID)
+    else:
+        sc.semctl(sc.semget(sc.IPC_PRIVATE, 1, sc.IPC_CREAT | 0o600), 0, sc.IPC_RMID)
+
+
+@contextmanager
+def _room_for_one(kind: str) -> Iterator[None]:
+    """The namespace's limits widened for one more object of ``kind`` (one queue, or a
+    set of one semaphore), then put back."""
+    if kind == "msg":
+        name, old = "msgmni", str(_read_int("msgmni"))
+        wide = str(int(old) + 1)
+    else:
+        name = "sem"
+        with open("/proc/sys/kernel/sem") as f:
+            old = f.read().strip()
+        semmsl, semmns, semopm, semmni = (int(v) for v in old.split())
+        wide = f"{max(semmsl, 1)} {semmns + 1} {semopm} {semmni + 1}"
+    _write_proc(name, wide)
+    try:
+        yield
+    finally:
+        _write_proc(name, old)
+
+
 def _clear_next_id(kind: str) -> None:
     """Disarm next_id after a *get that failed before allocating (EEXIST, ENOSPC,
     EINVAL), so that no later object, anyone's, takes the id.
 
     The kernel refuses -1 there (EINVAL), but disarms it at every allocation: a
-    throwaway private object consumes it. Where even that fails (no room for one
-    more object), the id stays armed and the *get's own error is what counts.
+    throwaway private object consumes it. Where a limit leaves no room for it (the
+    failed *get's reason, often), the limit is widened for the throwaway alone. If
+    even that fails, the id stays armed (the restore's undo names it) and the *get's
+    own error is what counts.
     """
     if _read_int(f"{kind}_next_id") == -1:
         return
     try:
-        if kind == "msg":
-            sc.msgctl(sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600), sc.IPC_RMID)
-        else:
-            sc.semctl(sc.semget(sc.IPC_PRIVATE, 1, sc.IPC_CREAT | 0o600), 0, sc.IPC_RMID)
+        _throwaway(kind)
     except OSError:
-        pass
+        try:
+            with _room_for_one(kind):
+                _throwaway(kind)
+        except OSError:
+            pass
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` (field 22 of /proc/PID/stat), None if gone:
+    with the pid, it names one process, as a reused pid gets a new start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _fingerprint(snap: Snapshot) -> str:
+    """What a staging marker remembers of a snapshot: its objects' kinds, ids and keys."""
+    objs = ([["q", q.id, q.key] for q in snap.queues]
+            + [["s", s.id, s.key] for s in snap.semaphore_sets])
+    return hashlib.sha256(json.dumps(objs).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class _Marker:
+    msqid: int
+    since: int  # the marker's ctime: every object the restore made is as new or newer
+    pid: int
+    start: str
+    fingerprint: str
+    limits: Optional[Limits]
+
+
+def _read_marker(msqid: int, ds: Any) -> Optional[_Marker]:
+    """The staging marker queue ``msqid`` (IPC_STAT ``ds``) stands for; None if it is none."""
+    if ds.key != 0 or ds.qnum != 1 or ds.cbytes > 512:
+        return None
+    try:
+        mtype, data = sc.msgrcv(msqid, None, 0, sc.MSG_COPY | sc.IPC_NOWAIT)
+    except OSError:
+        return None
+    fields = data.decode("ascii", "replace").split()
+    if mtype != _MARK_TYPE or " ".join(fields[:2]) != _MARK_HEAD or len(fields) != 6:
+        return None
+    try:
+        limits = None if fields[5] == "-" else Limits(*(int(v) for v in fields[5].split(",")))
+        return _Marker(msqid, ds.ctime, int(fields[2]), fields[3], fields[4], limits)
+    except (TypeError, ValueError):
+        return None
 
 
 class _Restorer:
-    def __init__(self, snap: Snapshot, set_limits: bool) -> None:
+    """One restore: what it made, in order, so that :meth:`undo` removes exactly that.
+
+    Every object goes into its list in the statement after the *get that made it,
+    with SIGINT and SIGTERM held off (see :class:`_Held`), so nothing falls between.
+    A staging marker (a private queue holding one message that names this process
+    and the namespace's previous limits) exists from before the first change to
+    after the last: a restore killed with SIGKILL leaves it, and the next restore of
+    the same objects finds it and cleans up first (:meth:`recover`).
+    """
+
+    def __init__(self, snap: Snapshot, set_limits: bool, held: _Held) -> None:
         self.snap = snap
         self.set_limits = set_limits
+        self.held = held
+        self.fingerprint = _fingerprint(snap)
         self.queues: List[int] = []
         self.sets: List[int] = []
         self.old_limits: Optional[Limits] = None
+        self.marker: Optional[int] = None
+
+    def step(self) -> None:
+        """A point where stopping is safe: stop here if a signal came."""
+        sig = self.held.arrived()
+        if sig is not None:
+            raise _Interrupted(sig)
+
+    def recover(self) -> List[str]:
+        """Clean up after a restore of the same objects that was killed; what was removed.
+
+        Raises RestoreConflictError if a restore is under way here, or if a killed
+        one was restoring other objects.
+        """
+        cleaned: List[str] = []
+        for msqid, ds in list_queues():
+            mark = _read_marker(msqid, ds)
+            if mark is None:
+                continue
+            if _proc_start(mark.pid) == mark.start:
+                raise RestoreConflictError(f"restore refused: process {mark.pid} is restoring "
+                                           f"into this namespace (queue {msqid} is its "
+                                           "staging marker)")
+            if mark.fingerprint != self.fingerprint:
+                raise RestoreConflictError(
+                    f"restore refused: a restore by process {mark.pid}, of other objects, was "
+                    f"killed here before it finished (queue {msqid} is its staging marker); "
+                    "restore that snapshot again to clean up, or remove its objects and "
+                    f"queue {msqid} with ipcrm")
+            cleaned += self.clean(mark)
+        return cleaned
+
+    def clean(self, mark: _Marker) -> List[str]:
+        cleaned = []
+        ctl: Callable[[int, int], Any]
+        for kind, ids, ctl in (
+                ("queue", [q.id for q in self.snap.queues], sc.msgctl),
+                ("semaphore set", [s.id for s in self.snap.semaphore_sets],
+                 lambda i, cmd: sc.semctl(i, 0, cmd))):
+            for ident in ids:
+                try:
+                    # As new as the marker: made by that restore (or given the id it
+                    # left armed); older objects with these ids it would have refused.
+                    if ctl(ident, sc.IPC_STAT).ctime >= mark.since:
+                        ctl(ident, sc.IPC_RMID)
+                        cleaned.append(f"{kind} {ident}")
+                except OSError as e:
+                    if not _gone(e):
+                        raise
+        if mark.limits is not None and _write_limits(mark.limits):
+            cleaned.append("the limits it had changed")
+        for kind in ("msg", "sem"):
+            _clear_next_id(kind)
+        sc.msgctl(mark.msqid, sc.IPC_RMID)
+        cleaned.append(f"its staging marker (queue {mark.msqid})")
+        return cleaned
 
     def check_conflicts(self) -> None:
-        have_q = {i: ds.key & _U32 for i, ds in list_queues()}
-        have_s = {i: ds.key & _U32 for i, ds in list_semaphore_sets()}
         clashes = []
-        for kind, have, wanted in (("queue", have_q, self.snap.queues),
-                                   ("semaphore set", have_s, self.snap.semaphore_sets)):
-            keys = {k: i for i, k in have.items() if k}
+        for kind, have, wanted in (
+                ("queue", list_queues(), self.snap.queues),
+                ("semaphore set", list_semaphore_sets(), self.snap.semaphore_sets)):
+            ids = {i & _INDEX_MASK: i for i, _ in have}
+            keys = {ds.key & _U32: i for i, ds in have if ds.key}
             for obj in wanted:
-                if obj.id in have:
+                same = ids.get(obj.id & _INDEX_MASK)
+                if same == obj.id:
                     clashes.append(f"{kind} id {obj.id} exists")
+                elif same is not None:
+                    clashes.append(f"{kind} id {obj.id} has the index of {kind} {same}, which "
+                                   f"exists (one object per id modulo {_INDEX_MASK + 1})")
                 elif obj.key and obj.key in keys:
                     clashes.append(f"{kind} key {obj.key:#010x} exists (id {keys[obj.key]})")
         if clashes:
             more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
             raise RestoreConflictError("restore refused, it would clobber existing objects: "
                                        + "; ".join(clashes[:5]) + more)
+
+    def make_marker(self) -> None:
+        taken = {i & _INDEX_MASK for i, _ in list_queues()}
+        taken |= {q.id & _INDEX_MASK for q in self.snap.queues}
+        # From the top, away from the indices the kernel and the snapshot use most.
+        index = next(i for i in range(_INDEX_MASK, -1, -1) if i not in taken)
+        lim = self.old_limits if self.set_limits else None
+        limits = "-" if lim is None else ",".join(str(getattr(lim, f)) for f in Limits.__annotations__)
+        text = (f"{_MARK_HEAD} {os.getpid()} {_proc_start(os.getpid())} {self.fingerprint} "
+                f"{limits}").encode()
+        _set_next_id("msg", index)
+        try:
+            self.marker = sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
+        finally:
+            _clear_next_id("msg")
+        try:
+            sc.msgsnd(self.marker, _MARK_TYPE, text, sc.IPC_NOWAIT)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write the restore's staging marker (queue "
+                          f"{self.marker}, {len(text)} bytes): {e.strerror}") from None
 
     def queue(self, q: QueueState) -> None:
         where = f"queue {q.id}"
@@ -681,25 +939,37 @@ class _Restorer:
         sc.semctl(semid, 0, sc.IPC_SET, {"uid": s.uid, "gid": s.gid, "mode": s.mode})
 
     def run(self, progress: Optional[Progress]) -> Restored:
+        cleaned = self.recover()
         self.check_conflicts()
-        total = len(self.snap.queues) + len(self.snap.semaphore_sets)
+        snap = self.snap
+        if not (snap.queues or snap.semaphore_sets or self.set_limits):
+            return Restored((), (), tuple(cleaned))
+        self.old_limits = _read_limits()
+        self.make_marker()
         if self.set_limits:
-            self.old_limits = _read_limits()
-            _write_limits(self.snap.limits)
-        n = 0
-        for q in self.snap.queues:
+            _write_limits(snap.limits)
+        total = len(snap.queues) + len(snap.semaphore_sets)
+        counts = _Counts(snap.queues)
+        for n, q in enumerate(snap.queues):
+            self.step()
             if progress:
-                progress(n, total, f"queue {q.id}")
+                progress(n, total, f"queue {q.id}{counts.next(q)}")
             self.queue(q)
-            n += 1
-        for s in self.snap.semaphore_sets:
+        for n, s in enumerate(snap.semaphore_sets, len(snap.queues)):
+            self.step()
             if progress:
                 progress(n, total, f"semaphore set {s.id}")
             self.semset(s)
-            n += 1
+        self.step()
+        self.remove_marker()
         if progress:
             progress(total, total, "done")
-        return Restored(tuple(self.queues), tuple(self.sets))
+        return Restored(tuple(self.queues), tuple(self.sets), tuple(cleaned))
+
+    def remove_marker(self) -> None:
+        if self.marker is not None:
+            sc.msgctl(self.marker, sc.IPC_RMID)
+            self.marker = None
 
     def undo(self) -> List[str]:
         """Remove what was created and put the limits back; what could not be undone."""
@@ -712,20 +982,45 @@ class _Restorer:
         if self.old_limits is not None:
             old = self.old_limits
             steps.append(("the namespace's previous limits", lambda: _write_limits(old)))
-        interrupted: Optional[BaseException] = None
+        for kind in ("msg", "sem"):
+            steps.append((f"{kind}_next_id", partial(_clear_next_id, kind)))
+        steps.append(("the staging marker", self.remove_marker))
         for what, step in steps:
-            while True:
-                try:
-                    step()
-                    break
-                except KeyboardInterrupt as e:
-                    interrupted = e
-                except OSError as e:
-                    left.append(f"{what} ({e.strerror})")
-                    break
-        if interrupted is not None:
-            raise interrupted
+            try:
+                step()
+            except OSError as e:
+                left.append(f"{what} ({e.strerror})")
+        for kind in ("msg", "sem"):
+            armed = _read_int(f"{kind}_next_id")
+            if armed != -1:
+                left.append(f"{kind}_next_id (still armed with {armed})")
+        self.queues.clear()
+        self.sets.clear()
         return left
+
+
+class _Counts:
+    """The messages and bytes of the queues before each one, for progress."""
+
+    def __init__(self, queues: Sequence[QueueState]) -> None:
+        self.messages = sum(len(q.messages) for q in queues)
+        self.bytes = sum(len(d) for q in queues for _, d in q.messages)
+        self.done_messages = self.done_bytes = 0
+
+    def next(self, q: QueueState) -> str:
+        text = (f": {self.done_messages}/{self.messages} messages, "
+                f"{_size(self.done_bytes)}/{_size(self.bytes)}")
+        self.done_messages += len(q.messages)
+        self.done_bytes += sum(len(d) for _, d in q.messages)
+        return text
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"
 
 
 def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = False,
@@ -735,7 +1030,10 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
     Each object gets its id through ``/proc/sys/kernel/msg_next_id`` / ``sem_next_id``,
     then its key, its messages in order (or values), and last its owner, mode and
     qbytes. Setting the ids needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) over
-    the namespace.
+    the namespace. SIGINT and SIGTERM are held off while it works (in the main
+    thread): one that comes makes it stop at the next object and undo everything.
+    A restore killed outright (SIGKILL) leaves a staging marker, and the next restore
+    of the same snapshot into that namespace removes what it left first.
 
     Args:
         snap: what to recreate.
@@ -746,25 +1044,34 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
         progress: called as ``progress(done, total, what)`` before each object.
 
     Returns:
-        :class:`Restored`, the ids created.
+        :class:`Restored`, the ids created, and what it cleaned up first.
 
     Raises:
-        RestoreConflictError: an object with one of the ids or keys exists; nothing
-            was created.
+        RestoreConflictError: an object with one of the ids (or of their indices) or
+            keys exists, or another restore is under way there; nothing was created.
         RestoreError: a step failed; everything created was removed (and the limits
             put back) before it was raised. Its ``__cause__`` is the failure.
-        KeyboardInterrupt: as for RestoreError, removed first, then re-raised.
+        RestoreInterrupted: SIGINT or SIGTERM came; as for RestoreError, everything
+            was removed first. A KeyboardInterrupt.
     """
     if not isinstance(snap, Snapshot):
         raise TypeError(f"restore: needs a Snapshot, not {type(snap).__name__}")
     _need_callable("restore", progress)
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
-    with inside:
-        r = _Restorer(snap, set_limits)
+    with inside, _Held() as held:
+        r = _Restorer(snap, set_limits, held)
         try:
-            return r.run(progress)
+            done = r.run(progress)
+            r.step()
+            return done
         except RestoreConflictError:
             raise
+        except _Interrupted as e:
+            made = len(r.queues) + len(r.sets)
+            left = r.undo()
+            name = signal.Signals(e.signum).name
+            raise RestoreInterrupted(e.signum, f"restore interrupted by {name}; removed the "
+                                     f"{made} object(s) it had created", left) from None
         except KeyboardInterrupt:
             r.undo()
             raise
@@ -1097,17 +1404,56 @@ def loads(text: Union[str, bytes]) -> Snapshot:
     return _Checker().snapshot(doc)
 
 
-def load(file: Union[str, "os.PathLike[str]", IO[Any]]) -> Snapshot:
+DEFAULT_MAX_SIZE = 1 << 30
+"""The largest snapshot file :func:`load` reads unless told otherwise (1 GiB)."""
+_CHUNK = 1 << 20
+
+
+def load(file: Union[str, "os.PathLike[str]", IO[Any]], *,
+         max_size: int = DEFAULT_MAX_SIZE) -> Snapshot:
     """Read a snapshot from a path or an open file (see :func:`loads`).
+
+    At most ``max_size`` bytes are read: a longer file, or a stream that does not end
+    (``/dev/zero``, an endless pipe), is refused; so is one that does not begin as a
+    JSON object, as soon as its first bytes are read.
 
     Raises:
         OSError: the file cannot be read.
-        SnapshotFormatError: as for :func:`loads`.
+        SnapshotFormatError: as for :func:`loads`, or the file is larger than ``max_size``.
     """
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as f:
-            return loads(f.read())
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size > max_size:
+                raise _too_large(max_size)
+            return loads(_read_bounded(f, max_size))
     if not hasattr(file, "read"):
         raise TypeError(f"load: needs a path or an open file, not {type(file).__name__}")
-    data = file.read()
-    return loads(data)
+    return loads(_read_bounded(file, max_size))
+
+
+def _too_large(max_size: int) -> SnapshotFormatError:
+    return SnapshotFormatError(f"snapshot file: larger than {max_size} bytes (the limit "
+                               "of what is read; raise it with max_size, --max-size)")
+
+
+def _read_bounded(f: IO[Any], max_size: int) -> Union[str, bytes]:
+    parts: List[Any] = []
+    size = 0
+    while True:
+        chunk = f.read(min(_CHUNK, max_size + 1 - size))
+        if not chunk:
+            break
+        if not parts or not parts[0].strip():
+            start = (b"".join(parts) if isinstance(chunk, bytes) else "".join(parts)) + chunk
+            head = start.lstrip()[:1]
+            if head and head not in (b"{", "{"):
+                raise SnapshotFormatError(f"snapshot file: not a snapshot (it begins with "
+                                          f"{head!r}, not {{)")
+            parts = [start]
+        else:
+            parts.append(chunk)
+        size += len(chunk)
+        if size > max_size:
+            raise _too_large(max_size)
+    return b"".join(parts) if not parts or isinstance(parts[0], bytes) else "".join(parts)

@@ -118,7 +118,7 @@ def test_freeze_of_our_own_namespace_exits_2(capsys: Any) -> None:
 
 
 def test_restore_of_a_missing_file_exits_3(tmp_path: Any, capsys: Any) -> None:
-    assert run("restore", tmp_path / "none.json")[0] == 3
+    assert run("restore", tmp_path / "none.json", "--own-namespace")[0] == 3
     assert capsys.readouterr().err == f"ipcbind: error: no such file: {tmp_path / 'none.json'}\n"
 
 
@@ -126,7 +126,7 @@ def test_restore_of_a_missing_file_exits_3(tmp_path: Any, capsys: Any) -> None:
 def test_restore_of_a_damaged_file_exits_5(tmp_path: Any, capsys: Any, content: bytes) -> None:
     path = tmp_path / "bad.json"
     path.write_bytes(content)
-    assert run("restore", path)[0] == 5
+    assert run("restore", path, "--own-namespace")[0] == 5
     err = capsys.readouterr().err
     assert err.startswith("ipcbind: error: ") and err.count("\n") == 1
 
@@ -308,3 +308,26 @@ def test_demo_runs_inside_the_namespace_given_by_pid() -> None:
     assert code == 0 and left == []
     assert out.splitlines()[-1] == f"removed queue {made}"
     assert made == 777  # the id armed in that namespace only
+
+
+def test_restore_without_a_target_is_refused_and_names_both_ways(tmp_path: Any,
+                                                                  capsys: Any) -> None:
+    path = tmp_path / "ns.json"
+    dump(Snapshot("2026-01-01T00:00:00.000000Z", 1, None, None,
+                  Limits(8192, 16384, 32000, 32000, 1024000000, 500, 32000),
+                  (QueueState(3, 0x33, 0, 0, 0, 0, 0o600, 16384, ()),), ()), path)
+    assert run("restore", path)[0] == 2
+    err = capsys.readouterr().err
+    assert "--pid PID" in err and "--own-namespace" in err
+
+
+@needs_ns_root
+def test_restore_says_which_namespace_it_restored_into(tmp_path: Any) -> None:
+    path = tmp_path / "ns.json"
+    with ns_child(_holder) as (pid, _):
+        dump(snapshot(pid), path)
+    with ns_child() as (other, _):
+        inode = os.stat(f"/proc/{other}/ns/ipc").st_ino
+        code, out = run("restore", path, "--pid", other)
+    assert code == 0
+    assert out.startswith(f"restored into the IPC namespace of pid {other} (ipc:[{inode}]): ")
