@@ -1332,14 +1332,19 @@ class _Checker:
 
     @staticmethod
     def unique(objs: Sequence[Any], where: str) -> None:
-        ids: Set[int] = set()
+        ids: Dict[int, int] = {}
         keys: Set[int] = set()
         for o in objs:
-            if o.id in ids:
+            same = ids.get(o.id & _INDEX_MASK)
+            if same == o.id:
                 raise _Checker.fail(where, f"id {o.id} appears twice")
+            if same is not None:
+                raise _Checker.fail(where, f"ids {same} and {o.id} share index "
+                                    f"{o.id & _INDEX_MASK} (id modulo {_INDEX_MASK + 1}): no "
+                                    "namespace holds both")
             if o.key and o.key in keys:
                 raise _Checker.fail(where, f"key {o.key:#010x} appears twice")
-            ids.add(o.id)
+            ids[o.id & _INDEX_MASK] = o.id
             keys.add(o.key)
 
     def snapshot(self, doc: Any) -> Snapshot:
@@ -1391,7 +1396,8 @@ def loads(text: Union[str, bytes]) -> Snapshot:
     if not isinstance(text, str):
         raise TypeError(f"loads: needs str or bytes, not {type(text).__name__}")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+        return _Checker().snapshot(doc)
     except json.JSONDecodeError as e:
         raise SnapshotFormatError(f"snapshot file: not JSON ({e.msg} at line {e.lineno}, "
                                   f"column {e.colno})") from None
@@ -1399,9 +1405,22 @@ def loads(text: Union[str, bytes]) -> Snapshot:
         raise SnapshotFormatError("snapshot file: not a snapshot (nested too deeply)") from None
     except ValueError as e:
         # Python's limit on the digits of an int it reads (sys.get_int_max_str_digits).
+        if isinstance(e, SnapshotFormatError):
+            raise
         raise SnapshotFormatError(f"snapshot file: not a snapshot "
                                   f"({str(e).split(';')[0]})") from None
-    return _Checker().snapshot(doc)
+
+
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object whose every member name is given once: a second one would be read
+    in place of the first (or the other way round by another reader)."""
+    obj: Dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj:
+            raise SnapshotFormatError(f"snapshot file: {json.dumps(name)[:40]} given twice "
+                                      "in one object")
+        obj[name] = value
+    return obj
 
 
 DEFAULT_MAX_SIZE = 1 << 30
