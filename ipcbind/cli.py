@@ -289,6 +289,14 @@ def _counts(snap: Any) -> Dict[str, int]:
             "messages": sum(len(q.messages) for q in snap.queues)}
 
 
+def _is_stdout(path: str) -> bool:
+    try:
+        st, ours = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
     """``dump``: a snapshot of the namespace, to a file or stdout."""
     if args.freeze and (args.pid is None or shares_namespace(args.pid)):
@@ -301,6 +309,8 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
         out.write(dumps(snap))
         return OK
     dump(snap, args.output)
+    if _is_stdout(args.output):
+        out = sys.stderr  # the summary must not land in the snapshot file
     n = _counts(snap)
     if args.json:
         _print_json({"pid": args.pid, "file": args.output, "frozen": snap.frozen, **n}, out)

@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import stat
+import sys
 import tempfile
 import threading
 from functools import partial
@@ -1163,14 +1164,17 @@ def dumps(snap: Snapshot) -> str:
 def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
     """Write the snapshot to a path or an open text file.
 
-    A path that names a regular file, or nothing yet, is replaced atomically (a new
-    file, renamed over it); one that names a device or a FIFO (``/dev/stdout``, a
-    named pipe, also the pipe or socket ``/dev/stdout`` leads to) is written into, and
-    stays what it is. A symbolic link is followed:
-    its target is written (created if the link dangles, as a shell's ``>`` would)
-    and the link stays a link. A new file is readable by its owner only (mode 0600:
-    it holds the messages, which the queues' permissions may have kept private); a
-    file replaced keeps its permission bits.
+    A path that leads to one of our descriptors (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``) is written into that descriptor as it is open (appending
+    after ``>>``, into a pipe). A path that names a regular file, or nothing yet, is
+    replaced atomically (a new file, renamed over it); one that names a device or a
+    FIFO is written into, and stays what it is. A symbolic link is followed: its
+    target is written (created if the link dangles, as a shell's ``>`` would) and the
+    link stays a link. A new file is readable by its owner only (mode 0600: it holds
+    the messages, which the queues' permissions may have kept private); a file
+    replaced keeps its owner and group (or, where they cannot be kept, is left alone
+    and PermissionError raised) and its permission bits, but never setuid, setgid or
+    sticky. A directory is refused, naming the path given.
     """
     _need_snapshot("dump", snap)
     if not isinstance(file, (str, os.PathLike)):
@@ -1181,6 +1185,10 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         return
     text = dumps(snap)
     path = os.fspath(file)
+    fd = _own_descriptor(path)
+    if fd is not None:
+        _write_all(fd, text.encode())
+        return
     # The rename must land on the link's target, in the target's directory: renamed
     # over the link itself, the new file would replace the link.
     target = os.path.realpath(path)
@@ -1188,14 +1196,16 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         st = None  # nothing there yet, or a dangling link: its target is created
-    # What the path opens decides, not its resolved name: a link in /proc, such as
-    # /dev/stdout, can point to a pipe or a deleted file, whose "target" (pipe:[1234])
-    # is no path. Anything realpath does not reach is written into, as a device is.
-    if st is not None and not (stat.S_ISDIR(st.st_mode) or _same_file(st, target)):
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    # What the path opens decides, not its resolved name: a link in /proc can point
+    # to a pipe or a deleted file, whose "target" (pipe:[1234]) is no path. Anything
+    # realpath does not reach is written into, as a device is.
+    if st is not None and not _same_file(st, target):
         with open(path, "w") as f:
             f.write(text)
         return
-    keep = stat.S_IMODE(st.st_mode) if st is not None and stat.S_ISREG(st.st_mode) else None
+    replaced = st if st is not None and stat.S_ISREG(st.st_mode) else None
     try:
         # mkstemp: a fresh name (O_EXCL, so nothing planted there is followed), mode 0600.
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".",
@@ -1205,8 +1215,9 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         raise type(e)(e.errno, e.strerror, path) from None
     try:
         with open(fd, "w") as f:
-            if keep is not None:
-                os.fchmod(fd, keep)  # a file replaced keeps its permissions
+            if replaced is not None:
+                _keep_owner(fd, replaced, path)
+                os.fchmod(fd, stat.S_IMODE(replaced.st_mode) & 0o777)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -1217,6 +1228,46 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         except OSError:
             pass
         raise
+
+
+def _keep_owner(fd: int, st: os.stat_result, path: str) -> None:
+    if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
+        return
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    except PermissionError:
+        raise PermissionError(errno.EPERM, f"dump: {path} belongs to uid {st.st_uid}, gid "
+                              f"{st.st_gid}, which a replacement made by uid {os.geteuid()} "
+                              "cannot keep; left as it is (remove it first, or dump as its "
+                              "owner)") from None
+
+
+def _own_descriptor(path: str) -> Optional[int]:
+    """The descriptor of this process that ``path`` leads to through /proc/self/fd or
+    /dev/fd (where /dev/stdout leads), None if it leads elsewhere."""
+    ours = {f"/proc/{os.getpid()}/fd",
+            f"/proc/{os.getpid()}/task/{threading.get_native_id()}/fd"}
+    p = os.path.abspath(path)
+    for _ in range(40):  # as many links as the kernel follows
+        parent, name = os.path.split(p)
+        if name.isdigit() and os.path.realpath(parent) in ours:
+            return int(name)
+        if not os.path.islink(p):
+            return None
+        p = os.path.abspath(os.path.join(parent, os.readlink(p)))
+    return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _same_file(st: os.stat_result, path: str) -> bool:

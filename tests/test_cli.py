@@ -331,3 +331,29 @@ def test_restore_says_which_namespace_it_restored_into(tmp_path: Any) -> None:
         code, out = run("restore", path, "--pid", other)
     assert code == 0
     assert out.startswith(f"restored into the IPC namespace of pid {other} (ipc:[{inode}]): ")
+
+
+@needs_ns_root
+def test_dump_output_dev_stdout_appended_to_a_file_appends_the_snapshot_alone(
+        tmp_path: Any) -> None:
+    out = tmp_path / "log"
+    out.write_text("previous\n")
+    with ns_child(_holder) as (pid, made):
+        with open(out, "a") as f:
+            r = subprocess.run([sys.executable, "-m", "ipcbind", "dump", "--pid", str(pid),
+                                "-o", "/dev/stdout"], stdout=f, stderr=subprocess.PIPE,
+                               timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert text.startswith("previous\n")
+    assert [q.id for q in loads(text[len("previous\n"):]).queues] == [made["q"]]
+    assert b"wrote /dev/stdout" in r.stderr
+
+
+@needs_ns_root
+def test_dump_output_to_a_directory_names_the_directory(tmp_path: Any, capsys: Any) -> None:
+    with ns_child(_holder) as (pid, _):
+        code, _ = run("dump", "--pid", pid, "-o", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"ipcbind: error: {tmp_path}: Is a directory\n"
+    assert os.listdir(tmp_path) == []
