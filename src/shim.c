@@ -480,24 +480,46 @@ int ipcb_msgget(key_t key, int msgflg)
     return r < 0 ? -errno : r;
 }
 
+static long read_msgmax(void);
+
+/* A send buffer larger than this is freed after its send, not kept for the thread. */
+#define IPCB_SBUF_KEEP (1 << 20)
+
 int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
                 long long timeout_ns)
 {
     struct ipcb_tls *t = tls();
     struct deadline d;
-    int r;
-    if (!t || grow((void **)&t->sbuf, &t->scap, len, 1, sizeof(long)))
+    int r, err;
+    if (!t)
         return errno;
+    if (len > t->scap) {
+        /* msgsnd refuses a text longer than msgmax (EINVAL) before anything else:
+         * refuse it before copying it into a buffer of that size. */
+        long msgmax = read_msgmax();
+        if (msgmax >= 0 && len > (size_t)msgmax)
+            return EINVAL;
+        if (grow((void **)&t->sbuf, &t->scap, len, 1, sizeof(long)))
+            return errno;
+    }
     memcpy(t->sbuf, &mtype, sizeof mtype);
     if (len)
         memcpy(t->sbuf + sizeof mtype, data, len);
-    if (timeout_ns < 0)
-        return msgsnd(msqid, t->sbuf, len, flags) ? errno : 0;
-    if (deadline_start(&d, timeout_ns))
-        return errno;
-    r = msgsnd(msqid, t->sbuf, len, flags);
-    deadline_stop(&d, r < 0);
-    return r ? errno : 0;
+    if (timeout_ns < 0) {
+        r = msgsnd(msqid, t->sbuf, len, flags);
+    } else {
+        if (deadline_start(&d, timeout_ns))
+            return errno;
+        r = msgsnd(msqid, t->sbuf, len, flags);
+        deadline_stop(&d, r < 0);
+    }
+    err = r ? errno : 0;
+    if (t->scap > IPCB_SBUF_KEEP) {
+        free(t->sbuf);
+        t->sbuf = NULL;
+        t->scap = 0;
+    }
+    return err;
 }
 static long read_msgmax(void)
 {
