@@ -27,7 +27,8 @@ from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
 from .snapshot import (DEFAULT_MAX_SIZE, FreezeError, RestoreConflictError, RestoreError,
-                       SnapshotFormatError, dump, dumps, load, restore, snapshot)
+                       SnapshotFormatError, _copy_limited, dump, dumps, load, restore,
+                       snapshot)
 
 JSON_VERSION = 1
 """The ``version`` field of every JSON document the commands print."""
@@ -235,21 +236,28 @@ def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
         if e.errno == errno.EACCES:
             raise CliError(f"no read permission on queue {msqid}", NO_PERMISSION) from None
         raise
-    if index is not None:
-        try:
-            mtype, data = sc.msgrcv(msqid, None, index, sc.MSG_COPY | sc.IPC_NOWAIT)
-        except OSError as e:
-            if e.errno == errno.ENOMSG:
-                raise CliError(f"queue {msqid} has no message at index {index} (it holds "
-                               f"{sc.msgctl(msqid, sc.IPC_STAT).qnum})", NOT_FOUND) from None
+    try:
+        if index is not None:
+            try:
+                mtype, data = sc.msgrcv(msqid, None, index, sc.MSG_COPY | sc.IPC_NOWAIT)
+            except OSError as e:
+                if e.errno == errno.ENOMSG:
+                    raise CliError(f"queue {msqid} has no message at index {index} (it "
+                                   f"holds {sc.msgctl(msqid, sc.IPC_STAT).qnum})",
+                                   NOT_FOUND) from None
+                raise
+            return [{"index": index, "type": mtype, "data": data}]
+        for _ in range(3):
+            copied = sc._msgcopy_all(msqid)
+            if copied is not None:
+                break
+        else:
+            raise QueueChangedError(msqid, 3)
+    except OSError as e:
+        better = _copy_limited(msqid, e)
+        if better is e:
             raise
-        return [{"index": index, "type": mtype, "data": data}]
-    for _ in range(3):
-        copied = sc._msgcopy_all(msqid)
-        if copied is not None:
-            break
-    else:
-        raise QueueChangedError(msqid, 3)
+        raise better from None
     mtypes, text, ends = copied
     found = []
     start = 0

@@ -240,6 +240,29 @@ def _unreadable(kind: str, ident: int, e: PermissionError) -> PermissionError:
                            "(reading every object needs root or CAP_IPC_OWNER)")
 
 
+def _copy_limited(msqid: int, e: OSError) -> OSError:
+    """The error to raise for an E2BIG from MSG_COPY on queue ``msqid``: it holds a
+    message longer than the current msgmax, and MSG_COPY copies at most msgmax bytes
+    (the kernel's copy buffer is capped there) whatever buffer it is given. Any
+    other error is returned as it is.
+
+    A copy of every message meets it as EINVAL instead (MSG_NOERROR with a short
+    buffer, a kernel quirk), which also means a queue removed meanwhile: only a queue
+    that still exists is explained."""
+    if e.errno not in (errno.E2BIG, errno.EINVAL):
+        return e
+    if e.errno == errno.EINVAL:
+        try:
+            sc.msgctl(msqid, sc.IPC_STAT)
+        except OSError:
+            return e
+    return OSError(errno.E2BIG, f"queue {msqid} holds a message longer than msgmax "
+                   f"({_read_int('msgmax')} bytes now; it was raised when the message was "
+                   "sent), and MSG_COPY copies at most msgmax bytes: raise "
+                   "/proc/sys/kernel/msgmax in that namespace (root in a namespace you "
+                   "own) to the longest message, then read it again")
+
+
 def _read_queue(msqid: int, retries: int) -> Optional[QueueState]:
     for _ in range(retries):
         try:
@@ -248,9 +271,12 @@ def _read_queue(msqid: int, retries: int) -> Optional[QueueState]:
         except PermissionError as e:
             raise _unreadable("queue", msqid, e) from None
         except OSError as e:
-            if _gone(e):
+            better = _copy_limited(msqid, e)
+            if better is e and _gone(e):
                 return None
-            raise
+            if better is e:
+                raise
+            raise better from None
         if copied is None:
             continue
         mtypes, text, ends = copied

@@ -20,7 +20,7 @@ from ipcbind import syscalls as sc
 from ipcbind.namespace import enter_namespace, list_queues, list_semaphore_sets
 from ipcbind.snapshot import (Limits, QueueState, RestoreConflictError, RestoreError,
                               SemaphoreSetState, Snapshot, SnapshotFormatError, _digest, dumps,
-                              load, loads, restore)
+                              load, loads, restore, snapshot)
 
 LIMITS = Limits(8192, 16384, 32000, 32000, 1024000000, 500, 32000)
 
@@ -186,3 +186,28 @@ def test_restore_command_refuses_an_endless_input_with_exit_5(source: str) -> No
                           capture_output=True, timeout=60)
     assert done.returncode == 5, done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def _long_message_then_msgmax_down() -> int:
+    with open("/proc/sys/kernel/msgmax", "w") as f:
+        f.write("20000")
+    q = sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600)
+    sc.msgsnd(q, 1, b"l" * 15000)
+    with open("/proc/sys/kernel/msgmax", "w") as f:
+        f.write("8192")
+    return q
+
+
+@needs_ns_root
+def test_dump_and_peek_of_a_message_longer_than_msgmax_say_what_to_do(capsys: Any) -> None:
+    from ipcbind.cli import main
+    with ns_child(_long_message_then_msgmax_down) as (pid, q):
+        with pytest.raises(OSError, match="MSG_COPY copies at most msgmax bytes: raise "
+                           "/proc/sys/kernel/msgmax"):
+            snapshot(pid)
+        codes = [main(["peek", str(q), "--pid", str(pid)] + extra, out=io.StringIO())
+                 for extra in ([], ["--index", "0"])]
+        assert main(["dump", "--pid", str(pid)], out=io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert codes == [1, 1]
+    assert err.count("holds a message longer than msgmax (8192 bytes now") == 3
