@@ -341,18 +341,19 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
     with holder as frozen, inside:
         ns = namespace_id()[1]
         limits = _read_limits()
-        queue_ids = [i for i, _ in list_queues()]
+        listed = list_queues()
         semset_ids = [i for i, _ in list_semaphore_sets()]
-        total = len(queue_ids) + len(semset_ids)
+        total = len(listed) + len(semset_ids)
+        counts = _Counts(sum(ds.qnum for _, ds in listed), sum(ds.cbytes for _, ds in listed))
         queues = []
-        for n, msqid in enumerate(queue_ids):
+        for n, (msqid, ds) in enumerate(listed):
             if progress:
-                progress(n, total, f"queue {msqid}")
+                progress(n, total, f"queue {msqid}{counts.next(ds.qnum, ds.cbytes)}")
             q = _read_queue(msqid, retries)
             if q is not None:
                 queues.append(q)
         sets = []
-        for n, semid in enumerate(semset_ids, len(queue_ids)):
+        for n, semid in enumerate(semset_ids, len(listed)):
             if progress:
                 progress(n, total, f"semaphore set {semid}")
             s = _read_semset(semid)
@@ -590,7 +591,10 @@ def freeze_namespace(pid: Optional[int]) -> Iterator[Optional[str]]:
 # ---- restoring --------------------------------------------------------------------------
 
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# The type of a staging marker's one message ("ipcbrest" in ASCII), and how its text begins.
+# A staging marker is a queue of mode 0000 whose key is one of 16 from "ipcb" in
+# ASCII (set at creation, so even one killed before its message was sent is known),
+# holding one message of type "ipcbrest" whose text begins with _MARK_HEAD.
+_MARK_KEYS = range(0x69706362, 0x69706362 + 16)
 _MARK_TYPE = 0x6970636272657374
 _MARK_HEAD = "ipcbind-restore 1"
 # A namespace holds one object per index, an id's low bits (15 on a kernel booted
@@ -752,8 +756,9 @@ class _Marker:
 
 
 def _read_marker(msqid: int, ds: Any) -> Optional[_Marker]:
-    """The staging marker queue ``msqid`` (IPC_STAT ``ds``) stands for; None if it is none."""
-    if ds.key != 0 or ds.qnum != 1 or ds.cbytes > 512:
+    """The staging marker queue ``msqid`` (IPC_STAT ``ds``) stands for; None if it is
+    none, or one whose maker was killed before it wrote it (it holds nothing)."""
+    if ds.qnum != 1 or ds.cbytes > 512:
         return None
     try:
         mtype, data = sc.msgrcv(msqid, None, 0, sc.MSG_COPY | sc.IPC_NOWAIT)
@@ -804,8 +809,13 @@ class _Restorer:
         """
         cleaned: List[str] = []
         for msqid, ds in list_queues():
+            if ds.key & _U32 not in _MARK_KEYS or ds.mode & 0o777:
+                continue
             mark = _read_marker(msqid, ds)
             if mark is None:
+                if ds.qnum == 0:  # killed before anything else was changed
+                    sc.msgctl(msqid, sc.IPC_RMID)
+                    cleaned.append(f"an unwritten staging marker (queue {msqid})")
                 continue
             if _proc_start(mark.pid) == mark.start:
                 raise RestoreConflictError(f"restore refused: process {mark.pid} is restoring "
@@ -871,13 +881,20 @@ class _Restorer:
         taken |= {q.id & _INDEX_MASK for q in self.snap.queues}
         # From the top, away from the indices the kernel and the snapshot use most.
         index = next(i for i in range(_INDEX_MASK, -1, -1) if i not in taken)
-        lim = self.old_limits if self.set_limits else None
-        limits = "-" if lim is None else ",".join(str(getattr(lim, f)) for f in Limits.__annotations__)
+        used = {ds.key & _U32 for _, ds in list_queues()} | {q.key for q in self.snap.queues}
+        key = next((k for k in _MARK_KEYS if k not in used), None)
+        if key is None:
+            raise RestoreError(f"restore: no key free for the staging marker (the keys "
+                               f"{_MARK_KEYS[0]:#x} to {_MARK_KEYS[-1]:#x} are all taken)")
+        lim = self.old_limits
+        limits = "-" if lim is None else ",".join(str(getattr(lim, f))
+                                                  for f in Limits.__annotations__)
         text = (f"{_MARK_HEAD} {os.getpid()} {_proc_start(os.getpid())} {self.fingerprint} "
                 f"{limits}").encode()
         _set_next_id("msg", index)
         try:
-            self.marker = sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
+            # Mode 0000: only root (CAP_IPC_OWNER), who makes it, can use it.
+            self.marker = sc.msgget(key, sc.IPC_CREAT | sc.IPC_EXCL | 0o000)
         finally:
             _clear_next_id("msg")
         try:
@@ -976,11 +993,12 @@ class _Restorer:
         if self.set_limits:
             _write_limits(snap.limits)
         total = len(snap.queues) + len(snap.semaphore_sets)
-        counts = _Counts(snap.queues)
+        sizes = [sum(len(d) for _, d in q.messages) for q in snap.queues]
+        counts = _Counts(sum(len(q.messages) for q in snap.queues), sum(sizes))
         for n, q in enumerate(snap.queues):
             self.step()
             if progress:
-                progress(n, total, f"queue {q.id}{counts.next(q)}")
+                progress(n, total, f"queue {q.id}{counts.next(len(q.messages), sizes[n])}")
             self.queue(q)
         for n, s in enumerate(snap.semaphore_sets, len(snap.queues)):
             self.step()
@@ -1027,18 +1045,19 @@ class _Restorer:
 
 
 class _Counts:
-    """The messages and bytes of the queues before each one, for progress."""
+    """Messages and bytes done so far out of all, for progress (``what`` of a queue)."""
 
-    def __init__(self, queues: Sequence[QueueState]) -> None:
-        self.messages = sum(len(q.messages) for q in queues)
-        self.bytes = sum(len(d) for q in queues for _, d in q.messages)
+    def __init__(self, messages: int, size: int) -> None:
+        self.messages = messages
+        self.bytes = size
         self.done_messages = self.done_bytes = 0
 
-    def next(self, q: QueueState) -> str:
-        text = (f": {self.done_messages}/{self.messages} messages, "
-                f"{_size(self.done_bytes)}/{_size(self.bytes)}")
-        self.done_messages += len(q.messages)
-        self.done_bytes += sum(len(d) for _, d in q.messages)
+    def next(self, messages: int, size: int) -> str:
+        """The text for the queue about to be read or made, which holds these."""
+        text = (f" ({messages} messages, {_size(size)}): {self.done_messages}/{self.messages}"
+                f" messages, {_size(self.done_bytes)}/{_size(self.bytes)} done")
+        self.done_messages += messages
+        self.done_bytes += size
         return text
 
 

@@ -660,3 +660,13 @@ def test_dump_to_a_directory_names_the_directory(tmp_path: Any) -> None:
     with pytest.raises(IsADirectoryError) as got:
         dump(SAMPLE, tmp_path)
     assert got.value.filename == str(tmp_path) and os.listdir(tmp_path) == []
+
+
+@needs_ns_root
+def test_snapshot_progress_counts_messages_and_bytes_before_each_queue() -> None:
+    seen: List[str] = []
+    with ns_child(_populate) as (pid, _):
+        snapshot(pid, progress=lambda done, total, what: seen.append(f"{done}/{total} {what}"))
+    assert seen[0] == "0/4 queue 0 (1 messages, 5 B): 0/6 messages, 0 B/7.8 KiB done"
+    assert seen[1] == ("1/4 queue 4242 (5 messages, 7.8 KiB): 1/6 messages, 5 B/7.8 KiB done")
+    assert seen[-1] == "4/4 done"
