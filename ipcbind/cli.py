@@ -25,7 +25,7 @@ from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
 from .snapshot import (FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError,
-                       dump, dumps, load, loads, restore, snapshot)
+                       blocked_semops, dump, dumps, load, loads, restore, snapshot)
 
 JSON_VERSION = 1
 """The ``version`` field of every JSON document the commands print."""
@@ -35,8 +35,8 @@ OK, FAILED, USAGE, NOT_FOUND, NO_PERMISSION, BAD_FILE, CONFLICT, UNSUPPORTED, IN
 EXIT_CODES = {
     OK: "success",
     FAILED: "the operation failed (a restore that was rolled back, a queue that kept "
-            "changing, a freeze that failed, a malformed semundo file, any other system "
-            "error)",
+            "changing, a freeze that failed or was refused, a malformed semundo file, any "
+            "other system error)",
     USAGE: "bad command line (unknown command or option, bad number, --freeze without "
            "the --pid of another namespace)",
     NOT_FOUND: "no such queue, message index, process or file",
@@ -290,8 +290,14 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
         raise CliError("--freeze needs the --pid of a process in another IPC namespace "
                        "(freezing our own would stop this process and the whole system)",
                        USAGE)
+    if args.interrupt_blocked_semops:
+        if not args.freeze:
+            raise CliError("--interrupt-blocked-semops goes with --freeze", USAGE)
+        for b in blocked_semops(args.pid):
+            print(f"ipcbind: freezing anyway: {b} fails with EINTR", file=sys.stderr)
     snap = snapshot(args.pid, freeze=args.freeze, retries=args.retries,
-                    progress=_progress(sys.stderr))
+                    progress=_progress(sys.stderr),
+                    interrupt_blocked_semops=args.interrupt_blocked_semops)
     if args.output in (None, "-"):
         out.write(dumps(snap))
         return OK
@@ -428,7 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     p.add_argument("--freeze", action="store_true",
                    help="hold the namespace's processes still while reading (needs --pid "
-                        "of a process in another namespace)")
+                        "of a process in another namespace); refused if a process is in "
+                        "semop or semtimedop, which freezing would make fail with EINTR")
+    p.add_argument("--interrupt-blocked-semops", action="store_true",
+                   help="with --freeze: freeze even processes in semop or semtimedop; "
+                        "their call fails with EINTR (each is named on stderr)")
     p.add_argument("--retries", type=_positive, default=3,
                    help="reads of a queue that changed meanwhile before giving up (default 3)")
     p.set_defaults(run=cmd_dump)

@@ -11,42 +11,78 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import signal
 import subprocess
-from contextlib import contextmanager
-from typing import Callable, ContextManager, Iterator, Optional
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Iterator, List, Optional
 
 import psutil
 import pytest
 
 import ipcbind
-from ipcbind import IPC_NOWAIT
+from ipcbind import IPC_NOWAIT, cli
+from ipcbind.namespace import enter_namespace
+from ipcbind.snapshot import (BlockedCall, FreezeRefusedError, blocked_semops, freeze_namespace,
+                              snapshot)
 from sysv_helpers import _read, wait_until
 
 PROBE_C = r"""
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
 
-int main(int argc, char **argv)
+/* probe CALL ID [thread]: block in CALL on object ID, then print what it returned.
+   ID "new": first make a fresh IPC namespace and the object there (needs root).
+   "thread": make the call in a second thread while the first one sleeps. */
+static const char *call;
+static int id;
+
+static void *block(void *unused)
 {
-    int id = atoi(argv[2]);
     long r = -1;
     struct sembuf op = {0, -1, 0};
     struct timespec t = {600, 0};
-    struct { long mtype; char text[64]; } m = {1, "x"};
-    setvbuf(stdout, NULL, _IONBF, 0);
-    if (!strcmp(argv[1], "semop")) r = semop(id, &op, 1);
-    else if (!strcmp(argv[1], "semtimedop")) r = semtimedop(id, &op, 1, &t);
-    else if (!strcmp(argv[1], "msgrcv")) r = msgrcv(id, &m, sizeof m.text, 0, 0);
-    else if (!strcmp(argv[1], "msgsnd")) r = msgsnd(id, &m, 1, 0);
+    struct { long mtype; char text[1024]; } m = {1, "x"};
+    if (!strcmp(call, "semop")) r = semop(id, &op, 1);
+    else if (!strcmp(call, "semtimedop")) r = semtimedop(id, &op, 1, &t);
+    else if (!strcmp(call, "msgrcv")) r = msgrcv(id, &m, sizeof m.text, 0, 0);
+    else if (!strcmp(call, "msgsnd")) r = msgsnd(id, &m, 1, 0);
     printf("%s\n", r < 0 ? (errno == EINTR ? "EINTR" : strerror(errno)) : "ok");
+    exit(0);
+}
+
+int main(int argc, char **argv)
+{
+    pthread_t t;
+    call = argv[1];
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (strcmp(argv[2], "new")) id = atoi(argv[2]);
+    else {
+        if (unshare(CLONE_NEWIPC)) { perror("unshare"); return 1; }
+        if (call[0] == 's') id = semget(IPC_PRIVATE, 1, IPC_CREAT | 0600);
+        else {
+            struct { long mtype; char text[1024]; } m = {1, ""};
+            id = msgget(IPC_PRIVATE, IPC_CREAT | 0600);
+            if (!strcmp(call, "msgsnd"))
+                while (msgsnd(id, &m, sizeof m.text, IPC_NOWAIT) == 0) {}
+        }
+        printf("%d\n", id);
+    }
+    if (argc > 3) {
+        pthread_create(&t, NULL, block, NULL);
+        for (;;) pause();
+    }
+    block(NULL);
     return 0;
 }
 """
@@ -60,27 +96,40 @@ EXPECTED = {"semop": "EINTR", "semtimedop": "EINTR", "msgrcv": "restarted",
             "msgsnd": "restarted"}
 
 class Probe:
-    """The C program, blocked in ``call`` on a fresh object."""
+    """The C program, blocked in ``call`` on object ``ident``, or (None) on an object of
+    its own in an IPC namespace of its own; in a second thread if ``thread``."""
 
-    def __init__(self, exe: str, call: str, ident: int) -> None:
-        self.call, self.ident = call, ident
-        self.proc = subprocess.Popen([exe, call, str(ident)], stdout=subprocess.PIPE, text=True)
+    def __init__(self, exe: str, call: str, ident: Optional[int], thread: bool = False) -> None:
+        self.call = call
+        argv = [exe, call, "new" if ident is None else str(ident)] + (["thread"] if thread else [])
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        assert self.proc.stdout is not None
+        self.own_namespace = ident is None
+        self.ident = int(self.proc.stdout.readline()) if ident is None else ident
         self.held_in = ""
 
     def wchan(self) -> str:
-        return _read(f"/proc/{self.proc.pid}/wchan")
+        """The wchan of each of its threads."""
+        return " ".join(_read(f"/proc/{self.pid}/task/{t}/wchan")
+                        for t in os.listdir(f"/proc/{self.pid}/task"))
 
     def asleep_in_call(self) -> bool:
-        return (SLEEPS_IN[self.call] in self.wchan()
-                and psutil.Process(self.proc.pid).status() == psutil.STATUS_SLEEPING)
+        try:
+            return any(SLEEPS_IN[self.call] in _read(f"/proc/{self.pid}/task/{t.id}/wchan")
+                       and psutil.Process(t.id).status() == psutil.STATUS_SLEEPING
+                       for t in psutil.Process(self.pid).threads())
+        except (psutil.NoSuchProcess, FileNotFoundError):
+            return False
 
     def wake(self) -> None:
-        if self.call.startswith("sem"):
-            ipcbind.semop(self.ident, [(0, 1)])
-        elif self.call == "msgrcv":
-            ipcbind.msgsnd(self.ident, 1, b"y")
-        else:
-            ipcbind.msgrcv(self.ident, None, 0, IPC_NOWAIT)
+        with enter_namespace(self.pid) if self.own_namespace else nullcontext():
+            if self.call.startswith("sem"):
+                ipcbind.semop(self.ident, [(0, 1)])
+            elif self.call == "msgrcv":
+                ipcbind.msgsnd(self.ident, 1, b"y")
+            else:
+                ipcbind.msgrcv(self.ident, None, 0, IPC_NOWAIT)
 
     def outcome(self) -> str:
         """'EINTR', 'restarted' (back asleep in the call after the hold) or 'kept
@@ -99,9 +148,33 @@ class Probe:
         return "kept sleeping" if SLEEPS_IN[self.call] in self.held_in else "restarted"
 
 
+StartProbe = Callable[..., Probe]
+
+
+@pytest.fixture
+def start_probe(build: Callable[[str, str], str]) -> Iterator[StartProbe]:
+    """start_probe(call, ident, thread=False) -> a Probe asleep in its call; killed at
+    teardown."""
+    started: List[Probe] = []
+
+    def start(call: str, ident: Optional[int], thread: bool = False) -> Probe:
+        if ident is None and os.geteuid() != 0:
+            pytest.skip("needs root (CAP_SYS_ADMIN) to make an IPC namespace")
+        p = Probe(build("probe", PROBE_C), call, ident, thread)
+        started.append(p)
+        wait_until(p.asleep_in_call, what=f"the probe blocking in {call}")
+        return p
+
+    yield start
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
 @pytest.fixture(params=CALLS)
-def probe(request: pytest.FixtureRequest, build: Callable[[str, str], str],
-          make_queue: Callable[..., int], make_semset: Callable[..., int]) -> Iterator[Probe]:
+def probe(request: pytest.FixtureRequest, start_probe: StartProbe,
+          make_queue: Callable[..., int], make_semset: Callable[..., int]) -> Probe:
     call: str = request.param
     if call.startswith("sem"):
         ident = make_semset()
@@ -113,18 +186,11 @@ def probe(request: pytest.FixtureRequest, build: Callable[[str, str], str],
                     ipcbind.msgsnd(ident, 1, b"\0" * 1024, IPC_NOWAIT)
                 except BlockingIOError:
                     break
-    p = Probe(build("probe", PROBE_C), call, ident)
-    try:
-        wait_until(p.asleep_in_call, what=f"the probe blocking in {call}")
-        yield p
-    finally:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait()
+    return start_probe(call, ident)
 
 
 def _held(p: Probe, hold: Callable[[int], ContextManager[None]]) -> str:
-    with hold(p.proc.pid):
+    with hold(p.pid):
         p.held_in = p.wchan()
     return p.outcome()
 
@@ -169,8 +235,14 @@ def _cgroup(root: str, pid: int) -> Iterator[str]:
             f.write(str(pid))
         yield path
     finally:
-        with open(os.path.join(root, "cgroup.procs"), "w") as f:
-            f.write(str(pid))
+        try:
+            with open(os.path.join(root, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        except ProcessLookupError:
+            pass  # it has exited; it leaves the cgroup once reaped
+        # A process leaves a cgroup asynchronously; a bounded wait for it.
+        wait_until(lambda: _read(os.path.join(path, "cgroup.procs")) == "",
+                   what=f"{path} emptying")
         os.rmdir(path)
 
 
@@ -241,3 +313,82 @@ def test_ptrace_seize_and_interrupt_ends_a_blocked_semop_with_eintr_and_restarts
             ptrace(PTRACE_DETACH, pid)
 
     assert _held(probe, interrupt) == EXPECTED[probe.call]
+
+
+# ---- freeze_namespace and dump --freeze: what they do about it ---------------------------
+
+@pytest.mark.parametrize("call", ["semop", "semtimedop"])
+def test_freeze_refuses_a_namespace_with_a_process_blocked_in_a_semaphore_call_and_names_it(
+        start_probe: StartProbe, call: str) -> None:
+    p = start_probe(call, None)
+    with pytest.raises(FreezeRefusedError, match=rf"pid {p.pid} \(probe\) in {call}") as e:
+        with freeze_namespace(p.pid):
+            pass
+    assert e.value.blocked == (BlockedCall(p.pid, p.pid, "probe", call),)
+    assert "interrupt_blocked_semops=True" in str(e.value)
+    assert p.asleep_in_call()  # never stopped
+    assert p.outcome() == "restarted"  # its call completes when woken: untouched
+
+
+def test_freeze_names_the_thread_of_a_process_whose_other_thread_is_elsewhere(
+        start_probe: StartProbe) -> None:
+    p = start_probe("semop", None, thread=True)
+    tids = sorted(t.id for t in psutil.Process(p.pid).threads())
+    with pytest.raises(FreezeRefusedError) as e:
+        with freeze_namespace(p.pid):
+            pass
+    assert e.value.blocked == (BlockedCall(p.pid, tids[1], "probe", "semop"),)
+    assert f"pid {p.pid} (probe) thread {tids[1]} in semop" in str(e.value)
+
+
+def test_freeze_told_to_interrupt_blocked_semops_holds_the_process_and_its_semop_gets_eintr(
+        start_probe: StartProbe) -> None:
+    p = start_probe("semop", None)
+    with freeze_namespace(p.pid, interrupt_blocked_semops=True) as how:
+        assert how == "sigstop" and _stopped(p.pid)
+        assert [b.pid for b in blocked_semops(p.pid)] == [p.pid]
+    assert p.outcome() == "EINTR"
+
+
+@pytest.mark.parametrize("call", ["msgrcv", "msgsnd"])
+def test_freeze_holds_a_process_blocked_in_a_message_call_which_completes_after(
+        start_probe: StartProbe, call: str) -> None:
+    p = start_probe(call, None)
+    assert blocked_semops(p.pid) == []
+    snap = snapshot(p.pid, freeze=True)
+    assert snap.frozen == "sigstop" and [q.id for q in snap.queues] == [p.ident]
+    assert p.outcome() == "restarted"
+
+
+def test_snapshot_with_freeze_refuses_like_freeze_namespace(start_probe: StartProbe) -> None:
+    p = start_probe("semop", None)
+    with pytest.raises(FreezeRefusedError):
+        snapshot(p.pid, freeze=True)
+    assert snapshot(p.pid, freeze=True, interrupt_blocked_semops=True).frozen == "sigstop"
+    assert p.outcome() == "EINTR"
+
+
+def test_dump_freeze_refuses_with_exit_1_naming_the_process(
+        start_probe: StartProbe, capsys: pytest.CaptureFixture[str]) -> None:
+    p = start_probe("semop", None)
+    assert cli.main(["dump", "--pid", str(p.pid), "--freeze"]) == 1
+    err = capsys.readouterr().err
+    assert f"pid {p.pid} (probe) in semop" in err and "--interrupt-blocked-semops" in err
+    assert p.outcome() == "restarted"
+
+
+def test_dump_freeze_interrupt_blocked_semops_dumps_and_names_what_it_interrupts(
+        start_probe: StartProbe, capsys: pytest.CaptureFixture[str]) -> None:
+    p = start_probe("semop", None)
+    assert cli.main(["dump", "--pid", str(p.pid), "--freeze",
+                     "--interrupt-blocked-semops"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["frozen"] == "sigstop"
+    assert f"freezing anyway: pid {p.pid} (probe) in semop fails with EINTR" in err
+    assert p.outcome() == "EINTR"
+
+
+def test_dump_interrupt_blocked_semops_without_freeze_exits_2(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["dump", "--interrupt-blocked-semops"]) == 2
+    assert "--interrupt-blocked-semops goes with --freeze" in capsys.readouterr().err
