@@ -565,6 +565,9 @@ class _Holder:
             proc.suspend()
         except psutil.NoSuchProcess:
             return
+        except psutil.AccessDenied:
+            self.stopped.pop()
+            raise _denied("SIGSTOP", pid) from None
         self.held.append(pid)
         _wait_for(lambda: _held_or_gone(proc), f"pid {pid}")
 
@@ -630,11 +633,18 @@ def _thaw_cgroup(path: str) -> None:
         pass  # the cgroup is gone, and its processes with it
 
 
+def _denied(what: str, pid: int) -> PermissionError:
+    return PermissionError(errno.EPERM, f"{what} to pid {pid}: {os.strerror(errno.EPERM)} "
+                           "(it needs the same user, or CAP_KILL)")
+
+
 def _continue(proc: psutil.Process) -> None:
     try:
         proc.resume()
     except psutil.NoSuchProcess:
         pass
+    except psutil.AccessDenied:
+        raise _denied("SIGCONT", proc.pid) from None
 
 
 @contextmanager

@@ -392,3 +392,4 @@ def test_dump_interrupt_blocked_semops_without_freeze_exits_2(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["dump", "--interrupt-blocked-semops"]) == 2
     assert "--interrupt-blocked-semops goes with --freeze" in capsys.readouterr().err
+
