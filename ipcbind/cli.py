@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import sys
+import warnings
 from contextlib import nullcontext
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -24,8 +25,9 @@ from .errors import NotSupportedError, QueueChangedError
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
-from .snapshot import (FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError,
-                       blocked_semops, dump, dumps, load, loads, restore, snapshot)
+from .snapshot import (FreezeError, FreezeWarning, RestoreConflictError, RestoreError,
+                       SnapshotFormatError, blocked_semops, dump, dumps, load, loads, restore,
+                       snapshot)
 
 JSON_VERSION = 1
 """The ``version`` field of every JSON document the commands print."""
@@ -295,9 +297,16 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
             raise CliError("--interrupt-blocked-semops goes with --freeze", USAGE)
         for b in blocked_semops(args.pid):
             print(f"ipcbind: freezing anyway: {b} fails with EINTR", file=sys.stderr)
-    snap = snapshot(args.pid, freeze=args.freeze, retries=args.retries,
-                    progress=_progress(sys.stderr),
-                    interrupt_blocked_semops=args.interrupt_blocked_semops)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FreezeWarning)
+        snap = snapshot(args.pid, freeze=args.freeze, retries=args.retries,
+                        progress=_progress(sys.stderr),
+                        interrupt_blocked_semops=args.interrupt_blocked_semops)
+    for w in caught:
+        if issubclass(w.category, FreezeWarning):
+            print(f"ipcbind: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if args.output in (None, "-"):
         out.write(dumps(snap))
         return OK

@@ -28,6 +28,7 @@ import platform
 import re
 import stat
 import tempfile
+import warnings
 from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
@@ -56,6 +57,7 @@ __all__ = [
     "RestoreConflictError",
     "FreezeError",
     "FreezeRefusedError",
+    "FreezeWarning",
     "BlockedCall",
     "blocked_semops",
     "snapshot",
@@ -438,6 +440,11 @@ class FreezeRefusedError(FreezeError):
               "(ipcbind dump --freeze --interrupt-blocked-semops), or dump without freezing")
 
 
+class FreezeWarning(RuntimeWarning):
+    """A thread was found in semop or semtimedop after it was stopped: it may have been
+    waiting there, and then its call fails with EINTR."""
+
+
 def _sem_call(pid: int, tid: int) -> Optional[str]:
     """The semaphore call thread ``tid`` of ``pid`` is in (asleep, stopped or frozen
     in it), or None."""
@@ -466,7 +473,12 @@ def _sem_call(pid: int, tid: int) -> Optional[str]:
     return unreadable or None
 
 
-def _blocked_in(pids: Sequence[int]) -> List[BlockedCall]:
+_ASLEEP = frozenset({psutil.STATUS_SLEEPING, psutil.STATUS_DISK_SLEEP})
+
+
+def _blocked_in(pids: Sequence[int], asleep: bool = True) -> List[BlockedCall]:
+    """The threads of ``pids`` in a semaphore call: only those asleep in it if
+    ``asleep`` (one stopped by someone else was interrupted already, not by us)."""
     found = []
     for pid in pids:
         try:
@@ -475,6 +487,11 @@ def _blocked_in(pids: Sequence[int]) -> List[BlockedCall]:
         except psutil.NoSuchProcess:
             continue
         for tid in tids:
+            try:
+                if asleep and psutil.Process(tid).status() not in _ASLEEP:
+                    continue
+            except psutil.NoSuchProcess:
+                continue
             call = _sem_call(pid, tid)
             if call is not None:
                 found.append(BlockedCall(pid, tid, name, call))
@@ -591,13 +608,13 @@ class _Holder:
                     self.stop(p)
                 handled.add(p)
         if not self.interrupt:
-            # A thread may have entered a semop between the check and its stop; held
-            # in it now, it gets EINTR when let go: say so rather than keep quiet.
-            late = _blocked_in(self.held)
-            if late:
-                raise FreezeError(
-                    "while being frozen, " + "; ".join(map(str, late)) + " entered its "
-                    "call, which was interrupted: it fails with EINTR now that it is let go")
+            # A thread may have entered a semop between the look and its stop; found
+            # stopped in one, it either was about to return from it or was woken out
+            # of it and fails with EINTR now. Which, nothing here can tell: say so.
+            for b in _blocked_in(self.held, asleep=False):
+                warnings.warn(FreezeWarning(
+                    f"{b} when it was stopped: if it was waiting there, the call fails "
+                    "with EINTR"), stacklevel=4)
 
     def release(self) -> None:
         failures: List[str] = []
@@ -670,8 +687,10 @@ def freeze_namespace(pid: Optional[int], *,
         ValueError: ``pid`` shares our namespace (that would stop every process of
             this system, this one included).
         FreezeRefusedError: a thread is in semop or semtimedop (nothing was frozen).
-        FreezeError: a process did not stop in time, or could not be let go, or a
-            thread entered a semop while being frozen (it gets EINTR).
+        FreezeError: a process did not stop in time, or could not be let go.
+
+    Warns:
+        FreezeWarning: a thread entered a semop between the look and its stop.
     """
     if not isinstance(interrupt_blocked_semops, bool):
         raise TypeError("freeze: interrupt_blocked_semops must be a bool, not "
