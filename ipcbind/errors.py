@@ -24,6 +24,8 @@ __all__ = [
     "OutOfRangeError",
     "NotSupportedError",
     "QueueChangedError",
+    "gone",
+    "no_such_object",
     "syscall_error",
     "timeout_error",
 ]
@@ -87,3 +89,22 @@ def syscall_error(err: int, call: str) -> OSError:
 def timeout_error(call: str, timeout: Optional[float]) -> TimeoutError:
     """Return the exception for a call that waited ``timeout`` seconds in vain."""
     return TimeoutError(errno.ETIMEDOUT, f"{call}: timed out after {timeout} s")
+
+
+_GONE = (errno.EINVAL, errno.EIDRM)
+
+
+def gone(exc: BaseException) -> bool:
+    """Whether an exception says the object is not there (any more).
+
+    The kernel answers EIDRM to a call that was waiting on, or looked up, an object
+    removed meanwhile, and EINVAL to an id or index that names nothing: to anyone
+    asking about one object by its id, both mean "no such object".
+    """
+    return isinstance(exc, OSError) and exc.errno in _GONE
+
+
+def no_such_object(err: int, kind: str, ident: int) -> OSError:
+    """The exception for an id that names no object of this kind, e.g.
+    ``[Errno 22] no message queue with id 999999``; ``err`` is the kernel's errno."""
+    return _BY_ERRNO.get(err, OSError)(err, f"no {kind} with id {ident}")
