@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, NamedTuple, Opt
 
 from . import syscalls as _sc
 from ._base import IpcObject
-from .errors import NoMessageError, QueueChangedError, TooBigError, timeout_error
+from .errors import (NoMessageError, QueueChangedError, TooBigError, partial_receive,
+                     partial_send, timeout_error)
 from .syscalls import (
     IPC_CREAT,
     IPC_EXCL,
@@ -240,8 +241,10 @@ class MessageQueue(IpcObject[MsqidDs]):
             rest were not.
 
         Raises:
-            OSError: as :meth:`send`. An exception raised part-way through has a
-                ``sent`` attribute: the number of messages sent before it.
+            PartialSendError: a failure part-way through, as the class the failure
+                has by itself too (``IdentifierRemovedError``, ``TimeoutError``,
+                ``ValueError`` for an mtype < 1...); its ``sent`` attribute is the
+                number of messages sent before it.
         """
         if timeout is not None:
             _sc._deadline("send_many", timeout)
@@ -268,14 +271,9 @@ class MessageQueue(IpcObject[MsqidDs]):
         except OSError as e:
             sent = getattr(e, "sent", 0)
             better = _send_error(f"send_many: message {sent}", e, mtypes[sent], chunks[sent])
-            if better is not e:
-                better.sent = sent  # type: ignore[attr-defined]
-                raise better from e
-            raise
+            raise partial_send(better, sent) from (None if better is e else e)
         if timeout == 0 and sent < len(mtypes):
-            exc = timeout_error(f"send_many(msqid={self._id})", timeout)
-            exc.sent = sent  # type: ignore[attr-defined]
-            raise exc
+            raise partial_send(timeout_error(f"send_many(msqid={self._id})", timeout), sent)
         return sent
 
     # ---- receiving -----------------------------------------------------------------
@@ -352,8 +350,9 @@ class MessageQueue(IpcObject[MsqidDs]):
         reports the condition.
 
         Raises:
-            MemoryError: no memory to hold a message already taken; the messages
-                taken before it are in the exception's ``received`` attribute.
+            PartialReceiveError: (also a ``MemoryError``) no memory to hold a message
+                already taken; the messages taken before it are in its ``received``
+                attribute.
         """
         if isinstance(max_count, bool) or not isinstance(max_count, int):
             raise TypeError(f"receive_many: max_count must be an int, "
@@ -378,10 +377,8 @@ class MessageQueue(IpcObject[MsqidDs]):
             raise
         got = _messages(mtypes, text, ends)
         if err == errno.ENOMEM:
-            exc = MemoryError("receive_many: no memory for a message already taken "
-                              f"from queue {self._id}; it is lost")
-            exc.received = got  # type: ignore[attr-defined]
-            raise exc
+            raise partial_receive(MemoryError("receive_many: no memory for a message already "
+                                              f"taken from queue {self._id}; it is lost"), got)
         return got
 
     async def receive_async(self, mtype: int = 0, timeout: Optional[float] = None, *,
