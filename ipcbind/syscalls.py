@@ -28,7 +28,7 @@ except ModuleNotFoundError as e:  # the unbuilt source tree, e.g. python -m from
         f"ipcbind's compiled shim is missing from {__file__.rsplit('/', 1)[0]}: that is the "
         "source tree, not a built copy. Run from another directory to use the installed "
         "ipcbind, or build it in place with 'pip install -e .'") from e
-from ._limits import INT_MAX, KEY_MASK, unsigned_key
+from ._limits import C_RANGES, INT_MAX, KEY_MASK, unsigned_key
 from .errors import syscall_error, timeout_error
 
 __all__ = [
@@ -173,16 +173,6 @@ def _fields(cls: Any, cdata: Any) -> Any:
 
 # ---- argument checks (only reached when cffi refused an argument) -----------------
 
-def _limits(ctype: str) -> Tuple[int, int]:
-    bits = 8 * ffi.sizeof(ctype)
-    if ctype.startswith("unsigned") or ctype == "size_t":
-        return 0, 2 ** bits - 1
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-_LIMITS = {c: _limits(c) for c in ("int", "long", "short", "unsigned short", "size_t")}
-
-
 def _index(call: str, name: str, value: Any) -> int:
     """value as a Python int, or TypeError naming the argument."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -197,7 +187,7 @@ def _index(call: str, name: str, value: Any) -> int:
 def _check_int(call: str, name: str, value: Any, ctype: str) -> None:
     """Raise TypeError or OverflowError, naming the argument, if value can't be a C ctype."""
     value = _index(call, name, value)
-    lo, hi = _LIMITS[ctype]
+    lo, hi = C_RANGES[ctype]
     if not lo <= value <= hi:
         raise OverflowError(f"{call}: {name}={value} does not fit a C {ctype} ({lo}..{hi})")
 
