@@ -17,7 +17,6 @@ docstring for what that check can and cannot see.
 from __future__ import annotations
 
 import errno
-import threading
 import time
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
@@ -51,7 +50,9 @@ from .syscalls import (
 )
 
 if TYPE_CHECKING:
-    import asyncio  # imported where used: it costs 60 ms at start-up
+    # Imported where used: asyncio costs 60 ms at start-up, threading a few.
+    import asyncio
+    import threading
 
 __all__ = ["Message", "MessageQueue"]
 
@@ -439,6 +440,7 @@ class MessageQueue(IpcObject[MsqidDs]):
         """Waits in an executor thread until a matching message is queued. Returns
         None then, or the message if it had no text (the wait took it)."""
         import asyncio
+        import threading
 
         fut: asyncio.Future[Optional[Message]] = loop.create_future()
         stop = threading.Event()
