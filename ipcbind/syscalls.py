@@ -259,16 +259,26 @@ def _failure(err: int, call: str, timeout: Optional[float]) -> OSError:
 
 # ---- message queues -----------------------------------------------------------------
 
+_PROJ_IDS = range(1, 256)
+
+
 def ftok(path: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"], proj_id: int) -> int:
-    """ftok(3): a System V key from an existing file and a project id (low 8 bits used)."""
+    """ftok(3): a System V key from an existing file and a project id, 1..255.
+
+    ftok uses only the low 8 bits of ``proj_id`` (256 would give the key of 0) and
+    POSIX leaves 0 unspecified, so anything outside 1..255 is refused with
+    ``ValueError`` rather than silently folded onto another key.
+    """
     raw = os.fsencode(path)
     if b"\0" in raw:
         raise ValueError("ftok: path contains a NUL byte")
+    proj = _index("ftok", "proj_id", proj_id)
+    _check_int("ftok", "proj_id", proj, "int")
+    if proj not in _PROJ_IDS:
+        raise ValueError(f"ftok: proj_id must be in 1..255 (ftok keeps only its low 8 bits, "
+                         f"and 0 is unspecified), got {proj}")
     key = ffi.new("key_t *")
-    try:
-        err = lib.ipcb_ftok(raw, proj_id, key)
-    except (TypeError, OverflowError) as e:
-        raise _explain("ftok", e, proj_id=(proj_id, "int")) from None
+    err = lib.ipcb_ftok(raw, proj, key)
     if err:
         raise OSError(err, f"ftok(proj_id={proj_id}): {os.strerror(err)}", os.fsdecode(raw))
     return int(key[0])
