@@ -34,7 +34,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import (IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set,
-                    Tuple, Union)
+                    Tuple, TypeVar, Union)
 
 from . import syscalls as sc
 from ._limits import INT_MAX, SEMVMX, U32_MAX, msgmax
@@ -191,32 +191,40 @@ def _unreadable(kind: str, ident: int, e: PermissionError) -> PermissionError:
                            "(reading every object needs root or CAP_IPC_OWNER)")
 
 
-def _read_queue(msqid: int, retries: int) -> Optional[QueueState]:
+_State = TypeVar("_State")
+
+
+def _read(kind: str, ident: int, read: Callable[[], _State]) -> Optional[_State]:
+    """``read()``, or None if the object went meanwhile; without read permission
+    the error names the object."""
     try:
-        ds = sc.msgctl(msqid, sc.IPC_STAT)
-        messages = copy_all(msqid, retries)
+        return read()
     except PermissionError as e:
-        raise _unreadable("queue", msqid, e) from None
+        raise _unreadable(kind, ident, e) from None
     except OSError as e:
         if gone(e):
             return None
         raise
-    return QueueState(msqid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode, ds.qbytes,
-                      tuple(messages))
+
+
+def _read_queue(msqid: int, retries: int) -> Optional[QueueState]:
+    def read() -> QueueState:
+        ds = sc.msgctl(msqid, sc.IPC_STAT)
+        messages = tuple(copy_all(msqid, retries))
+        return QueueState(msqid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode, ds.qbytes,
+                          messages)
+
+    return _read("queue", msqid, read)
 
 
 def _read_semset(semid: int) -> Optional[SemaphoreSetState]:
-    try:
+    def read() -> SemaphoreSetState:
         ds = sc.semctl(semid, 0, sc.IPC_STAT)
-        values = sc.semctl(semid, 0, sc.GETALL)
-    except PermissionError as e:
-        raise _unreadable("semaphore set", semid, e) from None
-    except OSError as e:
-        if gone(e):
-            return None
-        raise
-    return SemaphoreSetState(semid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
-                             tuple(values))
+        values = tuple(sc.semctl(semid, 0, sc.GETALL))
+        return SemaphoreSetState(semid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
+                                 values)
+
+    return _read("semaphore set", semid, read)
 
 
 def _need_callable(call: str, progress: Optional[Progress]) -> None:
