@@ -24,8 +24,9 @@ import pytest
 import ipcbind
 from ipcbind import IPC_NOWAIT, cli
 from ipcbind.namespace import enter_namespace
-from ipcbind.snapshot import (BlockedCall, FreezeRefusedError, blocked_semops, freeze_namespace,
-                              snapshot)
+import ipcbind.snapshot as snapshot_module
+from ipcbind.snapshot import (BlockedCall, FreezeRefusedError, FreezeWarning, blocked_semops,
+                              freeze_namespace, snapshot)
 from sysv_helpers import _read, wait_until
 
 PROBE_C = r"""
@@ -393,3 +394,28 @@ def test_dump_interrupt_blocked_semops_without_freeze_exits_2(
     assert cli.main(["dump", "--interrupt-blocked-semops"]) == 2
     assert "--interrupt-blocked-semops goes with --freeze" in capsys.readouterr().err
 
+
+
+def test_a_thread_found_in_a_semop_only_after_its_stop_is_named_in_a_freeze_warning(
+        start_probe: StartProbe, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The look before the stop sees only threads asleep; counting none as asleep
+    # stands for a thread that entered its semop just after that look.
+    p = start_probe("semop", None)
+    monkeypatch.setattr(snapshot_module, "_ASLEEP", frozenset())
+    with pytest.warns(FreezeWarning, match=rf"pid {p.pid} \(probe\) in semop when it was "
+                                           "stopped: if it was waiting there, the call "
+                                           "fails with EINTR"):
+        with freeze_namespace(p.pid) as how:
+            assert how == "sigstop"
+    assert p.outcome() == "EINTR"
+
+
+def test_dump_freeze_prints_a_freeze_warning_as_one_line(
+        start_probe: StartProbe, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    p = start_probe("semop", None)
+    monkeypatch.setattr(snapshot_module, "_ASLEEP", frozenset())
+    assert cli.main(["dump", "--pid", str(p.pid), "--freeze"]) == 0
+    err = capsys.readouterr().err
+    assert f"ipcbind: warning: pid {p.pid} (probe) in semop when it was stopped" in err
+    assert p.outcome() == "EINTR"
