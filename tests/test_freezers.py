@@ -225,12 +225,16 @@ def _mount_of(kind: str, option: Optional[str] = None) -> str:
 
 
 @contextmanager
-def _cgroup(root: str, pid: int) -> Iterator[str]:
-    """``pid`` in a fresh child cgroup of ``root``; put back and removed afterwards."""
+def _cgroup(root: str, pid: int, control: str) -> Iterator[str]:
+    """``pid`` in a fresh child cgroup of ``root``, which has the file ``control``;
+    put back and removed afterwards."""
     if os.geteuid() != 0 or not root or not os.access(root, os.W_OK):
         pytest.skip(f"needs root and a writable cgroup hierarchy ({root or 'none mounted'})")
     path = os.path.join(root, f"ipcbind-test-{os.getpid()}")
     os.mkdir(path)
+    if not os.path.exists(os.path.join(path, control)):
+        os.rmdir(path)
+        pytest.skip(f"this kernel's cgroups have no {control}")
     try:
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(pid))
@@ -256,7 +260,7 @@ def test_cgroup_v1_freezer_ends_a_blocked_semop_with_eintr_and_restarts_msg_call
         probe: Probe) -> None:
     @contextmanager
     def freeze(pid: int) -> Iterator[None]:
-        with _cgroup(_mount_of("cgroup", "freezer"), pid) as path:
+        with _cgroup(_mount_of("cgroup", "freezer"), pid, "freezer.state") as path:
             state = os.path.join(path, "freezer.state")
             _write(state, "FROZEN")
             try:
@@ -272,7 +276,7 @@ def test_cgroup_v2_freezer_ends_a_blocked_semop_with_eintr_and_restarts_msg_call
         probe: Probe) -> None:
     @contextmanager
     def freeze(pid: int) -> Iterator[None]:
-        with _cgroup(_mount_of("cgroup2"), pid) as path:
+        with _cgroup(_mount_of("cgroup2"), pid, "cgroup.freeze") as path:
             _write(os.path.join(path, "cgroup.freeze"), "1")
             try:
                 wait_until(lambda: "frozen 1" in _read(os.path.join(path, "cgroup.events")),
