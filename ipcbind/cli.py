@@ -1,8 +1,8 @@
-"""The ``ipcbind`` command line: list, peek, dump and restore System V IPC objects.
+"""The ipcbind command line: list, peek, dump and restore System V IPC objects.
 
-Every command takes ``--pid PID`` to act inside that process's IPC namespace;
-commands that print data take ``--json``. Errors are one line on stderr and an
-exit code (see ``EXIT_CODES``).
+Every command takes --pid PID to act inside that process's IPC namespace;
+commands that print data take --json. Errors are one line on stderr and an
+exit code, listed below.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import json
 import os
 import pwd
 import sys
+import textwrap
 from contextlib import nullcontext
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 
+from . import __version__
 from . import syscalls as sc
 from .errors import NotSupportedError, QueueChangedError
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
@@ -256,9 +258,11 @@ def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
 
 def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
     """``peek ID``: a queue's messages, copied with MSG_COPY, as text, hex or JSON."""
+    if args.json and args.format not in (None, "json"):
+        raise CliError(f"--json and --format {args.format} conflict: give one", USAGE)
     with _inside(args.pid):
         messages = _peek(args.id, args.index)
-    fmt = "json" if args.json else args.format
+    fmt = "json" if args.json else args.format or "text"
     if fmt == "json":
         docs = []
         for m in messages:
@@ -270,6 +274,8 @@ def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
                          "data": base64.b64encode(m["data"]).decode(), "text": text})
         _print_json({"pid": args.pid, "id": args.id, "messages": docs}, out)
         return OK
+    if not messages:
+        out.write(f"queue {args.id} is empty\n")
     for m in messages:
         head = f"[{m['index']}] type {m['type']}, {len(m['data'])} bytes"
         if fmt == "hex":
@@ -397,16 +403,19 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ipcbind`` command."""
-    epilog = "exit codes:\n" + "\n".join(f"  {c:<4} {text}" for c, text in EXIT_CODES.items())
+    epilog = "exit codes:\n" + "\n".join(
+        textwrap.fill(text, 79, initial_indent=f"  {c:<4} ", subsequent_indent=" " * 7)
+        for c, text in EXIT_CODES.items())
     parser = _Parser(prog="ipcbind", description=__doc__, epilog=epilog,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pid", type=_pid, default=None,
                         help="act inside the IPC namespace of process PID")
+    parser.add_argument("--version", action="version", version=f"ipcbind {__version__}")
     common = _Parser(add_help=False)
     common.add_argument("--pid", type=_pid, default=argparse.SUPPRESS,
                         help="act inside the IPC namespace of process PID")
     with_json = _Parser(add_help=False)
-    with_json.add_argument("--json", action="store_true", help="print JSON (see the README)")
+    with_json.add_argument("--json", action="store_true", help="print JSON (described in docs/cli.md)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
 
@@ -419,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show a queue's messages without taking them (MSG_COPY)")
     p.add_argument("id", type=_msqid, help="the queue's msqid")
     p.add_argument("--index", type=_index, help="only the message at this 0-based position")
-    p.add_argument("--format", choices=("text", "hex", "json"), default="text",
-                   help="text (default: UTF-8, escapes for the rest), hex, or json")
+    p.add_argument("--format", choices=("text", "hex", "json"),
+                   help="text (default: UTF-8, escapes for the rest), hex, or json (the "
+                        "same as --json)")
     p.set_defaults(run=cmd_peek)
 
     p = sub.add_parser("dump", parents=[common, with_json],
@@ -443,11 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_restore)
 
     p = sub.add_parser("semundo", parents=[common, with_json],
-                       help="a process's SEM_UNDO adjustments from /proc/PID/semundo (a "
-                            "kernel file no mainline kernel has: then exit 7, explained)")
-    p.add_argument("process", type=_pid, metavar="PID", help="the process to read")
+                       help="a process's SEM_UNDO adjustments from /proc/PROCESS/semundo (a "
+                            "kernel file no mainline kernel has: then exit 7, explained)",
+                       description="The SEM_UNDO adjustments of process PROCESS, read from "
+                                   "/proc/PROCESS/semundo. PROCESS is whose adjustments are "
+                                   "read; --pid PID only chooses the IPC namespace to act "
+                                   "in, as for every command.")
+    p.add_argument("process", type=_pid, metavar="PROCESS",
+                   help="the pid of the process whose adjustments are read")
     p.add_argument("--proc-root", default="/proc", metavar="DIR",
-                   help="read DIR/PID/semundo (a directory laid out like /proc) instead of /proc")
+                   help="read DIR/PROCESS/semundo (a directory laid out like /proc) "
+                        "instead of /proc")
     p.set_defaults(run=cmd_semundo)
 
     p = sub.add_parser("demo", parents=[common],
@@ -485,7 +501,7 @@ def _message(e: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int:
-    """Run the command line; returns the exit code (see :data:`EXIT_CODES`)."""
+    """Run the command line; returns the exit code (one of ``EXIT_CODES``)."""
     out = out or sys.stdout
     try:
         args = build_parser().parse_args(argv)

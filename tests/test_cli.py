@@ -16,6 +16,7 @@ import pytest
 from conftest import NOBODY, needs_root, run_in_child
 from nschild import needs_ns_root, ns_child
 
+import ipcbind
 from ipcbind import syscalls as sc
 from ipcbind.cli import main
 from ipcbind.namespace import enter_namespace, list_queues
@@ -203,7 +204,8 @@ def test_ls_pid_shows_that_namespaces_objects_and_not_ours(msq: int) -> None:
                       "qnum", "qbytes", "lspid", "lrpid", "last_sender", "last_receiver",
                       "stime", "rtime", "ctime"}
     assert "0x00001234" in out and f"{pid}({q['last_sender']})" in out and "4 5" in out
-    assert f"  {msq}  " not in out
+    queue_rows = out.split("\n\n")[0].splitlines()[2:]
+    assert [row.split()[:2] for row in queue_rows] == [["0x00001234", str(made["q"])]]
 
 
 @needs_ns_root
@@ -308,3 +310,44 @@ def test_demo_runs_inside_the_namespace_given_by_pid() -> None:
     assert code == 0 and left == []
     assert out.splitlines()[-1] == f"removed queue {made}"
     assert made == 777  # the id armed in that namespace only
+
+
+def test_version_prints_the_package_version() -> None:
+    r = subprocess.run([sys.executable, "-m", "ipcbind", "--version"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"ipcbind {ipcbind.__version__}\n"
+
+
+def test_help_has_no_markup_and_no_internal_names(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "``" not in shown and ":data:" not in shown and "EXIT_CODES" not in shown
+    assert "exit codes:\n  0    success\n" in shown
+
+
+def test_peek_of_an_empty_queue_says_it_is_empty(msq: int) -> None:
+    assert run("peek", msq) == (0, f"queue {msq} is empty\n")
+    assert run("peek", msq, "--format", "hex") == (0, f"queue {msq} is empty\n")
+    assert json.loads(run("peek", msq, "--json")[1])["messages"] == []
+
+
+@pytest.mark.parametrize("fmt", ["text", "hex"])
+def test_peek_json_with_another_format_is_refused(msq: int, fmt: str, capsys: Any) -> None:
+    sc.msgsnd(msq, 1, b"x")
+    assert run("peek", msq, "--json", "--format", fmt) == (2, "")
+    assert f"--json and --format {fmt} conflict" in capsys.readouterr().err
+
+
+def test_peek_json_with_format_json_agree(msq: int) -> None:
+    sc.msgsnd(msq, 1, b"x")
+    assert run("peek", msq, "--json", "--format", "json") == run("peek", msq, "--json")
+
+
+def test_semundo_help_says_which_pid_is_which(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        main(["semundo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "[--pid PID]" in shown and shown.count(" PROCESS") >= 2
+    assert "--pid PID only chooses the IPC namespace" in shown
