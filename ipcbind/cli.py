@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import base64
 import errno
+import grp
 import json
 import os
 import pwd
 import sys
 import textwrap
-from contextlib import nullcontext
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager, nullcontext
+from datetime import datetime
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import psutil
 
@@ -26,14 +28,15 @@ from .errors import NotSupportedError, QueueChangedError
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
+from .syscalls import MsqidDs, SemidDs
 from .snapshot import (FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError,
                        dump, dumps, load, loads, restore, snapshot)
 
 JSON_VERSION = 1
 """The ``version`` field of every JSON document the commands print."""
 
-OK, FAILED, USAGE, NOT_FOUND, NO_PERMISSION, BAD_FILE, CONFLICT, UNSUPPORTED, INTERRUPTED = (
-    0, 1, 2, 3, 4, 5, 6, 7, 130)
+(OK, FAILED, USAGE, NOT_FOUND, NO_PERMISSION, BAD_FILE, CONFLICT, UNSUPPORTED, WOULD_WAIT,
+ INTERRUPTED) = (0, 1, 2, 3, 4, 5, 6, 7, 8, 130)
 EXIT_CODES = {
     OK: "success",
     FAILED: "the operation failed (a restore that was rolled back, a queue that kept "
@@ -41,12 +44,17 @@ EXIT_CODES = {
             "error)",
     USAGE: "bad command line (unknown command or option, bad number, --freeze without "
            "the --pid of another namespace)",
-    NOT_FOUND: "no such queue, message index, process or file",
+    NOT_FOUND: "no such queue, semaphore set, segment, key, message index, semaphore, "
+               "process or file",
     NO_PERMISSION: "permission denied (the message says which privilege is missing)",
     BAD_FILE: "the snapshot file is damaged, foreign or of an unknown version",
-    CONFLICT: "restore refused: the namespace already has an object with that id or key",
+    CONFLICT: "refused: the namespace already has an object with that id or key (restore, "
+              "mk --key)",
     UNSUPPORTED: "the kernel does not provide it (/proc/<pid>/semundo on any mainline kernel, "
                  "MSG_COPY without CONFIG_CHECKPOINT_RESTORE)",
+    WOULD_WAIT: "it would have to wait: receive or semop with --nowait found no message or "
+                "could not proceed, or its --timeout expired; send with --nowait found the "
+                "queue full",
     INTERRUPTED: "interrupted (Ctrl-C); anything frozen was thawed, a restore was undone",
 }
 
@@ -104,6 +112,55 @@ def _owner(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+TIME_FORMATS = ("short", "full", "iso")
+"""The ``--time-format`` choices, as lsipc names them."""
+
+
+def _when(t: int, fmt: str) -> str:
+    """An epoch time as lsipc prints it, in local time; ``-`` for never (0)."""
+    if t == 0:
+        return "-"
+    at = datetime.fromtimestamp(t).astimezone()
+    if fmt == "iso":
+        return at.isoformat()
+    if fmt == "full":
+        return at.strftime(f"%a %b {at.day:2d} %H:%M:%S %Y")
+    now = datetime.now().astimezone()
+    if at.date() == now.date():
+        return at.strftime("%H:%M")
+    return at.strftime("%b%d" if at.year == now.year else "%Y-%b%d")
+
+
+def _identity(ds: Any) -> Dict[str, Any]:
+    """The fields every kind has: key, owner and creator with their names, mode."""
+    return {"key": _key(ds.key), "uid": ds.uid, "gid": ds.gid, "owner": _owner(ds.uid),
+            "group": _group(ds.gid), "cuid": ds.cuid, "cgid": ds.cgid,
+            "cuser": _owner(ds.cuid), "cgroup": _group(ds.cgid), "mode": f"{ds.mode:04o}"}
+
+
+def _times(ds: Any, *names: str) -> Dict[str, Any]:
+    """Each time as epoch seconds (0: never) and beside it as an ISO string (null: never)."""
+    doc: Dict[str, Any] = {}
+    for name in names:
+        t = getattr(ds, name)
+        doc[name] = t
+        doc[name + "_iso"] = _when(t, "iso") if t else None
+    return doc
+
+
+def _perms(mode: str) -> str:
+    """``0640`` as ``rw-r-----``, as lsipc shows permissions."""
+    bits = int(mode, 8)
+    return "".join(c if bits & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
 
 
 def _process_name(pid: int) -> Optional[str]:
@@ -167,53 +224,228 @@ def _inside(pid: Optional[int]) -> Any:
 
 # ---- commands -----------------------------------------------------------------------
 
-def _ls_data() -> Dict[str, Any]:
-    queues = []
-    for msqid, ds in list_queues():
-        queues.append({
-            "id": msqid, "key": _key(ds.key), "uid": ds.uid, "gid": ds.gid,
-            "owner": _owner(ds.uid), "cuid": ds.cuid, "cgid": ds.cgid,
-            "mode": f"{ds.mode:04o}", "cbytes": ds.cbytes, "qnum": ds.qnum,
+@contextmanager
+def _about(kind: str, ident: int) -> Iterator[None]:
+    """Says which object a refusal was about: a removed or unknown id, or no permission."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EIDRM):
+            raise CliError(f"no {_KIND_NAMES[kind]} with id {ident}", NOT_FOUND) from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise CliError(f"{_KIND_NAMES[kind]} {ident}: {e.strerror}", NO_PERMISSION) from None
+        raise
+
+
+_KIND_NAMES = {"queue": "message queue", "set": "semaphore set", "segment": "shared memory segment"}
+
+
+def _queue_doc(msqid: int, ds: MsqidDs) -> Dict[str, Any]:
+    return {"id": msqid, **_identity(ds), "cbytes": ds.cbytes, "qnum": ds.qnum,
             "qbytes": ds.qbytes, "lspid": ds.lspid, "lrpid": ds.lrpid,
             "last_sender": _process_name(ds.lspid), "last_receiver": _process_name(ds.lrpid),
-            "stime": ds.stime, "rtime": ds.rtime, "ctime": ds.ctime,
-        })
-    sets = []
-    for semid, sds in list_semaphore_sets():
-        try:
-            values: Optional[List[int]] = sc.semctl(semid, 0, sc.GETALL)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EINVAL, errno.EIDRM):
-                raise
-            values = None
-        sets.append({
-            "id": semid, "key": _key(sds.key), "uid": sds.uid, "gid": sds.gid,
-            "owner": _owner(sds.uid), "cuid": sds.cuid, "cgid": sds.cgid,
-            "mode": f"{sds.mode:04o}", "nsems": sds.nsems, "values": values,
-            "otime": sds.otime, "ctime": sds.ctime,
-        })
-    return {"namespace": namespace_id()[1], "queues": queues, "semaphore_sets": sets}
+            **_times(ds, "stime", "rtime", "ctime")}
+
+
+def _set_doc(semid: int, sds: SemidDs, detail: bool = False) -> Dict[str, Any]:
+    try:
+        values: Optional[List[int]] = sc.semctl(semid, 0, sc.GETALL)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EINVAL, errno.EIDRM):
+            raise
+        values = None
+    doc = {"id": semid, **_identity(sds), "nsems": sds.nsems, "values": values,
+           **_times(sds, "otime", "ctime")}
+    if detail:
+        doc["semaphores"] = None if values is None else [
+            _semaphore(semid, n, value) for n, value in enumerate(values)]
+    return doc
+
+
+def _semaphore(semid: int, semnum: int, value: int) -> Dict[str, Any]:
+    """What ``ipcs -s -i`` shows of one semaphore, beside the value read with the others."""
+    pid = sc.semctl(semid, semnum, sc.GETPID)
+    return {"semnum": semnum, "value": value, "pid": pid, "process": _process_name(pid),
+            "ncnt": sc.semctl(semid, semnum, sc.GETNCNT),
+            "zcnt": sc.semctl(semid, semnum, sc.GETZCNT)}
+
+
+def _ls_data(kinds: Sequence[str]) -> Dict[str, Any]:
+    data: Dict[str, Any] = {"namespace": namespace_id()[1]}
+    if "queue" in kinds:
+        data["queues"] = [_queue_doc(msqid, ds) for msqid, ds in list_queues()]
+    if "set" in kinds:
+        data["semaphore_sets"] = [_set_doc(semid, sds) for semid, sds in list_semaphore_sets()]
+    return data
+
+
+def _one(kind: str, ident: int) -> Dict[str, Any]:
+    """One object in full, by id."""
+    with _about(kind, ident):
+        if kind == "queue":
+            return _queue_doc(ident, sc.msgctl(ident, sc.IPC_STAT))
+        return _set_doc(ident, sc.semctl(ident, 0, sc.IPC_STAT), detail=True)
 
 
 def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
-    """``ls``: queues and semaphore sets, like ipcs, with process names and values."""
+    """``ls``: queues and semaphore sets, like ipcs, with process names, values and times;
+    ``ls -q|-s -i ID``: one of them in full."""
+    if args.id is not None and args.kind is None:
+        raise CliError("-i ID needs the kind: -q (queue) or -s (semaphore set)", USAGE)
+    kinds = (args.kind,) if args.kind else ("queue", "set")
     with _inside(args.pid):
-        data = _ls_data()
+        if args.id is not None:
+            doc = _one(args.kind, args.id)
+        else:
+            data = _ls_data(kinds)
+    if args.id is not None:
+        if args.json:
+            _print_json({"pid": args.pid, "kind": args.kind, **doc}, out)
+        else:
+            out.write(_detail(args.kind, doc, args.time_format or "full"))
+        return OK
     if args.json:
         _print_json({"pid": args.pid, **data}, out)
         return OK
-    rows: List[Tuple[str, ...]] = [("key", "msqid", "owner", "perms", "used-bytes",
-                                    "messages", "qbytes", "last-sender", "last-receiver")]
-    for q in data["queues"]:
-        rows.append((q["key"], str(q["id"]), q["owner"], q["mode"][1:], str(q["cbytes"]),
-                     str(q["qnum"]), str(q["qbytes"]), _who(q["lspid"]), _who(q["lrpid"])))
-    out.write("------ Message Queues --------\n" + _table(rows))
-    rows = [("key", "semid", "owner", "perms", "nsems", "values")]
-    for s in data["semaphore_sets"]:
-        values = "?" if s["values"] is None else " ".join(map(str, s["values"]))
-        rows.append((s["key"], str(s["id"]), s["owner"], s["mode"][1:], str(s["nsems"]),
-                     values))
-    out.write("\n------ Semaphore Arrays --------\n" + _table(rows))
+    fmt = args.time_format or "short"
+    names: Tuple[str, ...] = ("group", "creator", "creator-group") if args.creator else ()
+    sections = []
+    if "queues" in data:
+        rows: List[Tuple[str, ...]] = [(
+            "key", "msqid", "owner", *names, "perms", "used-bytes", "messages", "qbytes",
+            "last-sender", "last-receiver", "send", "recv", "change")]
+        for q in data["queues"]:
+            rows.append((q["key"], str(q["id"]), q["owner"], *_names(q, args.creator),
+                         q["mode"][1:], str(q["cbytes"]), str(q["qnum"]), str(q["qbytes"]),
+                         _who(q["lspid"]), _who(q["lrpid"]), _when(q["stime"], fmt),
+                         _when(q["rtime"], fmt), _when(q["ctime"], fmt)))
+        sections.append("------ Message Queues --------\n" + _table(rows))
+    if "semaphore_sets" in data:
+        rows = [("key", "semid", "owner", *names, "perms", "nsems", "last-op", "change",
+                 "values")]
+        for s in data["semaphore_sets"]:
+            values = "?" if s["values"] is None else " ".join(map(str, s["values"]))
+            rows.append((s["key"], str(s["id"]), s["owner"], *_names(s, args.creator),
+                         s["mode"][1:], str(s["nsems"]), _when(s["otime"], fmt),
+                         _when(s["ctime"], fmt), values))
+        sections.append("------ Semaphore Arrays --------\n" + _table(rows))
+    out.write("\n".join(sections))
+    return OK
+
+
+def _names(doc: Dict[str, Any], wanted: bool) -> Tuple[str, ...]:
+    return (doc["group"], doc["cuser"], doc["cgroup"]) if wanted else ()
+
+
+def _detail(kind: str, doc: Dict[str, Any], fmt: str) -> str:
+    """One object as label and value lines, lsipc's ``-i`` view with ipcs's per-semaphore table."""
+    lines = [("key", doc["key"]), ("id", str(doc["id"])),
+             ("perms", f"{doc['mode'][1:]} ({_perms(doc['mode'])})"),
+             ("owner", f"{doc['owner']} (uid {doc['uid']})"),
+             ("group", f"{doc['group']} (gid {doc['gid']})"),
+             ("creator", f"{doc['cuser']} (uid {doc['cuid']})"),
+             ("creator group", f"{doc['cgroup']} (gid {doc['cgid']})")]
+    if kind == "queue":
+        lines += [("used bytes", str(doc["cbytes"])), ("messages", str(doc["qnum"])),
+                  ("qbytes", str(doc["qbytes"])), ("last sender", _who(doc["lspid"])),
+                  ("last receiver", _who(doc["lrpid"])), ("last send", _when(doc["stime"], fmt)),
+                  ("last receive", _when(doc["rtime"], fmt))]
+    else:
+        lines += [("semaphores", str(doc["nsems"])), ("last op", _when(doc["otime"], fmt))]
+    lines.append(("last change", _when(doc["ctime"], fmt)))
+    width = max(len(label) for label, _ in lines) + 2
+    text = "".join(f"{label + ':':<{width}}{value}\n" for label, value in lines)
+    if kind == "set":
+        if doc["semaphores"] is None:
+            return text + "values: ? (no read permission)\n"
+        rows: List[Tuple[str, ...]] = [("semnum", "value", "ncount", "zcount", "pid")]
+        rows += [(str(m["semnum"]), str(m["value"]), str(m["ncnt"]), str(m["zcnt"]),
+                  _who(m["pid"])) for m in doc["semaphores"]]
+        text += "\n" + _table(rows)
+    return text
+
+
+def _proc_kernel(name: str) -> int:
+    with open(f"/proc/sys/kernel/{name}") as f:
+        return int(f.read())
+
+
+def _segment_usage() -> Dict[str, int]:
+    """Segments and pages in use, from /proc/sysvipc/shm (sizes and rss/swap in bytes)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    used = {"segments": 0, "pages": 0, "resident": 0, "swapped": 0}
+    with open("/proc/sysvipc/shm") as f:
+        head = f.readline().split()
+        size, rss, swap = head.index("size"), head.index("rss"), head.index("swap")
+        for line in f:
+            row = line.split()
+            used["segments"] += 1
+            used["pages"] += -(-int(row[size]) // page)
+            used["resident"] += int(row[rss]) // page
+            used["swapped"] += int(row[swap]) // page
+    return used
+
+
+def _info_data() -> Dict[str, Any]:
+    """Limits (IPC_INFO) and usage (MSG_INFO, SEM_INFO) of each kind, as ipcs -l and -u."""
+    _, ml = sc.msgctl(0, sc.IPC_INFO)
+    _, mu = sc.msgctl(0, sc.MSG_INFO)
+    _, sl = sc.semctl(0, 0, sc.IPC_INFO)
+    _, su = sc.semctl(0, 0, sc.SEM_INFO)
+    return {
+        "namespace": namespace_id()[1],
+        "queues": {
+            "limits": {"msgmni": ml.msgmni, "msgmax": ml.msgmax, "msgmnb": ml.msgmnb},
+            "usage": {"queues": mu.msgpool, "messages": mu.msgmap, "bytes": mu.msgtql}},
+        "semaphore_sets": {
+            "limits": {"semmni": sl.semmni, "semmns": sl.semmns, "semmsl": sl.semmsl,
+                       "semopm": sl.semopm, "semvmx": sl.semvmx},
+            "usage": {"sets": su.semusz, "semaphores": su.semaem}},
+        "segments": {
+            # SHMMIN is 1 in every kernel; it has no sysctl.
+            "limits": {"shmmni": _proc_kernel("shmmni"), "shmall": _proc_kernel("shmall"),
+                       "shmmax": _proc_kernel("shmmax"), "shmmin": 1},
+            "usage": _segment_usage()},
+    }
+
+
+# Each limit as lsipc -g lists it: its description, and what of the usage counts against it.
+_LIMIT_ROWS = (
+    ("queues", "msgmni", "number of message queues", "queues"),
+    ("queues", "msgmax", "max size of a message (bytes)", None),
+    ("queues", "msgmnb", "default max size of a queue (bytes)", None),
+    ("segments", "shmmni", "number of shared memory segments", "segments"),
+    ("segments", "shmall", "shared memory pages", "pages"),
+    ("segments", "shmmax", "max size of a segment (bytes)", None),
+    ("segments", "shmmin", "min size of a segment (bytes)", None),
+    ("semaphore_sets", "semmni", "number of semaphore sets", "sets"),
+    ("semaphore_sets", "semmns", "total number of semaphores", "semaphores"),
+    ("semaphore_sets", "semmsl", "max semaphores per set", None),
+    ("semaphore_sets", "semopm", "max operations per semop call", None),
+    ("semaphore_sets", "semvmx", "max semaphore value", None),
+)
+
+
+def cmd_info(args: argparse.Namespace, out: IO[str]) -> int:
+    """``info``: each kind's limits and usage, as ipcs -l, ipcs -u and lsipc -g."""
+    with _inside(args.pid):
+        data = _info_data()
+    if args.json:
+        _print_json({"pid": args.pid, **data}, out)
+        return OK
+    rows: List[Tuple[str, ...]] = [("resource", "description", "limit", "used", "use%")]
+    for kind, name, description, counted in _LIMIT_ROWS:
+        limit = data[kind]["limits"][name]
+        if counted is None:
+            used, share = "-", "-"
+        else:
+            n = data[kind]["usage"][counted]
+            used, share = str(n), f"{100 * n / limit:.2f}%" if limit else "-"
+        rows.append((name.upper(), description, str(limit), used, share))
+    q, m = data["queues"]["usage"], data["segments"]["usage"]
+    out.write(_table(rows) +
+              f"\nqueued: {q['messages']} message(s), {q['bytes']} byte(s)\n"
+              f"segment pages: {m['resident']} resident, {m['swapped']} swapped\n")
     return OK
 
 
@@ -373,6 +605,13 @@ def _natural(text: str) -> int:
     return n
 
 
+def _ident(text: str) -> int:
+    n = _natural(text)
+    if n > _INT_MAX:
+        raise argparse.ArgumentTypeError(f"an id is 0..{_INT_MAX}, got {n}")
+    return n
+
+
 def _msqid(text: str) -> int:
     n = _natural(text)
     if n > _INT_MAX:
@@ -420,9 +659,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
 
     p = sub.add_parser("ls", parents=[common, with_json],
-                       help="list queues and semaphore sets, like ipcs, with process names "
-                            "and values")
+                       help="list queues and semaphore sets, like ipcs, with process names, "
+                            "values and times; -q|-s -i ID shows one in full")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("-q", "--queues", dest="kind", action="store_const", const="queue",
+                      help="only message queues")
+    kind.add_argument("-s", "--semaphores", dest="kind", action="store_const", const="set",
+                      help="only semaphore sets")
+    p.add_argument("-i", "--id", type=_ident, metavar="ID",
+                   help="one object in full (with -q or -s): for a set, each semaphore's "
+                        "value, last pid, ncount and zcount")
+    p.add_argument("-c", "--creator", action="store_true",
+                   help="also the group, the creator and the creator's group")
+    p.add_argument("--time-format", choices=TIME_FORMATS,
+                   help="short (the default in the table: the time today, else the date), "
+                        "full (the default with -i), or iso")
     p.set_defaults(run=cmd_ls)
+
+    p = sub.add_parser("info", parents=[common, with_json],
+                       help="limits and usage of queues, segments and semaphore sets (as "
+                            "ipcs -l, ipcs -u, lsipc -g)")
+    p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("peek", parents=[common, with_json],
                        help="show a queue's messages without taking them (MSG_COPY)")

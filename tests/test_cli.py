@@ -100,6 +100,9 @@ def test_peek_index_past_the_end_exits_3(msq: int, capsys: Any) -> None:
 
 
 @pytest.mark.parametrize("argv", [[], ["frob"], ["peek"], ["peek", "x"], ["ls", "--pid", "0"],
+                                  ["ls", "-i", "0"], ["ls", "-q", "-s"],
+                                  ["ls", "-q", "-i", "2147483648"],
+                                  ["ls", "--time-format", "long"],
                                   ["peek", "1", "--index", "-1"], ["dump", "--retries", "0"],
                                   ["ls", "--bogus"]])
 def test_bad_command_lines_exit_2_without_traceback(argv: List[str], capsys: Any) -> None:
@@ -200,9 +203,10 @@ def test_ls_pid_shows_that_namespaces_objects_and_not_ours(msq: int) -> None:
     assert [(s["id"], s["nsems"], s["values"]) for s in doc["semaphore_sets"]] == [
         (made["s"], 2, [4, 5])]
     assert doc["pid"] == pid and doc["version"] == 1
-    assert set(q) == {"id", "key", "uid", "gid", "owner", "cuid", "cgid", "mode", "cbytes",
-                      "qnum", "qbytes", "lspid", "lrpid", "last_sender", "last_receiver",
-                      "stime", "rtime", "ctime"}
+    assert set(q) == {"id", "key", "uid", "gid", "owner", "group", "cuid", "cgid", "cuser",
+                      "cgroup", "mode", "cbytes", "qnum", "qbytes", "lspid", "lrpid",
+                      "last_sender", "last_receiver", "stime", "stime_iso", "rtime",
+                      "rtime_iso", "ctime", "ctime_iso"}
     assert "0x00001234" in out and f"{pid}({q['last_sender']})" in out and "4 5" in out
     queue_rows = out.split("\n\n")[0].splitlines()[2:]
     assert [row.split()[:2] for row in queue_rows] == [["0x00001234", str(made["q"])]]
@@ -351,3 +355,31 @@ def test_semundo_help_says_which_pid_is_which(capsys: Any) -> None:
     shown = " ".join(capsys.readouterr().out.split())
     assert "[--pid PID]" in shown and shown.count(" PROCESS") >= 2
     assert "--pid PID only chooses the IPC namespace" in shown
+
+
+def test_ls_i_of_a_missing_object_exits_3(msq: int, semset: int, capsys: Any) -> None:
+    sc.msgctl(msq, sc.IPC_RMID)
+    sc.semctl(semset, 0, sc.IPC_RMID)
+    assert run("ls", "-q", "-i", msq) == (3, "")
+    assert run("ls", "-s", "-i", semset) == (3, "")
+    err = capsys.readouterr().err
+    assert err == (f"ipcbind: error: no message queue with id {msq}\n"
+                   f"ipcbind: error: no semaphore set with id {semset}\n")
+
+
+def test_ls_q_lists_only_queues_and_s_only_sets(msq: int, semset: int) -> None:
+    queues, sets = (json.loads(run("ls", kind, "--json")[1]) for kind in ("-q", "-s"))
+    assert "semaphore_sets" not in queues and msq in [q["id"] for q in queues["queues"]]
+    assert "queues" not in sets and semset in [s["id"] for s in sets["semaphore_sets"]]
+    assert "Semaphore" not in run("ls", "-q")[1] and "Message" not in run("ls", "-s")[1]
+
+
+def test_ls_times_never_set_are_a_dash_and_null(semset: int) -> None:
+    doc = json.loads(run("ls", "-s", "-i", semset, "--json")[1])
+    assert (doc["otime"], doc["otime_iso"]) == (0, None) and doc["ctime"] > 0
+    assert "last op:       -\n" in run("ls", "-s", "-i", semset)[1]
+
+
+def test_ls_creator_adds_the_group_and_creator_columns(msq: int) -> None:
+    head = run("ls", "-q", "-c")[1].splitlines()[1].split()
+    assert head[:6] == ["key", "msqid", "owner", "group", "creator", "creator-group"]
