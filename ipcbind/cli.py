@@ -24,7 +24,8 @@ import psutil
 
 from . import __version__
 from . import syscalls as sc
-from .errors import NotSupportedError, QueueChangedError
+from .errors import NoMessageError, NotSupportedError, QueueChangedError
+from .msg import MessageQueue
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
@@ -456,14 +457,8 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
-    try:
+    with _about("queue", msqid):
         sc.msgctl(msqid, sc.IPC_STAT)
-    except OSError as e:
-        if e.errno in (errno.EINVAL, errno.EIDRM):
-            raise CliError(f"no message queue with id {msqid}", NOT_FOUND) from None
-        if e.errno == errno.EACCES:
-            raise CliError(f"no read permission on queue {msqid}", NO_PERMISSION) from None
-        raise
     if index is not None:
         try:
             mtype, data = sc.msgrcv(msqid, None, index, sc.MSG_COPY | sc.IPC_NOWAIT)
@@ -488,6 +483,17 @@ def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
     return found
 
 
+def _message_doc(index: Optional[int], mtype: int, data: bytes) -> Dict[str, Any]:
+    """A message in JSON: base64 data, and the text where it is UTF-8."""
+    try:
+        text: Optional[str] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    doc: Dict[str, Any] = {} if index is None else {"index": index}
+    return {**doc, "type": mtype, "size": len(data), "data": base64.b64encode(data).decode(),
+            "text": text}
+
+
 def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
     """``peek ID``: a queue's messages, copied with MSG_COPY, as text, hex or JSON."""
     if args.json and args.format not in (None, "json"):
@@ -496,14 +502,7 @@ def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
         messages = _peek(args.id, args.index)
     fmt = "json" if args.json else args.format or "text"
     if fmt == "json":
-        docs = []
-        for m in messages:
-            try:
-                text: Optional[str] = m["data"].decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-            docs.append({"index": m["index"], "type": m["type"], "size": len(m["data"]),
-                         "data": base64.b64encode(m["data"]).decode(), "text": text})
+        docs = [_message_doc(m["index"], m["type"], m["data"]) for m in messages]
         _print_json({"pid": args.pid, "id": args.id, "messages": docs}, out)
         return OK
     if not messages:
@@ -557,6 +556,202 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
     else:
         out.write(f"restored {len(done.queues)} queue(s) {list(done.queues)} and "
                   f"{len(done.semaphore_sets)} semaphore set(s) {list(done.semaphore_sets)}\n")
+    return OK
+
+
+# ---- making, removing, sending, receiving, operating ----------------------------------
+
+def _create(kind: str, key: int, mode: int, args: argparse.Namespace) -> int:
+    flags = sc.IPC_CREAT | mode | (sc.IPC_EXCL if key != sc.IPC_PRIVATE else 0)
+    try:
+        if kind == "queue":
+            return sc.msgget(key, flags)
+        return sc.semget(key, args.nsems, flags)
+    except FileExistsError:
+        raise CliError(f"a {_KIND_NAMES[kind]} with key {_key(key)} exists already",
+                       CONFLICT) from None
+
+
+def cmd_mk(args: argparse.Namespace, out: IO[str]) -> int:
+    """``mk queue|set``: a new object, as ipcmk makes them."""
+    if args.kind == "set" and args.values is not None and len(args.values) != args.nsems:
+        raise CliError(f"--values gives {len(args.values)} value(s) for {args.nsems} "
+                       "semaphore(s)", USAGE)
+    with _inside(args.pid):
+        ident = _create(args.kind, args.key, args.mode, args)
+        try:
+            if args.kind == "queue" and args.qbytes is not None:
+                sc.msgctl(ident, sc.IPC_SET, {"qbytes": args.qbytes})
+            if args.kind == "set" and args.values is not None:
+                sc.semctl(ident, 0, sc.SETALL, args.values)
+        except BaseException:
+            _remove(args.kind, ident)  # nothing half made is left behind
+            raise
+    if args.json:
+        _print_json({"pid": args.pid, "kind": args.kind, "id": ident, "key": _key(args.key),
+                     "mode": f"{args.mode:04o}"}, out)
+    else:
+        out.write(f"created {_KIND_NAMES[args.kind]} {ident} (key {_key(args.key)}, "
+                  f"mode {args.mode:04o})\n")
+    return OK
+
+
+def _remove(kind: str, ident: int) -> None:
+    if kind == "queue":
+        sc.msgctl(ident, sc.IPC_RMID)
+    else:
+        sc.semctl(ident, 0, sc.IPC_RMID)
+
+
+def _id_of(kind: str, key: int) -> int:
+    try:
+        if kind == "queue":
+            return sc.msgget(key, 0)
+        return sc.semget(key, 0, 0)
+    except FileNotFoundError:
+        raise CliError(f"no {_KIND_NAMES[kind]} with key {_key(key)}", NOT_FOUND) from None
+
+
+def cmd_rm(args: argparse.Namespace, out: IO[str]) -> int:
+    """``rm queue|set ID... [--key KEY]...``: remove objects, as ipcrm; every one named is
+    tried, and the first failure decides the exit code."""
+    if not args.ids and not args.keys:
+        raise CliError(f"rm {args.kind}: name at least one ID or --key KEY", USAGE)
+    removed: List[int] = []
+    code = OK
+    with _inside(args.pid):
+        wanted: List[Tuple[str, int]] = [("id", i) for i in args.ids]
+        wanted += [("key", k) for k in args.keys]
+        for how, value in wanted:
+            try:
+                ident = value if how == "id" else _id_of(args.kind, value)
+                with _about(args.kind, ident):
+                    _remove(args.kind, ident)
+                removed.append(ident)
+            except CliError as e:
+                print(f"ipcbind: error: {e}", file=sys.stderr)
+                code = code or e.code
+    if args.json:
+        _print_json({"pid": args.pid, "kind": args.kind, "removed": removed}, out)
+    else:
+        out.writelines(f"removed {_KIND_NAMES[args.kind]} {i}\n" for i in removed)
+    return code
+
+
+def _unhex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise CliError(f"--hex: not hexadecimal digits in pairs: {text[:40]!r}", USAGE) from None
+
+
+def _input(args: argparse.Namespace) -> List[bytes]:
+    """The messages to send: one per DATA argument, else the whole of --file or stdin."""
+    if args.data and args.file is not None:
+        raise CliError("send: give DATA arguments or --file, not both", USAGE)
+    if args.data:
+        texts = [os.fsencode(d) for d in args.data]
+    elif args.file in (None, "-"):
+        texts = [sys.stdin.buffer.read()]
+    else:
+        with open(args.file, "rb") as f:
+            texts = [f.read()]
+    return [_unhex(t.decode("ascii", "replace")) for t in texts] if args.hex else texts
+
+
+def cmd_send(args: argparse.Namespace, out: IO[str]) -> int:
+    """``send ID [DATA...]``: each DATA as one message, or stdin or --file as one."""
+    messages = _input(args)
+    sent: List[Dict[str, int]] = []
+    with _inside(args.pid), _about("queue", args.id):
+        q = MessageQueue.from_id(args.id)
+        for data in messages:
+            try:
+                q.send(data, args.type, block=not args.nowait, timeout=args.timeout)
+            except (BlockingIOError, TimeoutError):
+                raise CliError(f"queue {args.id} is full ({len(sent)} of {len(messages)} "
+                               "message(s) sent)", WOULD_WAIT) from None
+            except ValueError as e:
+                raise CliError(str(e), FAILED) from None
+            sent.append({"type": args.type, "size": len(data)})
+    if args.json:
+        _print_json({"pid": args.pid, "id": args.id, "sent": sent}, out)
+    return OK
+
+
+def cmd_receive(args: argparse.Namespace, out: IO[str]) -> int:
+    """``receive ID``: take one message; its bytes as they are, or --hex, or --json."""
+    if args.except_type and args.type <= 0:
+        raise CliError("--except needs --type N with N > 0", USAGE)
+    with _inside(args.pid), _about("queue", args.id):
+        try:
+            m = MessageQueue.from_id(args.id).receive(
+                args.type, block=not args.nowait, timeout=args.timeout,
+                except_type=args.except_type)
+        except (NoMessageError, TimeoutError):
+            which = f" of type {'other than ' if args.except_type else ''}{args.type}" \
+                if args.type else ""
+            why = "" if args.nowait else f" within {args.timeout} s"
+            raise CliError(f"no message{which} in queue {args.id}{why}", WOULD_WAIT) from None
+    if args.json:
+        _print_json({"pid": args.pid, "id": args.id, **_message_doc(None, m.mtype, m.data)},
+                    out)
+    elif args.hex:
+        out.write(m.data.hex() + "\n")
+    else:
+        _write_bytes(out, m.data)
+    return OK
+
+
+def _write_bytes(out: IO[str], data: bytes) -> None:
+    """Bytes unchanged to a stream's binary side (a text-only stream gets them decoded)."""
+    binary = getattr(out, "buffer", None)
+    if binary is None:
+        out.write(data.decode("utf-8", "surrogateescape"))
+        return
+    out.flush()
+    binary.write(data)
+    binary.flush()
+
+
+def _semop_arg(text: str) -> Tuple[int, int]:
+    semnum, sep, op = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        pair = (int(semnum), int(op))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not SEMNUM:OP (as 0:-1): {text!r}") from None
+    lo, hi = sc._LIMITS["unsigned short"][1], sc._LIMITS["short"]
+    if not 0 <= pair[0] <= lo or not hi[0] <= pair[1] <= hi[1]:
+        raise argparse.ArgumentTypeError(f"SEMNUM is 0..{lo} and OP {hi[0]}..{hi[1]}, got "
+                                         f"{text!r}")
+    return pair
+
+
+def cmd_semop(args: argparse.Namespace, out: IO[str]) -> int:
+    """``semop ID SEMNUM:OP...``: the operations at once, all or none, as semop(2)."""
+    flags = sc.IPC_NOWAIT if args.nowait else 0
+    ops = [(n, op, flags) for n, op in args.ops]
+    with _inside(args.pid), _about("set", args.id):
+        try:
+            sc.semop(args.id, ops, timeout=args.timeout)
+        except BlockingIOError:
+            why = "it would have to wait" if args.nowait else f"not done within {args.timeout} s"
+            raise CliError(f"semop on set {args.id}: {why}; nothing was changed",
+                           WOULD_WAIT) from None
+        except OSError as e:
+            if e.errno == errno.EFBIG:
+                nsems = sc.semctl(args.id, 0, sc.IPC_STAT).nsems
+                raise CliError(f"semaphore set {args.id} has {nsems} semaphore(s), numbered "
+                               f"0..{nsems - 1}", NOT_FOUND) from None
+            if e.errno == errno.ERANGE:
+                raise CliError(f"semop on set {args.id}: a value would go above semvmx; "
+                               "nothing was changed", FAILED) from None
+            raise
+    if args.json:
+        _print_json({"pid": args.pid, "id": args.id,
+                     "ops": [{"semnum": n, "op": op} for n, op in args.ops]}, out)
     return OK
 
 
@@ -624,6 +819,65 @@ def _index(text: str) -> int:
     if n > _LONG_MAX:
         raise argparse.ArgumentTypeError(f"an index is 0..{_LONG_MAX} (MSG_COPY takes it "
                                          f"in a C long), got {n}")
+    return n
+
+
+def _keyarg(text: str) -> int:
+    n = _natural(text)
+    if n > 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"a key is 0..0xffffffff, got {text}")
+    return n
+
+
+def _named_key(text: str) -> int:
+    n = _keyarg(text)
+    if n == sc.IPC_PRIVATE:
+        raise argparse.ArgumentTypeError("key 0 is IPC_PRIVATE, which names no object")
+    return n
+
+
+def _mode(text: str) -> int:
+    try:
+        n = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+    if not 0 <= n <= 0o777:
+        raise argparse.ArgumentTypeError(f"a mode is 0..0777, got {text}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not t >= 0 or t == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0 and finite, got {text}")
+    return t
+
+
+def _mtype(text: str) -> int:
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    lo, hi = sc._LIMITS["long"]
+    if not lo <= n <= hi:
+        raise argparse.ArgumentTypeError(f"a message type is {lo}..{hi} (a C long), got {n}")
+    return n
+
+
+def _send_type(text: str) -> int:
+    n = _mtype(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a message to send has a type >= 1, got {n}")
+    return n
+
+
+def _semval(text: str) -> int:
+    n = _natural(text)
+    if n > sc._LIMITS["short"][1]:
+        raise argparse.ArgumentTypeError(f"a semaphore value is 0..32767 (semvmx), got {n}")
     return n
 
 
@@ -709,6 +963,81 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the file")
     p.set_defaults(run=cmd_restore)
 
+    p = sub.add_parser("mk", parents=[common],
+                       help="make a queue, a semaphore set or a segment, as ipcmk")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
+    made = _Parser(add_help=False)
+    made.add_argument("--key", type=_keyarg, default=sc.IPC_PRIVATE,
+                      help="the key (default 0, IPC_PRIVATE); an object with this key must "
+                           "not exist yet")
+    made.add_argument("--mode", type=_mode, default=0o644,
+                      help="permissions in octal (default 0644, as ipcmk)")
+    k = kinds.add_parser("queue", parents=[common, with_json, made], help="a message queue")
+    k.add_argument("--qbytes", type=_positive,
+                   help="the queue's capacity in bytes (default msgmnb; above it needs "
+                        "CAP_SYS_RESOURCE)")
+    k = kinds.add_parser("set", parents=[common, with_json, made], help="a semaphore set")
+    k.add_argument("nsems", type=_positive, metavar="NSEMS", help="how many semaphores")
+    k.add_argument("--values", type=_semval, nargs="+", metavar="V",
+                   help="their initial values, one per semaphore (default all 0)")
+    p.set_defaults(run=cmd_mk)
+
+    p = sub.add_parser("rm", parents=[common, with_json],
+                       help="remove queues, semaphore sets or segments by id or key, as ipcrm")
+    p.add_argument("kind", choices=("queue", "set"), metavar="KIND",
+                   help="queue or set")
+    p.add_argument("ids", type=_ident, nargs="*", metavar="ID", help="ids to remove")
+    p.add_argument("--key", dest="keys", type=_named_key, action="append", default=[],
+                   metavar="KEY", help="remove the object with this key (repeatable)")
+    p.set_defaults(run=cmd_rm, rest=("ids", _ident))
+
+    p = sub.add_parser("send", parents=[common, with_json],
+                       help="send messages to a queue: each DATA argument, or stdin or a "
+                            "file as one")
+    p.add_argument("id", type=_msqid, metavar="ID", help="the queue's msqid")
+    p.add_argument("data", nargs="*", metavar="DATA",
+                   help="one message per argument (without DATA and --file: stdin)")
+    p.add_argument("--file", metavar="FILE", help="send this file's bytes as one message "
+                                                  "('-': stdin)")
+    p.add_argument("--type", type=_send_type, default=1, help="the message type (default 1)")
+    p.add_argument("--hex", action="store_true",
+                   help="DATA or the input is hexadecimal (whitespace between pairs allowed)")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--nowait", action="store_true",
+                      help="exit 8 at once if the queue is full (IPC_NOWAIT)")
+    wait.add_argument("--timeout", type=_seconds, metavar="S",
+                      help="wait for room at most S seconds, then exit 8")
+    p.set_defaults(run=cmd_send, rest=("data", str))
+
+    p = sub.add_parser("receive", parents=[common, with_json],
+                       help="take one message from a queue and print its bytes as they are")
+    p.add_argument("id", type=_msqid, metavar="ID", help="the queue's msqid")
+    p.add_argument("--type", type=_mtype, default=0,
+                   help="0 (default) the first message; N > 0 the first of type N; N < 0 "
+                        "the first of the lowest type <= -N")
+    p.add_argument("--except", dest="except_type", action="store_true",
+                   help="the first message NOT of --type N (MSG_EXCEPT)")
+    p.add_argument("--hex", action="store_true", help="print the bytes as hexadecimal")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--nowait", action="store_true",
+                      help="exit 8 at once if there is no such message (IPC_NOWAIT)")
+    wait.add_argument("--timeout", type=_seconds, metavar="S",
+                      help="wait at most S seconds, then exit 8 (nothing is taken)")
+    p.set_defaults(run=cmd_receive)
+
+    p = sub.add_parser("semop", parents=[common, with_json],
+                       help="operate on a semaphore set: all the operations or none, as "
+                            "semop(2)")
+    p.add_argument("id", type=_ident, metavar="ID", help="the set's semid")
+    p.add_argument("ops", type=_semop_arg, nargs="+", metavar="SEMNUM:OP",
+                   help="OP < 0 waits until it can subtract, OP > 0 adds, 0 waits for zero")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--nowait", action="store_true",
+                      help="exit 8 at once instead of waiting (IPC_NOWAIT)")
+    wait.add_argument("--timeout", type=_seconds, metavar="S",
+                      help="wait at most S seconds (semtimedop), then exit 8")
+    p.set_defaults(run=cmd_semop, rest=("ops", _semop_arg))
+
     p = sub.add_parser("semundo", parents=[common, with_json],
                        help="a process's SEM_UNDO adjustments from /proc/PROCESS/semundo (a "
                             "kernel file no mainline kernel has: then exit 7, explained)",
@@ -727,6 +1056,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="create a queue, peek at it without consuming, remove it")
     p.set_defaults(run=cmd_demo)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
+    """Parse, letting a command's trailing list (DATA, SEMNUM:OP, ID) go on after options.
+
+    argparse ends a ``nargs="*"`` positional at the first option, so the words after
+    ``send 0 --type 5 a b`` come back unrecognized: they are the rest of that list.
+    """
+    args, extra = parser.parse_known_args(argv)
+    rest = getattr(args, "rest", None)
+    if extra and (rest is None or any(w.startswith("-") for w in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra and rest is not None:
+        name, convert = rest
+        try:
+            getattr(args, name).extend(convert(w) for w in extra)
+        except argparse.ArgumentTypeError as e:
+            parser.error(str(e))
+    return args
 
 
 def _code_for(e: BaseException) -> int:
@@ -761,7 +1109,7 @@ def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int
     """Run the command line; returns the exit code (one of ``EXIT_CODES``)."""
     out = out or sys.stdout
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
         if not hasattr(args, "json"):
             args.json = False
         return int(args.run(args, out))
