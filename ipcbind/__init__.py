@@ -1,8 +1,9 @@
-"""ipcbind: Linux System V IPC (message queues and semaphore sets) through a cffi shim.
+"""ipcbind: Linux System V IPC (message queues, semaphore sets and shared memory) through
+a cffi shim.
 
 The syscall-shaped functions (``msgget``, ``msgsnd``, ``msgrcv``, ``msgctl``, ``semget``,
-``semop``, ``semctl``, ``ftok``) and the constants under their C names are importable
-from here.
+``semop``, ``semctl``, ``shmget``, ``shmat``, ``shmdt``, ``shmctl``, ``ftok``) and the
+constants under their C names are importable from here.
 
 A copy of ipcbind whose compiled shim (``ipcbind._ffi``) cannot be loaded still
 imports: pytest loads :mod:`ipcbind.pytest_plugin` in every run of the environment,
@@ -87,10 +88,25 @@ try:
         SEM_UNDO,
         SETALL,
         SETVAL,
+        SHM_EXEC,
+        SHM_HUGETLB,
+        SHM_INFO,
+        SHM_LOCK,
+        SHM_NORESERVE,
+        SHM_RDONLY,
+        SHM_REMAP,
+        SHM_RND,
+        SHM_STAT,
+        SHM_STAT_ANY,
+        SHM_UNLOCK,
+        Attachment,
         MsgInfo,
         MsqidDs,
         SemidDs,
         SemInfo,
+        ShmidDs,
+        ShmInfo,
+        ShmUsage,
         ftok,
         msgctl,
         msgget,
@@ -99,6 +115,10 @@ try:
         semctl,
         semget,
         semop,
+        shmat,
+        shmctl,
+        shmdt,
+        shmget,
     )
     from .semundo import (
         SemundoNotSupportedError,
@@ -160,10 +180,25 @@ __all__ = [
     "SEM_UNDO",
     "SETALL",
     "SETVAL",
+    "SHM_EXEC",
+    "SHM_HUGETLB",
+    "SHM_INFO",
+    "SHM_LOCK",
+    "SHM_NORESERVE",
+    "SHM_RDONLY",
+    "SHM_REMAP",
+    "SHM_RND",
+    "SHM_STAT",
+    "SHM_STAT_ANY",
+    "SHM_UNLOCK",
+    "Attachment",
     "MsgInfo",
     "MsqidDs",
     "SemidDs",
     "SemInfo",
+    "ShmidDs",
+    "ShmInfo",
+    "ShmUsage",
     "ftok",
     "msgctl",
     "msgget",
@@ -172,6 +207,10 @@ __all__ = [
     "semctl",
     "semget",
     "semop",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
     "SemundoNotSupportedError",
     "read_semundo",
     "restore_semundo",
