@@ -800,10 +800,10 @@ def _plain(arg: Any) -> Any:
 def _converting_first(name: str) -> Any:
     """mmap's method ``name``, given arguments that were converted to int first.
 
-    Before Python 3.11 (gh-103987), mmap's methods check that the map is open and
-    only then convert their arguments: an ``__index__`` that detached in between made
-    them read or write through the pointer of a closed map. Converted first, no code
-    of the caller runs inside them."""
+    Before Python 3.11, mmap's methods check that the map is open and only then
+    convert their arguments: an ``__index__`` that detached in between made them
+    read or write through the pointer of a closed map. Converted first, no code of
+    the caller runs inside them."""
     method = getattr(mmap.mmap, name)
 
     def converted(self: Attachment, *args: Any) -> Any:
@@ -886,6 +886,9 @@ class Attachment(mmap.mmap):
                              "the attachment; refused")
         super().madvise(option, *map(_plain, args))
 
+    # Even in 3.13, flush converts its arguments after its check: then it syncs the
+    # addresses its offset names, and fails with whatever msync says of them.
+    flush = _converting_first("flush")
     if sys.version_info < (3, 11):
         __getitem__ = _converting_first("__getitem__")
         __setitem__ = _converting_first("__setitem__")
@@ -894,7 +897,6 @@ class Attachment(mmap.mmap):
         rfind = _converting_first("rfind")
         seek = _converting_first("seek")
         move = _converting_first("move")
-        flush = _converting_first("flush")
         write_byte = _converting_first("write_byte")
 
     def __repr__(self) -> str:
