@@ -7,7 +7,7 @@ constants under their C names are importable from here.
 
 A copy of ipcbind whose compiled shim (``ipcbind._ffi``) cannot be loaded still
 imports: pytest loads :mod:`ipcbind.pytest_plugin` in every run of the environment,
-and must be able to start. Only the exceptions are usable then; every other name
+and must be able to start. Only the exceptions (:mod:`ipcbind.errors`) are usable then; every other name
 raises the shim's ImportError when it is used.
 """
 
@@ -15,11 +15,20 @@ import os as _os
 from typing import TYPE_CHECKING, Optional
 
 from .errors import (
+    FreezeError,
     IdentifierRemovedError,
+    IpcbindError,
+    NamespaceReturnError,
     NoMessageError,
     NotSupportedError,
     OutOfRangeError,
+    PartialReceiveError,
+    PartialSendError,
     QueueChangedError,
+    RestoreConflictError,
+    RestoreError,
+    SemundoNotSupportedError,
+    SnapshotFormatError,
     TooBigError,
 )
 
@@ -48,20 +57,13 @@ _SHIM_ERROR: Optional[ImportError] = None
 try:
     from .msg import Message, MessageQueue
     from .namespace import (
-        NamespaceReturnError,
         enter_namespace,
         namespace_id,
         namespace_pids,
         shares_namespace,
     )
     from .sem import Semaphore, SemaphoreSet
-    from .snapshot import (
-        FreezeError,
-        RestoreConflictError,
-        RestoreError,
-        Snapshot,
-        SnapshotFormatError,
-    )
+    from .snapshot import Snapshot
     from .syscalls import (
         GETALL,
         GETNCNT,
@@ -121,7 +123,6 @@ try:
         shmget,
     )
     from .semundo import (
-        SemundoNotSupportedError,
         read_semundo,
         restore_semundo,
         semundo_supported,
@@ -135,6 +136,9 @@ except ImportError as e:
 
 
 __all__ = [
+    "IpcbindError",
+    "PartialReceiveError",
+    "PartialSendError",
     "IdentifierRemovedError",
     "NoMessageError",
     "NotSupportedError",

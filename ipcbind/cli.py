@@ -20,7 +20,7 @@ from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 import psutil
 
 from . import syscalls as sc
-from .errors import NotSupportedError, QueueChangedError
+from .errors import CliError, NotSupportedError, QueueChangedError
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
@@ -51,14 +51,6 @@ EXIT_CODES = {
 
 _INT_MAX = 2 ** 31 - 1
 _LONG_MAX = sc._LIMITS["long"][1]
-
-
-class CliError(Exception):
-    """A failure to report as one line with this exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # ---- the demo (the README's first command) -----------------------------------------

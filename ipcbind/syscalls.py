@@ -31,6 +31,7 @@ except ModuleNotFoundError as e:  # the unbuilt source tree, e.g. python -m from
         f"ipcbind's compiled shim is missing from {__file__.rsplit('/', 1)[0]}: that is the "
         "source tree, not a built copy. Run from another directory to use the installed "
         "ipcbind, or build it in place with 'pip install -e .'") from e
+from ._limits import INT_MAX, KEY_MASK, unsigned_key
 from .errors import syscall_error, timeout_error
 
 __all__ = [
@@ -94,7 +95,8 @@ Buffer = Union[bytes, bytearray, memoryview, Any]
 
 @dataclass(frozen=True)
 class MsqidDs:
-    """A message queue's ``struct msqid_ds`` (what IPC_STAT returns)."""
+    """A message queue's ``struct msqid_ds`` (what IPC_STAT returns). ``key`` is
+    unsigned (0..2**32-1), as ``ipcs`` prints it."""
 
     __slots__ = ("key", "uid", "gid", "cuid", "cgid", "mode", "qnum", "cbytes", "qbytes",
                  "lspid", "lrpid", "stime", "rtime", "ctime")
@@ -116,7 +118,8 @@ class MsqidDs:
 
 @dataclass(frozen=True)
 class SemidDs:
-    """A semaphore set's ``struct semid_ds`` (what IPC_STAT returns)."""
+    """A semaphore set's ``struct semid_ds`` (what IPC_STAT returns). ``key`` is
+    unsigned (0..2**32-1), as ``ipcs`` prints it."""
 
     __slots__ = ("key", "uid", "gid", "cuid", "cgid", "mode", "nsems", "otime", "ctime")
     key: int
@@ -228,14 +231,14 @@ _SHM_LOCKED: int = lib.SHM_LOCKED
 
 def _msqid_ds(ds: Any) -> MsqidDs:
     p = ds.msg_perm
-    return MsqidDs(p.__key, p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.msg_qnum,
+    return MsqidDs(unsigned_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.msg_qnum,
                    ds.__msg_cbytes, ds.msg_qbytes, ds.msg_lspid, ds.msg_lrpid, ds.msg_stime,
                    ds.msg_rtime, ds.msg_ctime)
 
 
 def _semid_ds(ds: Any) -> SemidDs:
     p = ds.sem_perm
-    return SemidDs(p.__key, p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.sem_nsems,
+    return SemidDs(unsigned_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.sem_nsems,
                    ds.sem_otime, ds.sem_ctime)
 
 
@@ -366,8 +369,8 @@ def ftok(path: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"], proj
 
 def _key(call: str, key: int) -> int:
     """key_t is a C int; keys are often written as unsigned hex (ipcs shows 0x8badf00d)."""
-    if isinstance(key, int) and not isinstance(key, bool) and 2 ** 31 <= key < 2 ** 32:
-        return key - 2 ** 32
+    if isinstance(key, int) and not isinstance(key, bool) and INT_MAX < key <= KEY_MASK:
+        return key - (KEY_MASK + 1)
     _check_int(call, "key", key, "int")
     return key
 
