@@ -244,7 +244,7 @@ def _semid_ds(ds: Any) -> SemidDs:
 
 def _shmid_ds(ds: Any) -> ShmidDs:
     p = ds.shm_perm
-    return ShmidDs(_read_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS,
+    return ShmidDs(unsigned_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS,
                    ds.shm_segsz, ds.shm_nattch, ds.shm_cpid, ds.shm_lpid, ds.shm_atime,
                    ds.shm_dtime, ds.shm_ctime, bool(p.mode & _SHM_DEST),
                    bool(p.mode & _SHM_LOCKED))
@@ -373,11 +373,6 @@ def _key(call: str, key: int) -> int:
         return key - (KEY_MASK + 1)
     _check_int(call, "key", key, "int")
     return key
-
-
-def _read_key(key: int) -> int:
-    """A key as the kernel gives it (a C int), read unsigned: 0..2**32-1."""
-    return key & 0xFFFFFFFF
 
 
 def msgget(key: int, flags: int = 0) -> int:
