@@ -63,6 +63,7 @@ try:
         shares_namespace,
     )
     from .sem import Semaphore, SemaphoreSet
+    from .shm import SharedMemory
     from .snapshot import Snapshot
     from .syscalls import (
         GETALL,
@@ -154,6 +155,7 @@ __all__ = [
     "shares_namespace",
     "Semaphore",
     "SemaphoreSet",
+    "SharedMemory",
     "FreezeError",
     "RestoreConflictError",
     "RestoreError",
