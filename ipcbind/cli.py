@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import sys
+import time
 from contextlib import nullcontext
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -22,7 +23,7 @@ import psutil
 from . import syscalls as sc
 from .errors import CliError, NotSupportedError, QueueChangedError
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
-                        list_semaphore_sets, namespace_id, shares_namespace)
+                        list_segments, list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
 from .snapshot import (FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError,
                        dump, dumps, load, loads, restore, snapshot)
@@ -126,13 +127,14 @@ def _printable(data: bytes) -> str:
                    c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def _hexdump(data: bytes) -> List[str]:
+def _hexdump(data: bytes, start: int = 0) -> List[str]:
+    """Lines of 16 bytes each, numbered by their offset plus ``start``."""
     lines = []
     for at in range(0, len(data), 16):
         chunk = data[at:at + 16]
         hexes = " ".join(f"{b:02x}" for b in chunk)
         ascii_ = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
-        lines.append(f"  {at:06x}  {hexes:<47}  {ascii_}")
+        lines.append(f"  {start + at:06x}  {hexes:<47}  {ascii_}")
     return lines
 
 
@@ -182,7 +184,8 @@ def _ls_data() -> Dict[str, Any]:
             "mode": f"{sds.mode:04o}", "nsems": sds.nsems, "values": values,
             "otime": sds.otime, "ctime": sds.ctime,
         })
-    return {"namespace": namespace_id()[1], "queues": queues, "semaphore_sets": sets}
+    return {"namespace": namespace_id()[1], "queues": queues, "semaphore_sets": sets,
+            "segments": _segment_docs()}
 
 
 def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
@@ -204,6 +207,7 @@ def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
         rows.append((s["key"], str(s["id"]), s["owner"], s["mode"][1:], str(s["nsems"]),
                      values))
     out.write("\n------ Semaphore Arrays --------\n" + _table(rows))
+    out.write("\n------ Shared Memory Segments --------\n" + _segments_table(data["segments"]))
     return OK
 
 
@@ -248,6 +252,10 @@ def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
 
 def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
     """``peek ID``: a queue's messages, copied with MSG_COPY, as text, hex or JSON."""
+    if args.segment:
+        return _peek_segment(args, out)
+    if args.offset or args.length is not None:
+        raise CliError("--offset and --length are for segments (--segment)", USAGE)
     with _inside(args.pid):
         messages = _peek(args.id, args.index)
     fmt = "json" if args.json else args.format
@@ -268,6 +276,83 @@ def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
             out.write("\n".join([head] + _hexdump(m["data"])) + "\n")
         else:
             out.write(f"{head}: {_printable(m['data'])}\n")
+    return OK
+
+
+# ---- shared memory segments in ls and peek --------------------------------------------
+
+def _segment_docs() -> List[Dict[str, Any]]:
+    """Every segment of the namespace, as ``ls --json`` shows it."""
+    return [{
+        "id": shmid, "key": _key(ds.key), "uid": ds.uid, "gid": ds.gid,
+        "owner": _owner(ds.uid), "cuid": ds.cuid, "cgid": ds.cgid,
+        "mode": f"{ds.mode:04o}", "size": ds.segsz, "nattch": ds.nattch,
+        "cpid": ds.cpid, "lpid": ds.lpid, "creator": _process_name(ds.cpid),
+        "last_process": _process_name(ds.lpid), "dest": ds.dest, "locked": ds.locked,
+        "atime": ds.atime, "dtime": ds.dtime, "ctime": ds.ctime,
+    } for shmid, ds in list_segments()]
+
+
+def _clock(t: int) -> str:
+    """An epoch time in local time, ``-`` for never (0)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _segments_table(segments: List[Dict[str, Any]]) -> str:
+    rows: List[Tuple[str, ...]] = [("key", "shmid", "owner", "perms", "bytes", "nattch",
+                                    "status", "creator", "last-op", "attached", "detached",
+                                    "changed")]
+    for m in segments:
+        status = " ".join(word for word, on in (("dest", m["dest"]), ("locked", m["locked"]))
+                          if on)
+        rows.append((m["key"], str(m["id"]), m["owner"], m["mode"][1:], str(m["size"]),
+                     str(m["nattch"]), status or "-", _who(m["cpid"]), _who(m["lpid"]),
+                     _clock(m["atime"]), _clock(m["dtime"]), _clock(m["ctime"])))
+    return _table(rows)
+
+
+_PEEK_BYTES = 256
+"""How many bytes ``peek --segment`` shows when no ``--length`` is given."""
+
+
+def _segment_bytes(shmid: int, offset: int, length: Optional[int]) -> Tuple[int, bytes]:
+    """``(size, bytes)`` of a segment from ``offset``, read through a read-only attach."""
+    try:
+        att = sc.shmat(shmid, sc.SHM_RDONLY)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EIDRM):
+            raise CliError(f"no shared memory segment with id {shmid}", NOT_FOUND) from None
+        if e.errno == errno.EACCES:
+            raise CliError(f"no read permission on segment {shmid}", NO_PERMISSION) from None
+        raise
+    with att:
+        size = len(att)
+        if offset > size:
+            raise CliError(f"--offset {offset} is past the end of segment {shmid} "
+                           f"({size} bytes)", NOT_FOUND)
+        if length is None:
+            length = min(size - offset, _PEEK_BYTES)
+        elif offset + length > size:
+            raise CliError(f"--length {length} from offset {offset} is past the end of "
+                           f"segment {shmid} ({size} bytes)", NOT_FOUND)
+        return size, att[offset:offset + length]
+
+
+def _peek_segment(args: argparse.Namespace, out: IO[str]) -> int:
+    """``peek --segment ID``: a segment's bytes from ``--offset``, hex or JSON."""
+    if args.index is not None:
+        raise CliError("--index is for queues; a segment takes --offset and --length", USAGE)
+    with _inside(args.pid):
+        size, data = _segment_bytes(args.id, args.offset, args.length)
+    if args.json:
+        _print_json({"pid": args.pid, "id": args.id, "segment": True, "size": size,
+                     "offset": args.offset, "length": len(data),
+                     "data": base64.b64encode(data).decode()}, out)
+        return OK
+    head = f"segment {args.id}, {size} bytes: {len(data)} from offset {args.offset}"
+    rest = size - args.offset - len(data)
+    tail = [f"  ... {rest} more (--length, --offset)"] if rest and args.length is None else []
+    out.write("\n".join([head] + _hexdump(data, args.offset) + tail) + "\n")
     return OK
 
 
@@ -374,6 +459,15 @@ def _index(text: str) -> int:
     return n
 
 
+def _segment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--segment", action="store_true",
+                   help="ID is a shared memory segment: show its bytes as hex (read through "
+                        "a read-only attach, which sets its atime, dtime and lpid)")
+    p.add_argument("--offset", type=_natural, default=0, help="segment: first byte (default 0)")
+    p.add_argument("--length", type=_natural, default=None,
+                   help=f"segment: how many bytes (default: up to {_PEEK_BYTES})")
+
+
 def _positive(text: str) -> int:
     n = _natural(text)
     if n < 1:
@@ -403,14 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
 
     p = sub.add_parser("ls", parents=[common, with_json],
-                       help="list queues and semaphore sets, like ipcs, with process names "
-                            "and values")
+                       help="list queues, semaphore sets and shared memory segments, like "
+                            "ipcs, with process names and values")
     p.set_defaults(run=cmd_ls)
 
     p = sub.add_parser("peek", parents=[common, with_json],
-                       help="show a queue's messages without taking them (MSG_COPY)")
-    p.add_argument("id", type=_msqid, help="the queue's msqid")
+                       help="show a queue's messages without taking them (MSG_COPY), or a "
+                            "segment's bytes (--segment)")
+    p.add_argument("id", type=_msqid, help="the queue's msqid (the segment's shmid with "
+                                           "--segment)")
     p.add_argument("--index", type=_index, help="only the message at this 0-based position")
+    _segment_options(p)
     p.add_argument("--format", choices=("text", "hex", "json"), default="text",
                    help="text (default: UTF-8, escapes for the rest), hex, or json")
     p.set_defaults(run=cmd_peek)
