@@ -1,12 +1,13 @@
-"""ipcbind: Linux System V IPC (message queues and semaphore sets) through a cffi shim.
+"""ipcbind: Linux System V IPC (message queues, semaphore sets and shared memory) through
+a cffi shim.
 
 The syscall-shaped functions (``msgget``, ``msgsnd``, ``msgrcv``, ``msgctl``, ``semget``,
-``semop``, ``semctl``, ``ftok``) and the constants under their C names are importable
-from here.
+``semop``, ``semctl``, ``shmget``, ``shmat``, ``shmdt``, ``shmctl``, ``ftok``) and the
+constants under their C names are importable from here.
 
 A copy of ipcbind whose compiled shim (``ipcbind._ffi``) cannot be loaded still
 imports: pytest loads :mod:`ipcbind.pytest_plugin` in every run of the environment,
-and must be able to start. Only the exceptions are usable then; every other name
+and must be able to start. Only the exceptions (:mod:`ipcbind.errors`) are usable then; every other name
 raises the shim's ImportError when it is used.
 """
 
@@ -14,11 +15,20 @@ import os as _os
 from typing import TYPE_CHECKING, Optional
 
 from .errors import (
+    FreezeError,
     IdentifierRemovedError,
+    IpcbindError,
+    NamespaceReturnError,
     NoMessageError,
     NotSupportedError,
     OutOfRangeError,
+    PartialReceiveError,
+    PartialSendError,
     QueueChangedError,
+    RestoreConflictError,
+    RestoreError,
+    SemundoNotSupportedError,
+    SnapshotFormatError,
     TooBigError,
 )
 
@@ -47,20 +57,14 @@ _SHIM_ERROR: Optional[ImportError] = None
 try:
     from .msg import Message, MessageQueue
     from .namespace import (
-        NamespaceReturnError,
         enter_namespace,
         namespace_id,
         namespace_pids,
         shares_namespace,
     )
     from .sem import Semaphore, SemaphoreSet
-    from .snapshot import (
-        FreezeError,
-        RestoreConflictError,
-        RestoreError,
-        Snapshot,
-        SnapshotFormatError,
-    )
+    from .shm import SharedMemory
+    from .snapshot import Snapshot
     from .syscalls import (
         GETALL,
         GETNCNT,
@@ -87,10 +91,25 @@ try:
         SEM_UNDO,
         SETALL,
         SETVAL,
+        SHM_EXEC,
+        SHM_HUGETLB,
+        SHM_INFO,
+        SHM_LOCK,
+        SHM_NORESERVE,
+        SHM_RDONLY,
+        SHM_REMAP,
+        SHM_RND,
+        SHM_STAT,
+        SHM_STAT_ANY,
+        SHM_UNLOCK,
+        Attachment,
         MsgInfo,
         MsqidDs,
         SemidDs,
         SemInfo,
+        ShmidDs,
+        ShmInfo,
+        ShmUsage,
         ftok,
         msgctl,
         msgget,
@@ -99,9 +118,12 @@ try:
         semctl,
         semget,
         semop,
+        shmat,
+        shmctl,
+        shmdt,
+        shmget,
     )
     from .semundo import (
-        SemundoNotSupportedError,
         read_semundo,
         restore_semundo,
         semundo_supported,
@@ -115,6 +137,9 @@ except ImportError as e:
 
 
 __all__ = [
+    "IpcbindError",
+    "PartialReceiveError",
+    "PartialSendError",
     "IdentifierRemovedError",
     "NoMessageError",
     "NotSupportedError",
@@ -130,6 +155,7 @@ __all__ = [
     "shares_namespace",
     "Semaphore",
     "SemaphoreSet",
+    "SharedMemory",
     "FreezeError",
     "RestoreConflictError",
     "RestoreError",
@@ -160,10 +186,25 @@ __all__ = [
     "SEM_UNDO",
     "SETALL",
     "SETVAL",
+    "SHM_EXEC",
+    "SHM_HUGETLB",
+    "SHM_INFO",
+    "SHM_LOCK",
+    "SHM_NORESERVE",
+    "SHM_RDONLY",
+    "SHM_REMAP",
+    "SHM_RND",
+    "SHM_STAT",
+    "SHM_STAT_ANY",
+    "SHM_UNLOCK",
+    "Attachment",
     "MsgInfo",
     "MsqidDs",
     "SemidDs",
     "SemInfo",
+    "ShmidDs",
+    "ShmInfo",
+    "ShmUsage",
     "ftok",
     "msgctl",
     "msgget",
@@ -172,6 +213,10 @@ __all__ = [
     "semctl",
     "semget",
     "semop",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
     "SemundoNotSupportedError",
     "read_semundo",
     "restore_semundo",

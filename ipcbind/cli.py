@@ -24,12 +24,12 @@ import psutil
 
 from . import __version__
 from . import syscalls as sc
-from .errors import NoMessageError, NotSupportedError, QueueChangedError
+from .errors import CliError, NoMessageError, NotSupportedError, QueueChangedError
 from .msg import MessageQueue
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
-                        list_semaphore_sets, namespace_id, shares_namespace)
+                        list_segments, list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
-from .syscalls import MsqidDs, SemidDs
+from .syscalls import MsqidDs, SemidDs, ShmidDs
 from .snapshot import (FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError,
                        dump, dumps, load, loads, restore, snapshot)
 
@@ -62,14 +62,6 @@ EXIT_CODES = {
 
 _INT_MAX = 2 ** 31 - 1
 _LONG_MAX = sc._LIMITS["long"][1]
-
-
-class CliError(Exception):
-    """A failure to report as one line with this exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # ---- the demo (the README's first command) -----------------------------------------
@@ -194,13 +186,14 @@ def _printable(data: bytes) -> str:
                    c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def _hexdump(data: bytes) -> List[str]:
+def _hexdump(data: bytes, start: int = 0) -> List[str]:
+    """Lines of 16 bytes each, numbered by their offset plus ``start``."""
     lines = []
     for at in range(0, len(data), 16):
         chunk = data[at:at + 16]
         hexes = " ".join(f"{b:02x}" for b in chunk)
         ascii_ = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
-        lines.append(f"  {at:06x}  {hexes:<47}  {ascii_}")
+        lines.append(f"  {start + at:06x}  {hexes:<47}  {ascii_}")
     return lines
 
 
@@ -277,6 +270,8 @@ def _ls_data(kinds: Sequence[str]) -> Dict[str, Any]:
         data["queues"] = [_queue_doc(msqid, ds) for msqid, ds in list_queues()]
     if "set" in kinds:
         data["semaphore_sets"] = [_set_doc(semid, sds) for semid, sds in list_semaphore_sets()]
+    if "segment" in kinds:
+        data["segments"] = [_segment_doc(shmid, ds) for shmid, ds in list_segments()]
     return data
 
 
@@ -285,15 +280,18 @@ def _one(kind: str, ident: int) -> Dict[str, Any]:
     with _about(kind, ident):
         if kind == "queue":
             return _queue_doc(ident, sc.msgctl(ident, sc.IPC_STAT))
+        if kind == "segment":
+            return _segment_doc(ident, sc.shmctl(ident, sc.IPC_STAT))
         return _set_doc(ident, sc.semctl(ident, 0, sc.IPC_STAT), detail=True)
 
 
 def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
-    """``ls``: queues and semaphore sets, like ipcs, with process names, values and times;
-    ``ls -q|-s -i ID``: one of them in full."""
+    """``ls``: queues, semaphore sets and segments, like ipcs, with process names, values and
+    times; ``ls -q|-s|-m -i ID``: one of them in full."""
     if args.id is not None and args.kind is None:
-        raise CliError("-i ID needs the kind: -q (queue) or -s (semaphore set)", USAGE)
-    kinds = (args.kind,) if args.kind else ("queue", "set")
+        raise CliError("-i ID needs the kind: -q (queue), -s (semaphore set) or -m (segment)",
+                       USAGE)
+    kinds = (args.kind,) if args.kind else ("queue", "set", "segment")
     with _inside(args.pid):
         if args.id is not None:
             doc = _one(args.kind, args.id)
@@ -309,7 +307,7 @@ def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
         _print_json({"pid": args.pid, **data}, out)
         return OK
     fmt = args.time_format or "short"
-    names: Tuple[str, ...] = ("group", "creator", "creator-group") if args.creator else ()
+    names = _NAME_COLUMNS[:3 * args.creator]
     sections = []
     if "queues" in data:
         rows: List[Tuple[str, ...]] = [(
@@ -330,8 +328,15 @@ def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
                          s["mode"][1:], str(s["nsems"]), _when(s["otime"], fmt),
                          _when(s["ctime"], fmt), values))
         sections.append("------ Semaphore Arrays --------\n" + _table(rows))
+    if "segments" in data:
+        sections.append("------ Shared Memory Segments --------\n" +
+                        _segments_table(data["segments"], fmt, args.creator))
     out.write("\n".join(sections))
     return OK
+
+
+_NAME_COLUMNS = ("group", "cuser", "cgroup")
+"""The columns ``ls -c`` adds after the owner, named as lsipc names them."""
 
 
 def _names(doc: Dict[str, Any], wanted: bool) -> Tuple[str, ...]:
@@ -344,13 +349,18 @@ def _detail(kind: str, doc: Dict[str, Any], fmt: str) -> str:
              ("perms", f"{doc['mode'][1:]} ({_perms(doc['mode'])})"),
              ("owner", f"{doc['owner']} (uid {doc['uid']})"),
              ("group", f"{doc['group']} (gid {doc['gid']})"),
-             ("creator", f"{doc['cuser']} (uid {doc['cuid']})"),
+             ("creator user", f"{doc['cuser']} (uid {doc['cuid']})"),
              ("creator group", f"{doc['cgroup']} (gid {doc['cgid']})")]
     if kind == "queue":
         lines += [("used bytes", str(doc["cbytes"])), ("messages", str(doc["qnum"])),
                   ("qbytes", str(doc["qbytes"])), ("last sender", _who(doc["lspid"])),
                   ("last receiver", _who(doc["lrpid"])), ("last send", _when(doc["stime"], fmt)),
                   ("last receive", _when(doc["rtime"], fmt))]
+    elif kind == "segment":
+        lines += [("bytes", str(doc["size"])), ("attached", str(doc["nattch"])),
+                  ("status", _status(doc)), ("creator process", _who(doc["cpid"])),
+                  ("last process", _who(doc["lpid"])), ("last attach", _when(doc["atime"], fmt)),
+                  ("last detach", _when(doc["dtime"], fmt))]
     else:
         lines += [("semaphores", str(doc["nsems"])), ("last op", _when(doc["otime"], fmt))]
     lines.append(("last change", _when(doc["ctime"], fmt)))
@@ -366,33 +376,15 @@ def _detail(kind: str, doc: Dict[str, Any], fmt: str) -> str:
     return text
 
 
-def _proc_kernel(name: str) -> int:
-    with open(f"/proc/sys/kernel/{name}") as f:
-        return int(f.read())
-
-
-def _segment_usage() -> Dict[str, int]:
-    """Segments and pages in use, from /proc/sysvipc/shm (sizes and rss/swap in bytes)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    used = {"segments": 0, "pages": 0, "resident": 0, "swapped": 0}
-    with open("/proc/sysvipc/shm") as f:
-        head = f.readline().split()
-        size, rss, swap = head.index("size"), head.index("rss"), head.index("swap")
-        for line in f:
-            row = line.split()
-            used["segments"] += 1
-            used["pages"] += -(-int(row[size]) // page)
-            used["resident"] += int(row[rss]) // page
-            used["swapped"] += int(row[swap]) // page
-    return used
-
-
 def _info_data() -> Dict[str, Any]:
-    """Limits (IPC_INFO) and usage (MSG_INFO, SEM_INFO) of each kind, as ipcs -l and -u."""
+    """Limits (IPC_INFO) and usage (MSG_INFO, SEM_INFO, SHM_INFO) of each kind, as ipcs -l
+    and -u."""
     _, ml = sc.msgctl(0, sc.IPC_INFO)
     _, mu = sc.msgctl(0, sc.MSG_INFO)
     _, sl = sc.semctl(0, 0, sc.IPC_INFO)
     _, su = sc.semctl(0, 0, sc.SEM_INFO)
+    _, hl = sc.shmctl(0, sc.IPC_INFO)
+    _, hu = sc.shmctl(0, sc.SHM_INFO)
     return {
         "namespace": namespace_id()[1],
         "queues": {
@@ -403,10 +395,10 @@ def _info_data() -> Dict[str, Any]:
                        "semopm": sl.semopm, "semvmx": sl.semvmx},
             "usage": {"sets": su.semusz, "semaphores": su.semaem}},
         "segments": {
-            # SHMMIN is 1 in every kernel; it has no sysctl.
-            "limits": {"shmmni": _proc_kernel("shmmni"), "shmall": _proc_kernel("shmall"),
-                       "shmmax": _proc_kernel("shmmax"), "shmmin": 1},
-            "usage": _segment_usage()},
+            "limits": {"shmmni": hl.shmmni, "shmall": hl.shmall, "shmmax": hl.shmmax,
+                       "shmmin": hl.shmmin},
+            "usage": {"segments": hu.used_ids, "pages": hu.shm_tot, "resident": hu.shm_rss,
+                      "swapped": hu.shm_swp}},
     }
 
 
@@ -498,6 +490,10 @@ def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
     """``peek ID``: a queue's messages, copied with MSG_COPY, as text, hex or JSON."""
     if args.json and args.format not in (None, "json"):
         raise CliError(f"--json and --format {args.format} conflict: give one", USAGE)
+    if args.segment:
+        return _peek_segment(args, out)
+    if args.offset or args.length is not None:
+        raise CliError("--offset and --length are for segments (--segment)", USAGE)
     with _inside(args.pid):
         messages = _peek(args.id, args.index)
     fmt = "json" if args.json else args.format or "text"
@@ -513,6 +509,76 @@ def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
             out.write("\n".join([head] + _hexdump(m["data"])) + "\n")
         else:
             out.write(f"{head}: {_printable(m['data'])}\n")
+    return OK
+
+
+# ---- shared memory segments in ls and peek --------------------------------------------
+
+def _segment_doc(shmid: int, ds: ShmidDs) -> Dict[str, Any]:
+    return {"id": shmid, **_identity(ds), "size": ds.segsz, "nattch": ds.nattch,
+            "cpid": ds.cpid, "lpid": ds.lpid, "creator": _process_name(ds.cpid),
+            "last_process": _process_name(ds.lpid), "dest": ds.dest, "locked": ds.locked,
+            **_times(ds, "atime", "dtime", "ctime")}
+
+
+def _status(doc: Dict[str, Any]) -> str:
+    return " ".join(word for word in ("dest", "locked") if doc[word]) or "-"
+
+
+def _segments_table(segments: List[Dict[str, Any]], fmt: str, creator: bool) -> str:
+    rows: List[Tuple[str, ...]] = [("key", "shmid", "owner", *_NAME_COLUMNS[:3 * creator],
+                                    "perms", "bytes", "nattch", "status", "creator", "last-op",
+                                    "attached", "detached", "changed")]
+    for m in segments:
+        rows.append((m["key"], str(m["id"]), m["owner"], *_names(m, creator), m["mode"][1:],
+                     str(m["size"]), str(m["nattch"]), _status(m), _who(m["cpid"]),
+                     _who(m["lpid"]), _when(m["atime"], fmt), _when(m["dtime"], fmt),
+                     _when(m["ctime"], fmt)))
+    return _table(rows)
+
+
+_PEEK_BYTES = 256
+"""How many bytes ``peek --segment`` shows when no ``--length`` is given."""
+
+
+def _segment_bytes(shmid: int, offset: int, length: Optional[int]) -> Tuple[int, bytes]:
+    """``(size, bytes)`` of a segment from ``offset``, read through a read-only attach."""
+    try:
+        att = sc.shmat(shmid, sc.SHM_RDONLY)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EIDRM):
+            raise CliError(f"no shared memory segment with id {shmid}", NOT_FOUND) from None
+        if e.errno == errno.EACCES:
+            raise CliError(f"no read permission on segment {shmid}", NO_PERMISSION) from None
+        raise
+    with att:
+        size = len(att)
+        if offset > size:
+            raise CliError(f"--offset {offset} is past the end of segment {shmid} "
+                           f"({size} bytes)", NOT_FOUND)
+        if length is None:
+            length = min(size - offset, _PEEK_BYTES)
+        elif offset + length > size:
+            raise CliError(f"--length {length} from offset {offset} is past the end of "
+                           f"segment {shmid} ({size} bytes)", NOT_FOUND)
+        return size, att[offset:offset + length]
+
+
+def _peek_segment(args: argparse.Namespace, out: IO[str]) -> int:
+    """``peek --segment ID``: a segment's bytes from ``--offset``, hex or JSON."""
+    if args.index is not None:
+        raise CliError("--index is for queues; a segment takes --offset and --length", USAGE)
+    with _inside(args.pid):
+        size, data = _segment_bytes(args.id, args.offset, args.length)
+    if args.json:
+        _print_json({"pid": args.pid, "id": args.id, "segment": True, "size": size,
+                     "offset": args.offset, "length": len(data),
+                     "data": base64.b64encode(data).decode()}, out)
+        return OK
+    head = f"segment {args.id}, {size} bytes: {len(data)} from offset {args.offset}"
+    rest = size - args.offset - len(data)
+    tail = [f"  ... {rest} more (--length, --offset)"] if rest and args.length is None else []
+    out.write("\n".join([head] + _hexdump(data, args.offset) + tail) + "\n")
     return OK
 
 
@@ -566,6 +632,8 @@ def _create(kind: str, key: int, mode: int, args: argparse.Namespace) -> int:
     try:
         if kind == "queue":
             return sc.msgget(key, flags)
+        if kind == "segment":
+            return sc.shmget(key, args.size, flags)
         return sc.semget(key, args.nsems, flags)
     except FileExistsError:
         raise CliError(f"a {_KIND_NAMES[kind]} with key {_key(key)} exists already",
@@ -573,7 +641,7 @@ def _create(kind: str, key: int, mode: int, args: argparse.Namespace) -> int:
 
 
 def cmd_mk(args: argparse.Namespace, out: IO[str]) -> int:
-    """``mk queue|set``: a new object, as ipcmk makes them."""
+    """``mk queue|set|segment``: a new object, as ipcmk makes them."""
     if args.kind == "set" and args.values is not None and len(args.values) != args.nsems:
         raise CliError(f"--values gives {len(args.values)} value(s) for {args.nsems} "
                        "semaphore(s)", USAGE)
@@ -599,6 +667,8 @@ def cmd_mk(args: argparse.Namespace, out: IO[str]) -> int:
 def _remove(kind: str, ident: int) -> None:
     if kind == "queue":
         sc.msgctl(ident, sc.IPC_RMID)
+    elif kind == "segment":
+        sc.shmctl(ident, sc.IPC_RMID)
     else:
         sc.semctl(ident, 0, sc.IPC_RMID)
 
@@ -607,14 +677,16 @@ def _id_of(kind: str, key: int) -> int:
     try:
         if kind == "queue":
             return sc.msgget(key, 0)
+        if kind == "segment":
+            return sc.shmget(key, 0, 0)
         return sc.semget(key, 0, 0)
     except FileNotFoundError:
         raise CliError(f"no {_KIND_NAMES[kind]} with key {_key(key)}", NOT_FOUND) from None
 
 
 def cmd_rm(args: argparse.Namespace, out: IO[str]) -> int:
-    """``rm queue|set ID... [--key KEY]...``: remove objects, as ipcrm; every one named is
-    tried, and the first failure decides the exit code."""
+    """``rm queue|set|segment ID... [--key KEY]...``: remove objects, as ipcrm; every one
+    named is tried, and the first failure decides the exit code."""
     if not args.ids and not args.keys:
         raise CliError(f"rm {args.kind}: name at least one ID or --key KEY", USAGE)
     removed: List[int] = []
@@ -881,6 +953,15 @@ def _semval(text: str) -> int:
     return n
 
 
+def _segment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--segment", action="store_true",
+                   help="ID is a shared memory segment: show its bytes as hex (read through "
+                        "a read-only attach, which sets its atime, dtime and lpid)")
+    p.add_argument("--offset", type=_natural, default=0, help="segment: first byte (default 0)")
+    p.add_argument("--length", type=_natural, default=None,
+                   help=f"segment: how many bytes (default: up to {_PEEK_BYTES})")
+
+
 def _positive(text: str) -> int:
     n = _natural(text)
     if n < 1:
@@ -913,18 +994,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
 
     p = sub.add_parser("ls", parents=[common, with_json],
-                       help="list queues and semaphore sets, like ipcs, with process names, "
-                            "values and times; -q|-s -i ID shows one in full")
+                       help="list queues, semaphore sets and shared memory segments, like "
+                            "ipcs, with process names, values and times; -q|-s|-m -i ID shows "
+                            "one in full")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("-q", "--queues", dest="kind", action="store_const", const="queue",
                       help="only message queues")
     kind.add_argument("-s", "--semaphores", dest="kind", action="store_const", const="set",
                       help="only semaphore sets")
+    kind.add_argument("-m", "--shmems", dest="kind", action="store_const", const="segment",
+                      help="only shared memory segments")
     p.add_argument("-i", "--id", type=_ident, metavar="ID",
-                   help="one object in full (with -q or -s): for a set, each semaphore's "
-                        "value, last pid, ncount and zcount")
+                   help="one object in full (with -q, -s or -m): for a set, each "
+                        "semaphore's value, last pid, ncount and zcount")
     p.add_argument("-c", "--creator", action="store_true",
-                   help="also the group, the creator and the creator's group")
+                   help="also the group, the creator's user and the creator's group")
     p.add_argument("--time-format", choices=TIME_FORMATS,
                    help="short (the default in the table: the time today, else the date), "
                         "full (the default with -i), or iso")
@@ -936,9 +1020,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("peek", parents=[common, with_json],
-                       help="show a queue's messages without taking them (MSG_COPY)")
-    p.add_argument("id", type=_msqid, help="the queue's msqid")
+                       help="show a queue's messages without taking them (MSG_COPY), or a "
+                            "segment's bytes (--segment)")
+    p.add_argument("id", type=_msqid, help="the queue's msqid (the segment's shmid with "
+                                           "--segment)")
     p.add_argument("--index", type=_index, help="only the message at this 0-based position")
+    _segment_options(p)
     p.add_argument("--format", choices=("text", "hex", "json"),
                    help="text (default: UTF-8, escapes for the rest), hex, or json (the "
                         "same as --json)")
@@ -980,12 +1067,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("nsems", type=_positive, metavar="NSEMS", help="how many semaphores")
     k.add_argument("--values", type=_semval, nargs="+", metavar="V",
                    help="their initial values, one per semaphore (default all 0)")
+    k = kinds.add_parser("segment", parents=[common, with_json, made],
+                         help="a shared memory segment")
+    k.add_argument("size", type=_positive, metavar="SIZE", help="its size in bytes")
     p.set_defaults(run=cmd_mk)
 
     p = sub.add_parser("rm", parents=[common, with_json],
                        help="remove queues, semaphore sets or segments by id or key, as ipcrm")
-    p.add_argument("kind", choices=("queue", "set"), metavar="KIND",
-                   help="queue or set")
+    p.add_argument("kind", choices=("queue", "set", "segment"), metavar="KIND",
+                   help="queue, set or segment")
     p.add_argument("ids", type=_ident, nargs="*", metavar="ID", help="ids to remove")
     p.add_argument("--key", dest="keys", type=_named_key, action="append", default=[],
                    metavar="KEY", help="remove the object with this key (repeatable)")

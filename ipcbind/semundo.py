@@ -22,7 +22,8 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import syscalls
-from .errors import NotSupportedError, OutOfRangeError, TooBigError, syscall_error
+from .errors import (NotSupportedError, OutOfRangeError, SemundoNotSupportedError, TooBigError,
+                     syscall_error)
 from .syscalls import GETALL, IPC_INFO, IPC_NOWAIT, IPC_STAT, SEM_UNDO
 
 __all__ = [
@@ -51,27 +52,6 @@ _SHOWN = 80
 # GETALL and our semop, the planned order may no longer fit and the call fails
 # without effect. A few fresh attempts make that race practically invisible.
 _ATTEMPTS = 5
-
-
-class SemundoNotSupportedError(NotSupportedError):
-    """ENOSYS: the kernel has no ``/proc/<pid>/semundo`` (no mainline kernel has it).
-
-    Attributes:
-        filename: the path that does not exist.
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__(
-            errno.ENOSYS,
-            "this kernel does not provide /proc/<pid>/semundo (proposed in 2008, never "
-            "merged into mainline); tracked_semundo() tells the undo state this process "
-            "made through ipcbind, and restore_semundo() recreates undo state without "
-            "the file",
-            path,
-        )
-
-    def __reduce__(self) -> Tuple[Any, Tuple[str]]:
-        return type(self), (self.filename,)
 
 
 # ---- the file -----------------------------------------------------------------------

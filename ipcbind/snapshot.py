@@ -37,7 +37,8 @@ from typing import (IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, 
                     Tuple, Union)
 
 from . import syscalls as sc
-from .errors import QueueChangedError
+from .errors import (FreezeError, QueueChangedError, RestoreConflictError, RestoreError,
+                     SnapshotFormatError)
 from .namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
                         namespace_pids)
 
@@ -154,34 +155,6 @@ class Restored:
 
     queues: Tuple[int, ...]
     semaphore_sets: Tuple[int, ...]
-
-
-class SnapshotFormatError(ValueError):
-    """A snapshot file that is damaged, foreign, or of a version this ipcbind cannot read."""
-
-
-class RestoreError(RuntimeError):
-    """A restore failed; everything it had created was removed again.
-
-    ``leftovers`` names what could not be removed (normally empty).
-    """
-
-    def __init__(self, message: str, leftovers: Sequence[str] = ()) -> None:
-        if leftovers:
-            message += "; COULD NOT REMOVE: " + ", ".join(leftovers)
-        super().__init__(message)
-        self.leftovers = tuple(leftovers)
-
-
-class RestoreConflictError(RestoreError):
-    """The namespace already holds an object with an id or key the snapshot needs.
-
-    Nothing was created.
-    """
-
-
-class FreezeError(RuntimeError):
-    """The namespace's processes could not be frozen, or not all could be thawed."""
 
 
 # ---- reading a namespace ------------------------------------------------------------

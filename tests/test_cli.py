@@ -380,6 +380,6 @@ def test_ls_times_never_set_are_a_dash_and_null(semset: int) -> None:
     assert "last op:       -\n" in run("ls", "-s", "-i", semset)[1]
 
 
-def test_ls_creator_adds_the_group_and_creator_columns(msq: int) -> None:
+def test_ls_c_adds_the_group_and_the_creators_user_and_group(msq: int) -> None:
     head = run("ls", "-q", "-c")[1].splitlines()[1].split()
-    assert head[:6] == ["key", "msqid", "owner", "group", "creator", "creator-group"]
+    assert head[:6] == ["key", "msqid", "owner", "group", "cuser", "cgroup"]
