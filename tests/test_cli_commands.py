@@ -38,6 +38,8 @@ def made() -> Iterator[List[Tuple[str, int]]]:
         try:
             if kind == "queue":
                 sc.msgctl(ident, sc.IPC_RMID)
+            elif kind == "segment":
+                sc.shmctl(ident, sc.IPC_RMID)
             else:
                 sc.semctl(ident, 0, sc.IPC_RMID)
         except OSError:
@@ -282,3 +284,13 @@ def test_every_changing_command_works_inside_the_namespace_of_pid() -> None:
     assert queues == {0x4321, 0x4444} and sets == []
     with pytest.raises(FileNotFoundError):
         sc.msgget(0x4444)
+
+
+def test_mk_segment_is_what_ipcs_shows_and_rm_removes_it(made: List[Tuple[str, int]]) -> None:
+    key = 0x7A000000 | os.getpid()
+    m = _mk(made, "segment", 10000, "--key", hex(key), "--mode", "600")
+    ipcs = subprocess.run(["ipcs", "-m"], capture_output=True, text=True, check=True).stdout
+    assert f"{key:#010x} {m:<10} root       600        10000      0" in ipcs
+    assert run("rm", "segment", "--key", hex(key)) == (0, f"removed shared memory segment {m}\n")
+    with pytest.raises(FileNotFoundError):
+        sc.shmget(key, 0)

@@ -248,3 +248,29 @@ def test_ls_i_of_a_set_shows_each_semaphore_as_ipcs_s_i(ns: Tuple[int, Dict[str,
     assert f"0       3      1       0       {pid}(" in detail
     full = re.search(r"ctime = (.*\d)", text)
     assert full and f"last change:   {full.group(1)}\n" in detail
+
+
+def test_ls_json_of_segments_agrees_with_lsipc_on_every_shared_field(
+        ns: Tuple[int, Dict[str, int]]) -> None:
+    pid, made = ns
+    (mine,) = json.loads(ours(pid, "ls", "-m", "--json"))["segments"]
+    (row,) = _lsipc(pid, "-m", _COMMON + ",SIZE,NATTCH,STATUS,ATTACH,DETACH,CPID,LPID")
+    _same_identity(mine, row)
+    assert [str(mine[k]) for k in ("id", "size", "nattch", "cpid", "lpid")] == [
+        row[k] for k in ("id", "size", "nattch", "cpid", "lpid")]
+    assert (mine["atime_iso"], mine["dtime_iso"]) == (row["attach"], row["detach"])
+    assert (mine["dest"], mine["locked"], row["status"]) == (False, False, None)
+
+
+def test_ls_i_of_a_segment_agrees_with_ipcs_m_i(ns: Tuple[int, Dict[str, int]]) -> None:
+    pid, made = ns
+    text = theirs(pid, "ipcs", "-m", "-i", str(made["m"]))
+    fields = dict(re.findall(r"(\w+)=(\w+)", text))
+    doc = json.loads(ours(pid, "ls", "-m", "-i", made["m"], "--json"))
+    assert {k: str(doc[k]) for k in ("uid", "gid", "cuid", "cgid", "lpid", "cpid", "nattch")} == {
+        k: fields[k] for k in ("uid", "gid", "cuid", "cgid", "lpid", "cpid", "nattch")}
+    assert (str(doc["size"]), doc["mode"]) == (fields["bytes"], fields["mode"])
+    detail = ours(pid, "ls", "-m", "-i", made["m"])
+    full = re.search(r"change_time=(.*\d)", text)
+    assert full and f"last change:     {full.group(1)}\n" in detail
+    assert "bytes:           10000\n" in detail and "last attach:     -\n" in detail
