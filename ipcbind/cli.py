@@ -1,4 +1,5 @@
-"""The ipcbind command line: list, peek, dump and restore System V IPC objects.
+"""The ipcbind command line: list, inspect, make, remove, use, dump and restore System V
+IPC objects (message queues, semaphore sets, shared memory segments).
 
 Every command takes --pid PID to act inside that process's IPC namespace;
 commands that print data take --json. Errors are one line on stderr and an
