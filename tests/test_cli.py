@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
 import pty
 import subprocess
 import sys
-from typing import Any, List, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 import psutil
 import pytest
@@ -18,7 +20,7 @@ from nschild import needs_ns_root, ns_child
 
 import ipcbind
 from ipcbind import syscalls as sc
-from ipcbind.cli import main
+from ipcbind.cli import EXIT_CODES, build_parser, main
 from ipcbind.namespace import enter_namespace, list_queues
 from ipcbind.snapshot import Limits, QueueState, Snapshot, dump, load, loads, snapshot
 
@@ -383,3 +385,28 @@ def test_ls_times_never_set_are_a_dash_and_null(semset: int) -> None:
 def test_ls_c_adds_the_group_and_the_creators_user_and_group(msq: int) -> None:
     head = run("ls", "-q", "-c")[1].splitlines()[1].split()
     assert head[:6] == ["key", "msqid", "owner", "group", "cuser", "cgroup"]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = sub
+                found.update({f"{name} {k}": v for k, v in _subparsers(sub).items()})
+    return found
+
+
+def test_docs_cli_md_names_every_command_option_and_exit_code() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    table = docs.split("| command | what it does |")[1].split("\n\n")[0]
+    codes = docs.split("| code | meaning |")[1].split("\n\n")[0]
+    commands = _subparsers(build_parser())
+    for name, sub in commands.items():
+        rows = [r for r in table.splitlines() if r.startswith(f"| `{name}")]
+        assert rows, f"docs/cli.md has no row for {name}"
+        for action in sub._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help", "--pid", "--json"):
+                    assert any(option in r for r in rows), f"{name} {option} is not in docs"
+    assert [int(line.split("|")[1]) for line in codes.splitlines()[2:]] == list(EXIT_CODES)
