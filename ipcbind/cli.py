@@ -863,43 +863,33 @@ def _pid(text: str) -> int:
     return pid
 
 
-def _natural(text: str) -> int:
-    try:
-        n = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
+def _bounded(what: str, lo: int, hi: Optional[int] = None,
+             why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer (decimal, 0x hex, 0o octal) from lo to hi, refused
+    saying what it is for."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {lo}, got {n}".lstrip())
+        if hi is not None and n > hi:
+            raise argparse.ArgumentTypeError(f"{what} is {lo}..{hi}{why}, got {n}")
+        return n
+    return parse
 
 
-def _ident(text: str) -> int:
-    n = _natural(text)
-    if n > _INT_MAX:
-        raise argparse.ArgumentTypeError(f"an id is 0..{_INT_MAX}, got {n}")
-    return n
-
-
-def _msqid(text: str) -> int:
-    n = _natural(text)
-    if n > _INT_MAX:
-        raise argparse.ArgumentTypeError(f"a queue id is 0..{_INT_MAX}, got {n}")
-    return n
-
-
-def _index(text: str) -> int:
-    n = _natural(text)
-    if n > _LONG_MAX:
-        raise argparse.ArgumentTypeError(f"an index is 0..{_LONG_MAX} (MSG_COPY takes it "
-                                         f"in a C long), got {n}")
-    return n
-
-
-def _keyarg(text: str) -> int:
-    n = _natural(text)
-    if n > 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"a key is 0..0xffffffff, got {text}")
-    return n
+_LONG_MIN = sc._LIMITS["long"][0]
+_natural = _bounded("", 0)
+_positive = _bounded("", 1)
+_ident = _bounded("an id", 0, _INT_MAX)
+_msqid = _bounded("a queue id", 0, _INT_MAX)
+_index = _bounded("an index", 0, _LONG_MAX, " (MSG_COPY takes it in a C long)")
+_keyarg = _bounded("a key", 0, 0xFFFFFFFF)
+_mtype = _bounded("a message type", _LONG_MIN, _LONG_MAX, " (a C long)")
+_send_type = _bounded("the type of a message to send", 1, _LONG_MAX, " (a C long)")
+_semval = _bounded("a semaphore value", 0, sc._LIMITS["short"][1], " (semvmx)")
 
 
 def _named_key(text: str) -> int:
@@ -929,31 +919,6 @@ def _seconds(text: str) -> float:
     return t
 
 
-def _mtype(text: str) -> int:
-    try:
-        n = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    lo, hi = sc._LIMITS["long"]
-    if not lo <= n <= hi:
-        raise argparse.ArgumentTypeError(f"a message type is {lo}..{hi} (a C long), got {n}")
-    return n
-
-
-def _send_type(text: str) -> int:
-    n = _mtype(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"a message to send has a type >= 1, got {n}")
-    return n
-
-
-def _semval(text: str) -> int:
-    n = _natural(text)
-    if n > sc._LIMITS["short"][1]:
-        raise argparse.ArgumentTypeError(f"a semaphore value is 0..32767 (semvmx), got {n}")
-    return n
-
-
 def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--segment", action="store_true",
                    help="ID is a shared memory segment: show its bytes as hex (read through "
@@ -961,13 +926,6 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", type=_natural, default=0, help="segment: first byte (default 0)")
     p.add_argument("--length", type=_natural, default=None,
                    help=f"segment: how many bytes (default: up to {_PEEK_BYTES})")
-
-
-def _positive(text: str) -> int:
-    n = _natural(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 class _Parser(argparse.ArgumentParser):
