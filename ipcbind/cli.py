@@ -928,6 +928,14 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
                    help=f"segment: how many bytes (default: up to {_PEEK_BYTES})")
 
 
+def _wait_options(p: argparse.ArgumentParser, nowait: str, timeout: str) -> None:
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--nowait", action="store_true",
+                      help=f"exit 8 at once {nowait} (IPC_NOWAIT)")
+    wait.add_argument("--timeout", type=_seconds, metavar="S",
+                      help=f"wait at most S seconds{timeout}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -1051,11 +1059,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", type=_send_type, default=1, help="the message type (default 1)")
     p.add_argument("--hex", action="store_true",
                    help="DATA or the input is hexadecimal (whitespace between pairs allowed)")
-    wait = p.add_mutually_exclusive_group()
-    wait.add_argument("--nowait", action="store_true",
-                      help="exit 8 at once if the queue is full (IPC_NOWAIT)")
-    wait.add_argument("--timeout", type=_seconds, metavar="S",
-                      help="wait for room at most S seconds, then exit 8")
+    _wait_options(p, "if the queue is full", " for room, then exit 8")
     p.set_defaults(run=cmd_send, rest=("data", str))
 
     p = sub.add_parser("receive", parents=[common, with_json],
@@ -1067,11 +1071,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--except", dest="except_type", action="store_true",
                    help="the first message NOT of --type N (MSG_EXCEPT)")
     p.add_argument("--hex", action="store_true", help="print the bytes as hexadecimal")
-    wait = p.add_mutually_exclusive_group()
-    wait.add_argument("--nowait", action="store_true",
-                      help="exit 8 at once if there is no such message (IPC_NOWAIT)")
-    wait.add_argument("--timeout", type=_seconds, metavar="S",
-                      help="wait at most S seconds, then exit 8 (nothing is taken)")
+    _wait_options(p, "if there is no such message", ", then exit 8 (nothing is taken)")
     p.set_defaults(run=cmd_receive)
 
     p = sub.add_parser("semop", parents=[common, with_json],
@@ -1080,11 +1080,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=_ident, metavar="ID", help="the set's semid")
     p.add_argument("ops", type=_semop_arg, nargs="+", metavar="SEMNUM:OP",
                    help="OP < 0 waits until it can subtract, OP > 0 adds, 0 waits for zero")
-    wait = p.add_mutually_exclusive_group()
-    wait.add_argument("--nowait", action="store_true",
-                      help="exit 8 at once instead of waiting (IPC_NOWAIT)")
-    wait.add_argument("--timeout", type=_seconds, metavar="S",
-                      help="wait at most S seconds (semtimedop), then exit 8")
+    _wait_options(p, "instead of waiting", " (semtimedop), then exit 8")
     p.set_defaults(run=cmd_semop, rest=("ops", _semop_arg))
 
     p = sub.add_parser("semundo", parents=[common, with_json],
