@@ -10,7 +10,7 @@ import sys
 from typing import Any, Iterator, List, Tuple
 
 import pytest
-from conftest import NOBODY, run_in_child
+from conftest import NOBODY, needs_root, run_in_child
 from nschild import needs_ns_root, ns_child
 
 from ipcbind import syscalls as sc
@@ -294,3 +294,23 @@ def test_mk_segment_is_what_ipcs_shows_and_rm_removes_it(made: List[Tuple[str, i
     assert run("rm", "segment", "--key", hex(key)) == (0, f"removed shared memory segment {m}\n")
     with pytest.raises(FileNotFoundError):
         sc.shmget(key, 0)
+
+
+@needs_root
+def test_commands_refused_for_a_permission_exit_4_naming_the_object(msq: int,
+                                                                   semset: int) -> None:
+    q, s = f"message queue {msq}: ", f"semaphore set {semset}: "
+    argvs = [(["ls", "-q", "-i", str(msq)], q), (["send", str(msq), "x"], q),
+             (["receive", str(msq)], q), (["rm", "queue", str(msq)], q),
+             (["semop", str(semset), "0:1"], s), (["rm", "set", str(semset)], s)]
+
+    def child() -> int:
+        for argv, says in argvs:
+            sys.stderr = io.StringIO()
+            code = main(argv, out=io.StringIO())
+            if code != 4 or says not in sys.stderr.getvalue():
+                return 1
+        return 0
+
+    assert run_in_child(child, uid=NOBODY) == 0
+    assert sc.msgctl(msq, sc.IPC_STAT).qnum == 0 and sc.semctl(semset, 0, sc.GETVAL) == 0
