@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pwd
 import subprocess
 import sys
 from typing import Any, Iterator, List, Tuple
@@ -16,6 +17,9 @@ from nschild import needs_ns_root, ns_child
 from ipcbind import syscalls as sc
 from ipcbind.cli import main
 from ipcbind.namespace import enter_namespace, list_queues, list_semaphore_sets
+
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
 
 
 def run(*argv: Any) -> Tuple[int, str]:
@@ -58,7 +62,7 @@ def test_mk_queue_with_key_and_mode_is_what_ipcs_shows(made: List[Tuple[str, int
     key = 0x7C000000 | os.getpid()
     q = _mk(made, "queue", "--key", hex(key), "--mode", "0640")
     ipcs = subprocess.run(["ipcs", "-q"], capture_output=True, text=True, check=True).stdout
-    assert f"{key:#010x} {q:<10} root       640" in ipcs
+    assert f"{key:#010x} {q:<10} {ME:<10} 640" in ipcs
     assert sc.msgctl(q, sc.IPC_STAT).mode == 0o640
 
 
@@ -290,7 +294,7 @@ def test_mk_segment_is_what_ipcs_shows_and_rm_removes_it(made: List[Tuple[str, i
     key = 0x7A000000 | os.getpid()
     m = _mk(made, "segment", 10000, "--key", hex(key), "--mode", "600")
     ipcs = subprocess.run(["ipcs", "-m"], capture_output=True, text=True, check=True).stdout
-    assert f"{key:#010x} {m:<10} root       600        10000      0" in ipcs
+    assert f"{key:#010x} {m:<10} {ME:<10} 600        10000      0" in ipcs
     assert run("rm", "segment", "--key", hex(key)) == (0, f"removed shared memory segment {m}\n")
     with pytest.raises(FileNotFoundError):
         sc.shmget(key, 0)
