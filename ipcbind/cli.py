@@ -628,8 +628,12 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
 
 # ---- making, removing, sending, receiving, operating ----------------------------------
 
-def _create(kind: str, key: int, mode: int, args: argparse.Namespace) -> int:
-    flags = sc.IPC_CREAT | mode | (sc.IPC_EXCL if key != sc.IPC_PRIVATE else 0)
+_LIMITS_OF = {"queue": "MSGMNI", "set": "SEMMNI and SEMMNS", "segment": "SHMMNI and SHMALL"}
+
+
+def _create(args: argparse.Namespace) -> int:
+    kind, key = args.kind, args.key
+    flags = sc.IPC_CREAT | args.mode | (sc.IPC_EXCL if key != sc.IPC_PRIVATE else 0)
     try:
         if kind == "queue":
             return sc.msgget(key, flags)
@@ -639,6 +643,16 @@ def _create(kind: str, key: int, mode: int, args: argparse.Namespace) -> int:
     except FileExistsError:
         raise CliError(f"a {_KIND_NAMES[kind]} with key {_key(key)} exists already",
                        CONFLICT) from None
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise CliError(f"no room for another {_KIND_NAMES[kind]}: {_LIMITS_OF[kind]} "
+                           "reached (ipcbind info shows the limits)", FAILED) from None
+        if e.errno == errno.EINVAL and kind != "queue":
+            size, limit = ((f"{args.size} bytes", "SHMMIN..SHMMAX") if kind == "segment" else
+                           (f"{args.nsems} semaphores", "SEMMSL"))
+            raise CliError(f"a {_KIND_NAMES[kind]} of {size} is beyond {limit} (ipcbind info "
+                           "shows the limits)", FAILED) from None
+        raise
 
 
 def cmd_mk(args: argparse.Namespace, out: IO[str]) -> int:
@@ -647,7 +661,7 @@ def cmd_mk(args: argparse.Namespace, out: IO[str]) -> int:
         raise CliError(f"--values gives {len(args.values)} value(s) for {args.nsems} "
                        "semaphore(s)", USAGE)
     with _inside(args.pid):
-        ident = _create(args.kind, args.key, args.mode, args)
+        ident = _create(args)
         try:
             if args.kind == "queue" and args.qbytes is not None:
                 sc.msgctl(ident, sc.IPC_SET, {"qbytes": args.qbytes})

@@ -8,7 +8,7 @@ import os
 import pwd
 import subprocess
 import sys
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from conftest import NOBODY, needs_root, run_in_child
@@ -28,7 +28,7 @@ def run(*argv: Any) -> Tuple[int, str]:
     return code, out.getvalue()
 
 
-def ipcbind(*argv: Any, data: bytes = b"") -> subprocess.CompletedProcess:
+def ipcbind(*argv: Any, data: bytes = b"") -> "subprocess.CompletedProcess[bytes]":
     return subprocess.run([sys.executable, "-m", "ipcbind", *map(str, argv)], input=data,
                           capture_output=True, timeout=60)
 
@@ -266,7 +266,7 @@ def test_semop_above_semvmx_exits_1(semset: int, capsys: Any) -> None:
     assert "semvmx" in capsys.readouterr().err and sc.semctl(semset, 0, sc.GETVAL) == 1
 
 
-def _objects() -> dict:
+def _objects() -> Dict[str, int]:
     return {"q": sc.msgget(0x4321, sc.IPC_CREAT | 0o600),
             "s": sc.semget(0x8765, 1, sc.IPC_CREAT | 0o600)}
 
@@ -318,3 +318,24 @@ def test_commands_refused_for_a_permission_exit_4_naming_the_object(msq: int,
 
     assert run_in_child(child, uid=NOBODY) == 0
     assert sc.msgctl(msq, sc.IPC_STAT).qnum == 0 and sc.semctl(semset, 0, sc.GETVAL) == 0
+
+
+def _no_room() -> None:
+    with open("/proc/sys/kernel/msgmni", "w") as f:
+        f.write("0")
+    with open("/proc/sys/kernel/sem", "w") as f:
+        f.write("4 32000 32 32000")
+
+
+@needs_ns_root
+@pytest.mark.parametrize("argv, says", [
+    (["mk", "queue"], "no room for another message queue: MSGMNI reached"),
+    (["mk", "set", "5"], "a semaphore set of 5 semaphores is beyond SEMMSL"),
+])
+def test_mk_beyond_a_limit_exits_1_naming_the_limit(argv: List[str], says: str,
+                                                    capsys: Any) -> None:
+    with ns_child(_no_room) as (pid, _):
+        assert run(*argv, "--pid", pid) == (1, "")
+        with enter_namespace(pid):
+            left = [*list_queues(), *list_semaphore_sets()]
+    assert says in capsys.readouterr().err and left == []
