@@ -369,7 +369,7 @@ def _detail(kind: str, doc: Dict[str, Any], fmt: str) -> str:
     text = "".join(f"{label + ':':<{width}}{value}\n" for label, value in lines)
     if kind == "set":
         if doc["semaphores"] is None:
-            return text + "values: ? (no read permission)\n"
+            return text + "values: ? (unreadable)\n"
         rows: List[Tuple[str, ...]] = [("semnum", "value", "ncount", "zcount", "pid")]
         rows += [(str(m["semnum"]), str(m["value"]), str(m["ncnt"]), str(m["zcnt"]),
                   _who(m["pid"])) for m in doc["semaphores"]]
