@@ -380,13 +380,21 @@ def msgget(key: int, flags: int = 0) -> int:
 
     ``key`` may also be given unsigned (0..2**32-1), as ``ipcs`` prints it.
     """
-    k = _key("msgget", key)
+    return _get("msgget", lib.ipcb_msgget, key, flags)
+
+
+def _get(call: str, c_get: Callable[..., int], key: int, flags: int,
+         *size: Tuple[str, int, str]) -> int:
+    """A *get call: ``c_get(key, [size,] flags)``. ``size`` is the (name, value, C type)
+    of the kind's size argument (nsems, size), if it has one."""
+    k = _key(call, key)
     try:
-        r = lib.ipcb_msgget(k, flags)
+        r = c_get(k, *(value for _, value, _ in size), flags)
     except (TypeError, OverflowError) as e:
-        raise _explain("msgget", e, flags=(flags, "int")) from None
+        raise _explain(call, e, **{name: (value, ctype) for name, value, ctype in size},
+                       flags=(flags, "int")) from None
     if r < 0:
-        raise syscall_error(-r, f"msgget(key={key:#x})")
+        raise syscall_error(-r, f"{call}(key={key:#x})")
     return int(r)
 
 
@@ -621,6 +629,23 @@ def _assign(call: str, perm: Any, changes: Mapping[str, int], *skip: str) -> Non
             _put(call, perm, name, name, value)
 
 
+_PERM_SET_FIELDS = {"uid", "gid", "mode"}
+
+
+def _set_perm(call: str, arg: Any, ds: Any, perm: str, ident: int, stat_any: int,
+              stat: Callable[[int, int], int]) -> None:
+    """IPC_SET of a semaphore set or segment: ``ds`` filled with the object's current
+    values (see :func:`_current`), then with ``arg``'s uid, gid and mode, which are
+    refused first, before any call, if they do not fit."""
+    changes = _settable(call, arg, _PERM_SET_FIELDS)
+    # A field of a struct does not keep the struct alive: the scratch one must stay
+    # referenced while it is written into.
+    scratch = ffi.new(ffi.typeof(ds))
+    _assign(call, getattr(scratch, perm), changes)
+    _current(call, ident, stat_any, stat)
+    _assign(call, getattr(ds, perm), changes)
+
+
 def _set_msqid_ds(call: str, ds: Any, changes: Mapping[str, int]) -> None:
     _assign(call, ds.msg_perm, changes, "qbytes")
     if "qbytes" in changes:
@@ -631,14 +656,7 @@ def _set_msqid_ds(call: str, ds: Any, changes: Mapping[str, int]) -> None:
 
 def semget(key: int, nsems: int, flags: int = 0) -> int:
     """semget(2): the identifier of the semaphore set for ``key`` (IPC_CREAT to create it)."""
-    k = _key("semget", key)
-    try:
-        r = lib.ipcb_semget(k, nsems, flags)
-    except (TypeError, OverflowError) as e:
-        raise _explain("semget", e, nsems=(nsems, "int"), flags=(flags, "int")) from None
-    if r < 0:
-        raise syscall_error(-r, f"semget(key={key:#x})")
-    return int(r)
+    return _get("semget", lib.ipcb_semget, key, flags, ("nsems", nsems, "int"))
 
 
 SemOp = Union[Tuple[int, int], Tuple[int, int, int]]
@@ -687,7 +705,6 @@ def semop(semid: int, ops: Iterable[SemOp], timeout: Optional[float] = None) -> 
         raise _explain("semop", e, semid=(semid, "int")) from None
 
 
-_SEM_SET_FIELDS = {"uid", "gid", "mode"}
 _SEM_INT_CMDS = frozenset((GETVAL, GETPID, GETNCNT, GETZCNT))
 
 
@@ -750,13 +767,8 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
         return r, _fields(SemInfo, info)
     ds = ffi.new("struct semid_ds *")
     if cmd == IPC_SET:
-        changes = _settable(call, arg, _SEM_SET_FIELDS)
-        # Refuses bad values first. A field of a struct does not keep the struct alive:
-        # the scratch one must stay referenced while it is written into.
-        scratch = ffi.new("struct semid_ds *")
-        _assign(call, scratch.sem_perm, changes)
-        _current(call, semid, SEM_STAT_ANY, lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
-        _assign(call, ds.sem_perm, changes)
+        _set_perm(call, arg, ds, "sem_perm", semid, SEM_STAT_ANY,
+                  lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
     r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)
     if r < 0:
         raise syscall_error(-r, call)
@@ -774,14 +786,7 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
 def shmget(key: int, size: int, flags: int = 0) -> int:
     """shmget(2): the identifier of the segment for ``key`` (IPC_CREAT to create one of
     ``size`` bytes; opening an existing one needs ``size`` no larger than it, 0 fits)."""
-    k = _key("shmget", key)
-    try:
-        r = lib.ipcb_shmget(k, size, flags)
-    except (TypeError, OverflowError) as e:
-        raise _explain("shmget", e, size=(size, "size_t"), flags=(flags, "int")) from None
-    if r < 0:
-        raise syscall_error(-r, f"shmget(key={key:#x})")
-    return int(r)
+    return _get("shmget", lib.ipcb_shmget, key, flags, ("size", size, "size_t"))
 
 
 def _plain(arg: Any) -> Any:
@@ -958,9 +963,6 @@ def shmdt(attachment: Attachment) -> None:
     attachment.close()
 
 
-_SHM_SET_FIELDS = {"uid", "gid", "mode"}
-
-
 def shmctl(shmid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any:
     """shmctl(2).
 
@@ -981,11 +983,8 @@ def shmctl(shmid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
         return r, _fields(ShmInfo if cmd == IPC_INFO else ShmUsage, info)
     ds = ffi.new("struct shmid_ds *")
     if cmd == IPC_SET:
-        changes = _settable(call, arg, _SHM_SET_FIELDS)
-        scratch = ffi.new("struct shmid_ds *")  # refuses bad values first
-        _assign(call, scratch.shm_perm, changes)
-        _current(call, shmid, SHM_STAT_ANY, lambda i, c: lib.ipcb_shmctl(i, c, ds))
-        _assign(call, ds.shm_perm, changes)
+        _set_perm(call, arg, ds, "shm_perm", shmid, SHM_STAT_ANY,
+                  lambda i, c: lib.ipcb_shmctl(i, c, ds))
     r = lib.ipcb_shmctl(shmid, cmd, ds)
     if r < 0:
         raise syscall_error(-r, call)
