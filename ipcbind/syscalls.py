@@ -549,14 +549,22 @@ def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
         _set_msqid_ds(call, ffi.new("struct msqid_ds *"), changes)  # refuses bad values first
         _current(call, msqid, MSG_STAT_ANY, lambda i, c: lib.ipcb_msgctl(i, c, ds))
         _set_msqid_ds(call, ds, changes)
-    r = lib.ipcb_msgctl(msqid, cmd, ds)
+    return _ctl_result(call, lib.ipcb_msgctl(msqid, cmd, ds), cmd, ds, _msqid_ds,
+                       (MSG_STAT, MSG_STAT_ANY), (IPC_SET, IPC_RMID))
+
+
+def _ctl_result(call: str, r: int, cmd: int, ds: Any, convert: Callable[[Any], Any],
+                stat_cmds: Tuple[int, ...], none_cmds: Tuple[int, ...]) -> Any:
+    """What a *ctl call into ``ds`` returned: its structure for IPC_STAT, ``(id, its
+    structure)`` for the ``stat_cmds`` (by index), None for the ``none_cmds``, else the
+    kernel's result; a failure raises."""
     if r < 0:
         raise syscall_error(-r, call)
     if cmd == IPC_STAT:
-        return _msqid_ds(ds)
-    if cmd in (MSG_STAT, MSG_STAT_ANY):
-        return r, _msqid_ds(ds)
-    if cmd in (IPC_SET, IPC_RMID):
+        return convert(ds)
+    if cmd in stat_cmds:
+        return r, convert(ds)
+    if cmd in none_cmds:
         return None
     return r
 
@@ -769,16 +777,8 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
     if cmd == IPC_SET:
         _set_perm(call, arg, ds, "sem_perm", semid, SEM_STAT_ANY,
                   lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
-    r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)
-    if r < 0:
-        raise syscall_error(-r, call)
-    if cmd == IPC_STAT:
-        return _semid_ds(ds)
-    if cmd in (SEM_STAT, SEM_STAT_ANY):
-        return r, _semid_ds(ds)
-    if cmd == IPC_SET:
-        return None
-    return r
+    return _ctl_result(call, lib.ipcb_semctl_ds(semid, semnum, cmd, ds), cmd, ds, _semid_ds,
+                       (SEM_STAT, SEM_STAT_ANY), (IPC_SET,))
 
 
 # ---- shared memory ------------------------------------------------------------------
@@ -985,16 +985,8 @@ def shmctl(shmid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
     if cmd == IPC_SET:
         _set_perm(call, arg, ds, "shm_perm", shmid, SHM_STAT_ANY,
                   lambda i, c: lib.ipcb_shmctl(i, c, ds))
-    r = lib.ipcb_shmctl(shmid, cmd, ds)
-    if r < 0:
-        raise syscall_error(-r, call)
-    if cmd == IPC_STAT:
-        return _shmid_ds(ds)
-    if cmd in (SHM_STAT, SHM_STAT_ANY):
-        return r, _shmid_ds(ds)
-    if cmd in (IPC_SET, IPC_RMID, SHM_LOCK, SHM_UNLOCK):
-        return None
-    return r
+    return _ctl_result(call, lib.ipcb_shmctl(shmid, cmd, ds), cmd, ds, _shmid_ds,
+                       (SHM_STAT, SHM_STAT_ANY), (IPC_SET, IPC_RMID, SHM_LOCK, SHM_UNLOCK))
 
 
 # ---- for the layers above: batches in C, the undo ledger, namespaces ---------------
