@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -47,22 +47,20 @@ def _ns_inode() -> int:
     return os.stat("/proc/thread-self/ns/ipc").st_ino
 
 
-def _queue_exists(msqid: int) -> bool:
-    try:
-        ipcbind.msgctl(msqid, IPC_STAT)
-    except OSError as e:
-        assert e.errno in (errno.EINVAL, errno.EIDRM)
-        return False
-    return True
+def _exists(stat: Callable[[int], object]) -> Callable[[int], bool]:
+    def exists(ident: int) -> bool:
+        try:
+            stat(ident)
+        except OSError as e:
+            assert e.errno in (errno.EINVAL, errno.EIDRM)
+            return False
+        return True
+    return exists
 
 
-def _semset_exists(semid: int) -> bool:
-    try:
-        ipcbind.semctl(semid, 0, IPC_STAT)
-    except OSError as e:
-        assert e.errno in (errno.EINVAL, errno.EIDRM)
-        return False
-    return True
+_queue_exists = _exists(lambda i: ipcbind.msgctl(i, IPC_STAT))
+_semset_exists = _exists(lambda i: ipcbind.semctl(i, 0, IPC_STAT))
+_segment_exists = _exists(lambda i: ipcbind.shmctl(i, IPC_STAT))
 
 
 def _run_alone(pytester: pytest.Pytester, *args: str, prelude: str = "") -> pytest.RunResult:
@@ -224,15 +222,6 @@ def test_unknown_fixture_option_is_an_error_naming_it(pytester: pytest.Pytester)
     result = pytester.runpytest_inprocess()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*unknown option(s) size*"])
-
-
-def _segment_exists(shmid: int) -> bool:
-    try:
-        ipcbind.shmctl(shmid, IPC_STAT)
-    except OSError as e:
-        assert e.errno in (errno.EINVAL, errno.EIDRM)
-        return False
-    return True
 
 
 def test_shm_fixture_removes_the_segment_after_a_failing_test(

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import gc
 import mmap
-import os
 import pickle
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
 import ipcbind as ipc
-from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, IPC_STAT, SHM_RDONLY, Attachment
+from ipcbind import IPC_RMID, IPC_STAT, SHM_RDONLY, Attachment
 from ipcbind.syscalls import ffi
 from conftest import reap, run_in_child, start_child
 
@@ -23,13 +22,9 @@ SIZE = 3 * mmap.PAGESIZE + 17
 
 
 @pytest.fixture
-def seg() -> Iterator[int]:
-    i = ipc.shmget(IPC_PRIVATE, SIZE, IPC_CREAT | 0o600)
-    yield i
-    try:
-        ipc.shmctl(i, IPC_RMID)
-    except OSError:
-        pass
+def seg(make_segment: Callable[..., int]) -> int:
+    """A segment whose size is no multiple of the page size."""
+    return make_segment(SIZE)
 
 
 def survives(body: Callable[[], None]) -> None:
