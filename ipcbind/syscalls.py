@@ -930,22 +930,22 @@ def shmat(shmid: int, flags: int = 0) -> Attachment:
         raise _explain("shmat", e, shmid=(shmid, "int"), flags=(flags, "int")) from None
     if err:
         raise syscall_error(err, call)
-    first = at[0]
     # The mapping the attachment's mmap holds becomes the segment's, in place: the
-    # segment stays attached at the kernel's address until then, so its id cannot
-    # name another segment meanwhile.
+    # segment stays attached at the kernel's address (at[0]) until then, so its id
+    # cannot name another segment meanwhile. Whatever interrupts this, at[0] says
+    # whether that first attachment is still to be detached.
     try:
         size = _segment_size(call, shmid)
         readonly = bool(flags & SHM_RDONLY)
         att = mmap.mmap.__new__(Attachment, -1, size, lib.MAP_PRIVATE | lib.MAP_NORESERVE,
                                 mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE)
-    except BaseException:
-        lib.ipcb_shmdt(first)
-        raise
-    att._shmid = shmid
-    att._readonly = readonly
-    with ffi.from_buffer(att) as place:
-        err = lib.ipcb_shmat_move(shmid, flags, first, place)
+        att._shmid = shmid
+        att._readonly = readonly
+        with ffi.from_buffer(att) as place:
+            err = lib.ipcb_shmat_move(shmid, flags, at, place)
+    finally:
+        if at[0] != ffi.NULL:
+            lib.ipcb_shmdt(at[0])
     if err:
         mmap.mmap.close(att)
         raise syscall_error(err, call)

@@ -325,12 +325,31 @@ def test_an_attachment_cannot_be_pickled(seg: int) -> None:
             pickle.dumps(a)
 
 
-def test_shmat_failing_half_way_leaves_nothing_attached(seg: int) -> None:
+def _segments_mapped() -> list:
+    with open("/proc/self/maps") as f:
+        return [line for line in f if "SYSV" in line]
+
+
+def test_shmat_of_a_removed_segment_maps_nothing(seg: int) -> None:
     def body() -> None:
         ipc.shmctl(seg, IPC_RMID)
         with pytest.raises(OSError):
             ipc.shmat(seg)
-        assert not [line for line in open("/proc/self/maps") if "SYSV" in line]
+        assert not _segments_mapped()
+    survives(body)
+
+
+def test_shmat_interrupted_half_way_leaves_nothing_attached(seg: int) -> None:
+    def body() -> None:
+        from ipcbind import syscalls
+
+        def interrupted(call: str, shmid: int) -> int:
+            assert nattch(seg) == 1  # the first attachment, made by the kernel's choice
+            raise KeyboardInterrupt
+        syscalls._segment_size = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            ipc.shmat(seg)
+        assert nattch(seg) == 0 and not _segments_mapped()
     survives(body)
 
 
