@@ -9,6 +9,7 @@ creator process, the key's form, checking an id, equality, hashing, pickling, th
 
 from __future__ import annotations
 
+import operator
 import os
 from abc import abstractmethod
 from errno import EACCES
@@ -33,6 +34,19 @@ _T = TypeVar("_T", bound="IpcObject[Any]")
 
 Get = Callable[[int, int], int]
 """A kind's get call with its other arguments bound: ``get(key, flags) -> id``."""
+
+
+def _integer(what: str, value: Any, example: str = "") -> int:
+    """``value`` as an int (anything with ``__index__`` but a bool), or a TypeError
+    saying what must be one."""
+    if type(value) is int:
+        return value
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{what} must be an int{example}, not {type(value).__name__}")
 
 
 class IpcObject(Generic[_DS]):
@@ -89,16 +103,10 @@ class IpcObject(Generic[_DS]):
     @classmethod
     def _checked_id(cls, ident: Any) -> int:
         what = f"a {cls._kind} id ({cls._id_name})"
-        if isinstance(ident, bool):
-            raise TypeError(f"{what} must be an int, not bool")
-        if not isinstance(ident, int):
-            try:
-                ident = ident.__index__()
-            except (AttributeError, TypeError):
-                raise TypeError(f"{what} must be an int, not {type(ident).__name__}") from None
-        if not 0 <= ident <= INT_MAX:
-            raise ValueError(f"{what} is between 0 and {INT_MAX}, got {ident}")
-        return int(ident)
+        number = _integer(what, ident)
+        if not 0 <= number <= INT_MAX:
+            raise ValueError(f"{what} is between 0 and {INT_MAX}, got {number}")
+        return number
 
     # ---- making one ------------------------------------------------------------------
 
@@ -106,12 +114,11 @@ class IpcObject(Generic[_DS]):
     def _mode_arg(call: str, mode: Any) -> int:
         """``mode`` checked to hold permission bits only: anything above them would
         reach the get call as a flag (IPC_CREAT...)."""
-        if isinstance(mode, bool) or not isinstance(mode, int):
-            raise TypeError(f"{call}: mode must be an int such as 0o600, not {type(mode).__name__}")
-        if not 0 <= mode <= 0o777:
+        bits = _integer(f"{call}: mode", mode, " such as 0o600")
+        if not 0 <= bits <= 0o777:
             raise ValueError(f"{call}: mode holds permission bits only (0 to 0o777), "
-                             f"got {mode:#o}")
-        return int(mode)
+                             f"got {bits:#o}")
+        return bits
 
     @classmethod
     def _key_arg(cls, call: str, key: Any) -> int:

@@ -25,8 +25,9 @@ import psutil
 
 from . import __version__
 from . import syscalls as sc
-from .errors import CliError, NoMessageError, NotSupportedError, QueueChangedError
-from .msg import MessageQueue
+from ._limits import C_RANGES, INT_MAX, KEY_MASK, LONG_MAX, SEMVMX, unsigned_key
+from .errors import CliError, NoMessageError, NotSupportedError, QueueChangedError, gone
+from .msg import COPY_ATTEMPTS, MessageQueue, copy_all
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_segments, list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
@@ -60,9 +61,6 @@ EXIT_CODES = {
     INTERRUPTED: "interrupted (Ctrl-C); anything frozen was thawed, a restore was undone",
 }
 
-
-_INT_MAX = 2 ** 31 - 1
-_LONG_MAX = sc._LIMITS["long"][1]
 
 
 # ---- the demo (the README's first command) -----------------------------------------
@@ -98,7 +96,7 @@ def demo(out: IO[str] = sys.stdout) -> int:
 # ---- helpers ------------------------------------------------------------------------
 
 def _key(key: int) -> str:
-    return f"{key & 0xFFFFFFFF:#010x}"
+    return f"{unsigned_key(key):#010x}"
 
 
 def _owner(uid: int) -> str:
@@ -225,7 +223,7 @@ def _about(kind: str, ident: int) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno in (errno.EINVAL, errno.EIDRM):
+        if gone(e):
             raise CliError(f"no {_KIND_NAMES[kind]} with id {ident}", NOT_FOUND) from None
         if e.errno in (errno.EACCES, errno.EPERM):
             raise CliError(f"{_KIND_NAMES[kind]} {ident}: {e.strerror}", NO_PERMISSION) from None
@@ -246,7 +244,7 @@ def _set_doc(semid: int, sds: SemidDs, detail: bool = False) -> Dict[str, Any]:
     try:
         values: Optional[List[int]] = sc.semctl(semid, 0, sc.GETALL)
     except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EINVAL, errno.EIDRM):
+        if not (gone(e) or e.errno == errno.EACCES):
             raise
         values = None
     doc = {"id": semid, **_identity(sds), "nsems": sds.nsems, "values": values,
@@ -461,19 +459,8 @@ def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
                                f"{sc.msgctl(msqid, sc.IPC_STAT).qnum})", NOT_FOUND) from None
             raise
         return [{"index": index, "type": mtype, "data": data}]
-    for _ in range(3):
-        copied = sc._msgcopy_all(msqid)
-        if copied is not None:
-            break
-    else:
-        raise QueueChangedError(msqid, 3)
-    mtypes, text, ends = copied
-    found = []
-    start = 0
-    for i, (mtype, end) in enumerate(zip(mtypes, ends)):
-        found.append({"index": i, "type": mtype, "data": text[start:end]})
-        start = end
-    return found
+    return [{"index": i, "type": mtype, "data": data}
+            for i, (mtype, data) in enumerate(copy_all(msqid))]
 
 
 def _message_doc(index: Optional[int], mtype: int, data: bytes) -> Dict[str, Any]:
@@ -809,7 +796,7 @@ def _semop_arg(text: str) -> Tuple[int, int]:
         pair = (int(semnum), int(op))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not SEMNUM:OP (as 0:-1): {text!r}") from None
-    lo, hi = sc._LIMITS["unsigned short"][1], sc._LIMITS["short"]
+    lo, hi = C_RANGES["unsigned short"][1], C_RANGES["short"]
     if not 0 <= pair[0] <= lo or not hi[0] <= pair[1] <= hi[1]:
         raise argparse.ArgumentTypeError(f"SEMNUM is 0..{lo} and OP {hi[0]}..{hi[1]}, got "
                                          f"{text!r}")
@@ -894,16 +881,15 @@ def _bounded(what: str, lo: int, hi: Optional[int] = None,
     return parse
 
 
-_LONG_MIN = sc._LIMITS["long"][0]
 _natural = _bounded("", 0)
 _positive = _bounded("", 1)
-_ident = _bounded("an id", 0, _INT_MAX)
-_msqid = _bounded("a queue id", 0, _INT_MAX)
-_index = _bounded("an index", 0, _LONG_MAX, " (MSG_COPY takes it in a C long)")
-_keyarg = _bounded("a key", 0, 0xFFFFFFFF)
-_mtype = _bounded("a message type", _LONG_MIN, _LONG_MAX, " (a C long)")
-_send_type = _bounded("the type of a message to send", 1, _LONG_MAX, " (a C long)")
-_semval = _bounded("a semaphore value", 0, sc._LIMITS["short"][1], " (semvmx)")
+_ident = _bounded("an id", 0, INT_MAX)
+_msqid = _bounded("a queue id", 0, INT_MAX)
+_index = _bounded("an index", 0, LONG_MAX, " (MSG_COPY takes it in a C long)")
+_keyarg = _bounded("a key", 0, KEY_MASK)
+_mtype = _bounded("a message type", C_RANGES["long"][0], LONG_MAX, " (a C long)")
+_send_type = _bounded("the type of a message to send", 1, LONG_MAX, " (a C long)")
+_semval = _bounded("a semaphore value", 0, SEMVMX, " (semvmx)")
 
 
 def _named_key(text: str) -> int:
@@ -1018,8 +1004,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", action="store_true",
                    help="hold the namespace's processes still while reading (needs --pid "
                         "of a process in another namespace)")
-    p.add_argument("--retries", type=_positive, default=3,
-                   help="reads of a queue that changed meanwhile before giving up (default 3)")
+    p.add_argument("--retries", type=_positive, default=COPY_ATTEMPTS,
+                   help="reads of a queue that changed meanwhile before giving up "
+                        f"(default {COPY_ATTEMPTS})")
     p.set_defaults(run=cmd_dump)
 
     p = sub.add_parser("restore", parents=[common, with_json],

@@ -39,6 +39,7 @@ __all__ = [
     "RestoreConflictError",
     "FreezeError",
     "CliError",
+    "GONE_ERRNOS",
     "gone",
     "no_such_object",
     "partial_send",
@@ -286,7 +287,8 @@ def timeout_error(call: str, timeout: Optional[float]) -> TimeoutError:
     return TimeoutError(errno.ETIMEDOUT, f"{call}: timed out after {timeout} s")
 
 
-_GONE = (errno.EINVAL, errno.EIDRM)
+GONE_ERRNOS = (errno.EINVAL, errno.EIDRM)
+"""The errno values that mean "no such object (any more)"; see :func:`gone`."""
 
 
 def gone(exc: BaseException) -> bool:
@@ -296,7 +298,7 @@ def gone(exc: BaseException) -> bool:
     removed meanwhile, and EINVAL to an id or index that names nothing: to anyone
     asking about one object by its id, both mean "no such object".
     """
-    return isinstance(exc, OSError) and exc.errno in _GONE
+    return isinstance(exc, OSError) and exc.errno in GONE_ERRNOS
 
 
 def no_such_object(err: int, kind: str, ident: int) -> OSError:

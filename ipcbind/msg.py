@@ -17,20 +17,16 @@ docstring for what that check can and cannot see.
 from __future__ import annotations
 
 import errno
-import os
-import threading
 import time
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from . import syscalls as _sc
 from ._base import IpcObject
+from ._limits import LONG_MAX, msgmax
 from .errors import (NoMessageError, QueueChangedError, TooBigError, partial_receive,
                      partial_send, timeout_error)
 from .syscalls import (
-    IPC_CREAT,
-    IPC_EXCL,
-    IPC_INFO,
     IPC_NOWAIT,
     IPC_PRIVATE,
     IPC_RMID,
@@ -54,7 +50,9 @@ from .syscalls import (
 )
 
 if TYPE_CHECKING:
-    import asyncio  # imported where used: it costs 60 ms at start-up
+    # Imported where used: asyncio costs 60 ms at start-up, threading a few.
+    import asyncio
+    import threading
 
 __all__ = ["Message", "MessageQueue"]
 
@@ -74,19 +72,12 @@ class Message(NamedTuple):
 # Building a Message through tuple.__new__ skips the NamedTuple's Python-level __new__.
 _new = tuple.__new__
 
-_LONG_MAX = _sc._LIMITS["long"][1]
-# How many complete MSG_COPY passes peek_all makes before giving up.
-_PEEK_ATTEMPTS = 5
+COPY_ATTEMPTS = 5
+"""How many complete MSG_COPY passes a copy of a whole queue makes before it gives up
+(:meth:`MessageQueue.peek_all`, snapshots and ``ipcbind peek`` alike)."""
 # Longest single wait of a receive_async worker thread: after a cancellation its
 # executor thread is free again within this many seconds.
 _ASYNC_SLICE = 0.25
-
-
-def _msgmax() -> Optional[int]:
-    try:
-        return int(_sc.msgctl(0, IPC_INFO)[1].msgmax)
-    except OSError:
-        return None
 
 
 def _send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException:
@@ -96,7 +87,7 @@ def _send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException
     if isinstance(mtype, int) and mtype < 1:
         return ValueError(f"{call}: mtype must be >= 1, got {mtype}")
     size = memoryview(data).nbytes
-    limit = _msgmax()
+    limit = msgmax()
     if limit is not None and size > limit:
         return ValueError(f"{call}: a message of {size} bytes is longer than the system's "
                           f"limit of {limit} (msgmax, /proc/sys/kernel/msgmax)")
@@ -107,6 +98,26 @@ def _messages(mtypes: List[int], text: bytes, ends: List[int]) -> List[Message]:
     starts = [0]
     starts += ends[:-1]
     return [_new(Message, (t, text[s:e])) for t, s, e in zip(mtypes, starts, ends)]
+
+
+def copy_all(msqid: int, attempts: int = COPY_ATTEMPTS) -> List[Message]:
+    """Copies of every message of queue ``msqid``, in order, taking none: the one
+    whole-queue copy of the package, with its one retry policy.
+
+    Each attempt is one call into C that copies every message by position
+    (MSG_COPY) and checks that the queue did not change meanwhile (see
+    :meth:`MessageQueue.peek_all`); a torn copy is taken again.
+
+    Raises:
+        QueueChangedError: each of ``attempts`` copies was torn.
+        OSError: as msgrcv with MSG_COPY (EINVAL or EIDRM: no such queue, see
+            :func:`ipcbind.errors.gone`; EACCES; ENOSYS).
+    """
+    for _ in range(attempts):
+        copied = _sc._msgcopy_all(msqid)
+        if copied is not None:
+            return _messages(*copied)
+    raise QueueChangedError(msqid, attempts)
 
 
 class MessageQueue(IpcObject[MsqidDs]):
@@ -429,6 +440,7 @@ class MessageQueue(IpcObject[MsqidDs]):
         """Waits in an executor thread until a matching message is queued. Returns
         None then, or the message if it had no text (the wait took it)."""
         import asyncio
+        import threading
 
         fut: asyncio.Future[Optional[Message]] = loop.create_future()
         stop = threading.Event()
@@ -480,12 +492,12 @@ class MessageQueue(IpcObject[MsqidDs]):
         if index < 0:
             raise ValueError(f"peek: index counts from the head of the queue and must be "
                              f">= 0, got {index}")
-        if index > _LONG_MAX:
+        if index > LONG_MAX:
             raise OverflowError(f"peek: index {index} does not fit a C long, in which "
-                                f"MSG_COPY takes it (at most {_LONG_MAX})")
+                                f"MSG_COPY takes it (at most {LONG_MAX})")
         return _new(Message, _sc.msgrcv(self._id, None, index, MSG_COPY | IPC_NOWAIT))
 
-    def peek_all(self, attempts: int = _PEEK_ATTEMPTS) -> List[Message]:
+    def peek_all(self, attempts: int = COPY_ATTEMPTS) -> List[Message]:
         """Copies of all queued messages, in order; none is taken.
 
         One call into C copies every message by position (MSG_COPY) between two
@@ -510,11 +522,7 @@ class MessageQueue(IpcObject[MsqidDs]):
             raise TypeError(f"peek_all: attempts must be an int, not {type(attempts).__name__}")
         if attempts < 1:
             raise ValueError(f"peek_all: attempts must be >= 1, got {attempts}")
-        for _ in range(attempts):
-            copied = _sc._msgcopy_all(self._id)
-            if copied is not None:
-                return _messages(*copied)
-        raise QueueChangedError(self._id, attempts)
+        return copy_all(self._id, attempts)
 
     def __iter__(self) -> Iterator[Message]:
         """Iterates over a snapshot taken by :meth:`peek_all`; consumes nothing."""

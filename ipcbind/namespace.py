@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Uni
 import psutil
 
 from . import syscalls as sc
-from .errors import NamespaceReturnError
+from .errors import GONE_ERRNOS, NamespaceReturnError
 from .syscalls import MsqidDs, SemidDs, ShmidDs
 
 __all__ = [
@@ -49,7 +49,7 @@ NamespaceId = Tuple[int, int]
 """A namespace's identity: the (st_dev, st_ino) of its ``/proc/.../ns/ipc`` file."""
 
 _SELF = "/proc/thread-self/ns/ipc"
-_UNUSED = (errno.EINVAL, errno.EIDRM)  # an index nothing is at (any more)
+_UNUSED = GONE_ERRNOS  # an index nothing is at (any more)
 _DS = TypeVar("_DS", MsqidDs, SemidDs, ShmidDs)
 
 

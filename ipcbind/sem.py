@@ -21,7 +21,7 @@ import operator
 from errno import EINVAL
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ._base import IpcObject
+from ._base import IpcObject, _integer
 from ._limits import SEMVMX, unsigned_key
 from .errors import timeout_error
 from .syscalls import (
@@ -56,18 +56,6 @@ __all__ = ["SemaphoreSet", "Semaphore", "SEMVMX"]
 # with a single comparison, and anything else (True, 1.0, another int type) takes
 # the checked path.
 _ONE = 1
-
-
-def _integer(what: str, value: Any) -> int:
-    """value as an int, or a TypeError that names ``what``."""
-    if type(value) is int:
-        return value
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an integer, not bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
 
 
 def _amount(what: str, delta: Any) -> int:

@@ -16,7 +16,7 @@ import mmap
 from typing import Any, Optional
 
 from . import syscalls as _sc
-from ._base import IpcObject
+from ._base import IpcObject, _integer
 from .syscalls import IPC_PRIVATE, IPC_RMID, IPC_STAT, SHM_RDONLY, Attachment, Buffer, ShmidDs
 
 __all__ = ["SharedMemory"]
@@ -28,11 +28,10 @@ _setitem = mmap.mmap.__setitem__
 
 
 def _nonnegative(call: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{call}: {name} must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{call}: {name} must be >= 0, got {value}")
-    return value
+    n = _integer(f"{call}: {name}", value)
+    if n < 0:
+        raise ValueError(f"{call}: {name} must be >= 0, got {n}")
+    return n
 
 
 class SharedMemory(IpcObject[ShmidDs]):

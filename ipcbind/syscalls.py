@@ -31,7 +31,7 @@ except ModuleNotFoundError as e:  # the unbuilt source tree, e.g. python -m from
         f"ipcbind's compiled shim is missing from {__file__.rsplit('/', 1)[0]}: that is the "
         "source tree, not a built copy. Run from another directory to use the installed "
         "ipcbind, or build it in place with 'pip install -e .'") from e
-from ._limits import INT_MAX, KEY_MASK, unsigned_key
+from ._limits import C_RANGES, INT_MAX, KEY_MASK, unsigned_key
 from .errors import syscall_error, timeout_error
 
 __all__ = [
@@ -256,16 +256,6 @@ def _fields(cls: Any, cdata: Any) -> Any:
 
 # ---- argument checks (only reached when cffi refused an argument) -----------------
 
-def _limits(ctype: str) -> Tuple[int, int]:
-    bits = 8 * ffi.sizeof(ctype)
-    if ctype.startswith("unsigned") or ctype == "size_t":
-        return 0, 2 ** bits - 1
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-_LIMITS = {c: _limits(c) for c in ("int", "long", "short", "unsigned short", "size_t")}
-
-
 def _index(call: str, name: str, value: Any) -> int:
     """value as a Python int, or TypeError naming the argument."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -280,7 +270,7 @@ def _index(call: str, name: str, value: Any) -> int:
 def _check_int(call: str, name: str, value: Any, ctype: str) -> None:
     """Raise TypeError or OverflowError, naming the argument, if value can't be a C ctype."""
     value = _index(call, name, value)
-    lo, hi = _LIMITS[ctype]
+    lo, hi = C_RANGES[ctype]
     if not lo <= value <= hi:
         raise OverflowError(f"{call}: {name}={value} does not fit a C {ctype} ({lo}..{hi})")
 
@@ -352,16 +342,26 @@ def _failure(err: int, call: str, timeout: Optional[float]) -> OSError:
 
 # ---- message queues -----------------------------------------------------------------
 
+_PROJ_IDS = range(1, 256)
+
+
 def ftok(path: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"], proj_id: int) -> int:
-    """ftok(3): a System V key from an existing file and a project id (low 8 bits used)."""
+    """ftok(3): a System V key from an existing file and a project id, 1..255.
+
+    ftok uses only the low 8 bits of ``proj_id`` (256 would give the key of 0) and
+    POSIX leaves 0 unspecified, so anything outside 1..255 is refused with
+    ``ValueError`` rather than silently folded onto another key.
+    """
     raw = os.fsencode(path)
     if b"\0" in raw:
         raise ValueError("ftok: path contains a NUL byte")
+    proj = _index("ftok", "proj_id", proj_id)
+    _check_int("ftok", "proj_id", proj, "int")
+    if proj not in _PROJ_IDS:
+        raise ValueError(f"ftok: proj_id must be in 1..255 (ftok keeps only its low 8 bits, "
+                         f"and 0 is unspecified), got {proj}")
     key = ffi.new("key_t *")
-    try:
-        err = lib.ipcb_ftok(raw, proj_id, key)
-    except (TypeError, OverflowError) as e:
-        raise _explain("ftok", e, proj_id=(proj_id, "int")) from None
+    err = lib.ipcb_ftok(raw, proj, key)
     if err:
         raise OSError(err, f"ftok(proj_id={proj_id}): {os.strerror(err)}", os.fsdecode(raw))
     return int(key[0])
@@ -380,13 +380,21 @@ def msgget(key: int, flags: int = 0) -> int:
 
     ``key`` may also be given unsigned (0..2**32-1), as ``ipcs`` prints it.
     """
-    k = _key("msgget", key)
+    return _get("msgget", lib.ipcb_msgget, key, flags)
+
+
+def _get(call: str, c_get: Callable[..., int], key: int, flags: int,
+         *size: Tuple[str, int, str]) -> int:
+    """A *get call: ``c_get(key, [size,] flags)``. ``size`` is the (name, value, C type)
+    of the kind's size argument (nsems, size), if it has one."""
+    k = _key(call, key)
     try:
-        r = lib.ipcb_msgget(k, flags)
+        r = c_get(k, *(value for _, value, _ in size), flags)
     except (TypeError, OverflowError) as e:
-        raise _explain("msgget", e, flags=(flags, "int")) from None
+        raise _explain(call, e, **{name: (value, ctype) for name, value, ctype in size},
+                       flags=(flags, "int")) from None
     if r < 0:
-        raise syscall_error(-r, f"msgget(key={key:#x})")
+        raise syscall_error(-r, f"{call}(key={key:#x})")
     return int(r)
 
 
@@ -541,14 +549,22 @@ def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
         _set_msqid_ds(call, ffi.new("struct msqid_ds *"), changes)  # refuses bad values first
         _current(call, msqid, MSG_STAT_ANY, lambda i, c: lib.ipcb_msgctl(i, c, ds))
         _set_msqid_ds(call, ds, changes)
-    r = lib.ipcb_msgctl(msqid, cmd, ds)
+    return _ctl_result(call, lib.ipcb_msgctl(msqid, cmd, ds), cmd, ds, _msqid_ds,
+                       (MSG_STAT, MSG_STAT_ANY), (IPC_SET, IPC_RMID))
+
+
+def _ctl_result(call: str, r: int, cmd: int, ds: Any, convert: Callable[[Any], Any],
+                stat_cmds: Tuple[int, ...], none_cmds: Tuple[int, ...]) -> Any:
+    """What a *ctl call into ``ds`` returned: its structure for IPC_STAT, ``(id, its
+    structure)`` for the ``stat_cmds`` (by index), None for the ``none_cmds``, else the
+    kernel's result; a failure raises."""
     if r < 0:
         raise syscall_error(-r, call)
     if cmd == IPC_STAT:
-        return _msqid_ds(ds)
-    if cmd in (MSG_STAT, MSG_STAT_ANY):
-        return r, _msqid_ds(ds)
-    if cmd in (IPC_SET, IPC_RMID):
+        return convert(ds)
+    if cmd in stat_cmds:
+        return r, convert(ds)
+    if cmd in none_cmds:
         return None
     return r
 
@@ -621,6 +637,23 @@ def _assign(call: str, perm: Any, changes: Mapping[str, int], *skip: str) -> Non
             _put(call, perm, name, name, value)
 
 
+_PERM_SET_FIELDS = {"uid", "gid", "mode"}
+
+
+def _set_perm(call: str, arg: Any, ds: Any, perm: str, ident: int, stat_any: int,
+              stat: Callable[[int, int], int]) -> None:
+    """IPC_SET of a semaphore set or segment: ``ds`` filled with the object's current
+    values (see :func:`_current`), then with ``arg``'s uid, gid and mode, which are
+    refused first, before any call, if they do not fit."""
+    changes = _settable(call, arg, _PERM_SET_FIELDS)
+    # A field of a struct does not keep the struct alive: the scratch one must stay
+    # referenced while it is written into.
+    scratch = ffi.new(ffi.typeof(ds))
+    _assign(call, getattr(scratch, perm), changes)
+    _current(call, ident, stat_any, stat)
+    _assign(call, getattr(ds, perm), changes)
+
+
 def _set_msqid_ds(call: str, ds: Any, changes: Mapping[str, int]) -> None:
     _assign(call, ds.msg_perm, changes, "qbytes")
     if "qbytes" in changes:
@@ -631,14 +664,7 @@ def _set_msqid_ds(call: str, ds: Any, changes: Mapping[str, int]) -> None:
 
 def semget(key: int, nsems: int, flags: int = 0) -> int:
     """semget(2): the identifier of the semaphore set for ``key`` (IPC_CREAT to create it)."""
-    k = _key("semget", key)
-    try:
-        r = lib.ipcb_semget(k, nsems, flags)
-    except (TypeError, OverflowError) as e:
-        raise _explain("semget", e, nsems=(nsems, "int"), flags=(flags, "int")) from None
-    if r < 0:
-        raise syscall_error(-r, f"semget(key={key:#x})")
-    return int(r)
+    return _get("semget", lib.ipcb_semget, key, flags, ("nsems", nsems, "int"))
 
 
 SemOp = Union[Tuple[int, int], Tuple[int, int, int]]
@@ -687,7 +713,6 @@ def semop(semid: int, ops: Iterable[SemOp], timeout: Optional[float] = None) -> 
         raise _explain("semop", e, semid=(semid, "int")) from None
 
 
-_SEM_SET_FIELDS = {"uid", "gid", "mode"}
 _SEM_INT_CMDS = frozenset((GETVAL, GETPID, GETNCNT, GETZCNT))
 
 
@@ -750,23 +775,10 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
         return r, _fields(SemInfo, info)
     ds = ffi.new("struct semid_ds *")
     if cmd == IPC_SET:
-        changes = _settable(call, arg, _SEM_SET_FIELDS)
-        # Refuses bad values first. A field of a struct does not keep the struct alive:
-        # the scratch one must stay referenced while it is written into.
-        scratch = ffi.new("struct semid_ds *")
-        _assign(call, scratch.sem_perm, changes)
-        _current(call, semid, SEM_STAT_ANY, lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
-        _assign(call, ds.sem_perm, changes)
-    r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)
-    if r < 0:
-        raise syscall_error(-r, call)
-    if cmd == IPC_STAT:
-        return _semid_ds(ds)
-    if cmd in (SEM_STAT, SEM_STAT_ANY):
-        return r, _semid_ds(ds)
-    if cmd == IPC_SET:
-        return None
-    return r
+        _set_perm(call, arg, ds, "sem_perm", semid, SEM_STAT_ANY,
+                  lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
+    return _ctl_result(call, lib.ipcb_semctl_ds(semid, semnum, cmd, ds), cmd, ds, _semid_ds,
+                       (SEM_STAT, SEM_STAT_ANY), (IPC_SET,))
 
 
 # ---- shared memory ------------------------------------------------------------------
@@ -774,14 +786,7 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
 def shmget(key: int, size: int, flags: int = 0) -> int:
     """shmget(2): the identifier of the segment for ``key`` (IPC_CREAT to create one of
     ``size`` bytes; opening an existing one needs ``size`` no larger than it, 0 fits)."""
-    k = _key("shmget", key)
-    try:
-        r = lib.ipcb_shmget(k, size, flags)
-    except (TypeError, OverflowError) as e:
-        raise _explain("shmget", e, size=(size, "size_t"), flags=(flags, "int")) from None
-    if r < 0:
-        raise syscall_error(-r, f"shmget(key={key:#x})")
-    return int(r)
+    return _get("shmget", lib.ipcb_shmget, key, flags, ("size", size, "size_t"))
 
 
 def _plain(arg: Any) -> Any:
@@ -925,22 +930,22 @@ def shmat(shmid: int, flags: int = 0) -> Attachment:
         raise _explain("shmat", e, shmid=(shmid, "int"), flags=(flags, "int")) from None
     if err:
         raise syscall_error(err, call)
-    first = at[0]
     # The mapping the attachment's mmap holds becomes the segment's, in place: the
-    # segment stays attached at the kernel's address until then, so its id cannot
-    # name another segment meanwhile.
+    # segment stays attached at the kernel's address (at[0]) until then, so its id
+    # cannot name another segment meanwhile. Whatever interrupts this, at[0] says
+    # whether that first attachment is still to be detached.
     try:
         size = _segment_size(call, shmid)
         readonly = bool(flags & SHM_RDONLY)
         att = mmap.mmap.__new__(Attachment, -1, size, lib.MAP_PRIVATE | lib.MAP_NORESERVE,
                                 mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE)
-    except BaseException:
-        lib.ipcb_shmdt(first)
-        raise
-    att._shmid = shmid
-    att._readonly = readonly
-    with ffi.from_buffer(att) as place:
-        err = lib.ipcb_shmat_move(shmid, flags, first, place)
+        att._shmid = shmid
+        att._readonly = readonly
+        with ffi.from_buffer(att) as place:
+            err = lib.ipcb_shmat_move(shmid, flags, at, place)
+    finally:
+        if at[0] != ffi.NULL:
+            lib.ipcb_shmdt(at[0])
     if err:
         mmap.mmap.close(att)
         raise syscall_error(err, call)
@@ -956,9 +961,6 @@ def shmdt(attachment: Attachment) -> None:
     if attachment.closed:
         raise syscall_error(EINVAL, f"shmdt(shmid={attachment.shmid}): already detached")
     attachment.close()
-
-
-_SHM_SET_FIELDS = {"uid", "gid", "mode"}
 
 
 def shmctl(shmid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any:
@@ -981,21 +983,10 @@ def shmctl(shmid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
         return r, _fields(ShmInfo if cmd == IPC_INFO else ShmUsage, info)
     ds = ffi.new("struct shmid_ds *")
     if cmd == IPC_SET:
-        changes = _settable(call, arg, _SHM_SET_FIELDS)
-        scratch = ffi.new("struct shmid_ds *")  # refuses bad values first
-        _assign(call, scratch.shm_perm, changes)
-        _current(call, shmid, SHM_STAT_ANY, lambda i, c: lib.ipcb_shmctl(i, c, ds))
-        _assign(call, ds.shm_perm, changes)
-    r = lib.ipcb_shmctl(shmid, cmd, ds)
-    if r < 0:
-        raise syscall_error(-r, call)
-    if cmd == IPC_STAT:
-        return _shmid_ds(ds)
-    if cmd in (SHM_STAT, SHM_STAT_ANY):
-        return r, _shmid_ds(ds)
-    if cmd in (IPC_SET, IPC_RMID, SHM_LOCK, SHM_UNLOCK):
-        return None
-    return r
+        _set_perm(call, arg, ds, "shm_perm", shmid, SHM_STAT_ANY,
+                  lambda i, c: lib.ipcb_shmctl(i, c, ds))
+    return _ctl_result(call, lib.ipcb_shmctl(shmid, cmd, ds), cmd, ds, _shmid_ds,
+                       (SHM_STAT, SHM_STAT_ANY), (IPC_SET, IPC_RMID, SHM_LOCK, SHM_UNLOCK))
 
 
 # ---- for the layers above: batches in C, the undo ledger, namespaces ---------------

@@ -1188,17 +1188,19 @@ int ipcb_shmat(int shmid, int shmflg, void **at)
     return 0;
 }
 
-/* Puts the segment that ipcb_shmat attached at `from` in place of the mapping at
- * `to`, with the same access, and detaches `from` whether or not that worked.
- * Attached at `from`, the segment cannot be destroyed in between, so the one
- * mapped at `to` is that segment and no other: its size, which the caller read
- * while it was attached, is the size of the mapping it replaces. */
-int ipcb_shmat_move(int shmid, int shmflg, void *from, void *to)
+/* Puts the segment that ipcb_shmat attached at *from in place of the mapping at
+ * `to`, with the same access, then detaches *from whether or not that worked, and
+ * clears it: the caller can tell, whatever interrupted it, whether it is still to
+ * be detached. Attached at *from, the segment cannot be destroyed in between, so
+ * the one mapped at `to` is that segment and no other: its size, which the caller
+ * read while it was attached, is the size of the mapping it replaces. */
+int ipcb_shmat_move(int shmid, int shmflg, void **from, void *to)
 {
     int err = 0;
     if (shmat(shmid, to, (shmflg & (SHM_RDONLY | SHM_EXEC)) | SHM_REMAP) == (void *)-1)
         err = errno;
-    shmdt(from);
+    shmdt(*from);
+    *from = NULL;
     return err;
 }
 

@@ -222,7 +222,8 @@ int ipcb_semop_packed_undo(long long packed);
 int ipcb_shmget(key_t key, size_t size, int shmflg);
 /* shmat at an address the kernel chooses (*at). */
 int ipcb_shmat(int shmid, int shmflg, void **at);
-/* Moves that attachment onto the mapping at `to`, which it replaces; see shim.c. */
-int ipcb_shmat_move(int shmid, int shmflg, void *from, void *to);
+/* Moves that attachment onto the mapping at `to`, which it replaces, and clears
+ * *from; see shim.c. */
+int ipcb_shmat_move(int shmid, int shmflg, void **from, void *to);
 int ipcb_shmdt(void *addr);
 int ipcb_shmctl(int shmid, int cmd, struct shmid_ds *buf);

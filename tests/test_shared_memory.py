@@ -6,33 +6,14 @@ from __future__ import annotations
 
 import errno
 from array import array
-from typing import Callable, Iterator, List
+from typing import Callable
 
 import pytest
 
 import ipcbind as ipc
 from ipcbind import IPC_STAT, SharedMemory
-from conftest import reap, run_in_child, start_child
+from conftest import reap, run_in_child, start_child, unused_segment_key
 from sysv_helpers import IS_ROOT, run_as_stranger
-from test_shm_kernel import fresh_key
-
-
-@pytest.fixture
-def make_shm() -> Iterator[Callable[..., SharedMemory]]:
-    """Factory for SharedMemory.create(...); every segment made is removed at teardown."""
-    made: List[SharedMemory] = []
-
-    def make(size: int = 4096, **kwargs: object) -> SharedMemory:
-        s = SharedMemory.create(size, **kwargs)  # type: ignore[arg-type]
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        try:
-            s.remove()
-        except OSError:
-            pass  # the test removed it
 
 
 @pytest.fixture
@@ -54,7 +35,7 @@ def test_create_makes_a_zeroed_segment_of_that_size(make_shm: Callable[..., Shar
 
 
 def test_create_with_a_key_opens_an_existing_segment(make_shm: Callable[..., SharedMemory]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     a = make_shm(8192, key=k)
     b = SharedMemory.create(4096, key=k)
     assert (b.id, b.created, b.size, b.key) == (a.id, False, 8192, k)
@@ -62,7 +43,7 @@ def test_create_with_a_key_opens_an_existing_segment(make_shm: Callable[..., Sha
 
 def test_create_exclusive_on_an_existing_key_is_fileexistserror(
         make_shm: Callable[..., SharedMemory]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     make_shm(key=k)
     with pytest.raises(FileExistsError):
         SharedMemory.create(4096, key=k, exclusive=True)
@@ -70,7 +51,7 @@ def test_create_exclusive_on_an_existing_key_is_fileexistserror(
 
 def test_create_larger_than_the_existing_segment_says_its_size(
         make_shm: Callable[..., SharedMemory]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     make_shm(4096, key=k)
     with pytest.raises(OSError, match="holds 4096 bytes, fewer than the 8192") as e:
         SharedMemory.create(8192, key=k)
@@ -85,7 +66,7 @@ def test_create_refuses_a_bad_size(size: object, exc: type) -> None:
 
 
 def test_open_finds_the_segment_by_key(make_shm: Callable[..., SharedMemory]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     a = make_shm(5000, key=k)
     b = SharedMemory.open(k)
     assert (b.id, b.created, b.size) == (a.id, False, 5000)
@@ -93,11 +74,11 @@ def test_open_finds_the_segment_by_key(make_shm: Callable[..., SharedMemory]) ->
 
 def test_open_of_a_missing_key_is_filenotfounderror() -> None:
     with pytest.raises(FileNotFoundError):
-        SharedMemory.open(fresh_key())
+        SharedMemory.open(unused_segment_key())
 
 
 def test_from_id_learns_key_and_size(make_shm: Callable[..., SharedMemory]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     a = make_shm(5000, key=k)
     b = SharedMemory.from_id(a.id)
     assert (b.key, b.size, b.created) == (k, 5000, False)

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import gc
 import mmap
-import os
 import pickle
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
 import ipcbind as ipc
-from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, IPC_STAT, SHM_RDONLY, Attachment
+from ipcbind import IPC_RMID, IPC_STAT, SHM_RDONLY, Attachment
 from ipcbind.syscalls import ffi
 from conftest import reap, run_in_child, start_child
 
@@ -23,13 +22,9 @@ SIZE = 3 * mmap.PAGESIZE + 17
 
 
 @pytest.fixture
-def seg() -> Iterator[int]:
-    i = ipc.shmget(IPC_PRIVATE, SIZE, IPC_CREAT | 0o600)
-    yield i
-    try:
-        ipc.shmctl(i, IPC_RMID)
-    except OSError:
-        pass
+def seg(make_segment: Callable[..., int]) -> int:
+    """A segment whose size is no multiple of the page size."""
+    return make_segment(SIZE)
 
 
 def survives(body: Callable[[], None]) -> None:
@@ -330,12 +325,31 @@ def test_an_attachment_cannot_be_pickled(seg: int) -> None:
             pickle.dumps(a)
 
 
-def test_shmat_failing_half_way_leaves_nothing_attached(seg: int) -> None:
+def _segments_mapped() -> list:
+    with open("/proc/self/maps") as f:
+        return [line for line in f if "SYSV" in line]
+
+
+def test_shmat_of_a_removed_segment_maps_nothing(seg: int) -> None:
     def body() -> None:
         ipc.shmctl(seg, IPC_RMID)
         with pytest.raises(OSError):
             ipc.shmat(seg)
-        assert not [line for line in open("/proc/self/maps") if "SYSV" in line]
+        assert not _segments_mapped()
+    survives(body)
+
+
+def test_shmat_interrupted_half_way_leaves_nothing_attached(seg: int) -> None:
+    def body() -> None:
+        from ipcbind import syscalls
+
+        def interrupted(call: str, shmid: int) -> int:
+            assert nattch(seg) == 1  # the first attachment, made by the kernel's choice
+            raise KeyboardInterrupt
+        syscalls._segment_size = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            ipc.shmat(seg)
+        assert nattch(seg) == 0 and not _segments_mapped()
     survives(body)
 
 

@@ -8,7 +8,7 @@ import errno
 import mmap
 import os
 import time
-from typing import Callable, Iterator, List
+from typing import Callable
 
 import pytest
 
@@ -32,52 +32,16 @@ from ipcbind import (
     SHM_STAT_ANY,
     SHM_UNLOCK,
 )
-from conftest import index_of, needs_root, needs_stat_any, run_in_child
+from conftest import index_of, needs_root, needs_stat_any, run_in_child, unused_segment_key
 from sysv_helpers import IS_ROOT, proc_int, run_as_stranger
 
 PAGE = mmap.PAGESIZE
-
-
-@pytest.fixture
-def make_segment() -> Iterator[Callable[..., int]]:
-    """Factory: make_segment(size=4096, mode=0o600, key=IPC_PRIVATE) -> shmid, removed
-    at teardown."""
-    made: List[int] = []
-
-    def make(size: int = 4096, mode: int = 0o600, key: int = IPC_PRIVATE,
-             flags: int = IPC_CREAT) -> int:
-        i = ipc.shmget(key, size, flags | mode)
-        made.append(i)
-        return i
-
-    yield make
-    for i in made:
-        try:
-            ipc.shmctl(i, IPC_RMID)
-        except OSError:
-            pass  # the test removed it
-
-
-@pytest.fixture
-def seg(make_segment: Callable[..., int]) -> int:
-    """A fresh private segment of 4096 bytes (mode 0600)."""
-    return make_segment()
 
 
 def errno_of(call: Callable[[], object]) -> int:
     with pytest.raises(OSError) as e:
         call()
     return e.value.errno
-
-
-def fresh_key() -> int:
-    """A key no segment uses yet (above 2**31, so that it reads the same unsigned)."""
-    for k in range(0x8badf00d, 0x8badf00d + 1000):
-        try:
-            ipc.shmget(k, 0)
-        except FileNotFoundError:
-            return k
-    raise AssertionError("no free key")
 
 
 # ---- shmget ---------------------------------------------------------------------------
@@ -87,27 +51,27 @@ def test_shmget_size_0_is_einval() -> None:
 
 
 def test_shmget_opening_with_a_larger_size_is_einval(make_segment: Callable[..., int]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     make_segment(size=5000, key=k)
     assert errno_of(lambda: ipc.shmget(k, 5001)) == errno.EINVAL
 
 
 def test_shmget_opening_with_a_smaller_or_zero_size_gives_the_segment(
         make_segment: Callable[..., int]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     i = make_segment(size=5000, key=k)
     assert ipc.shmget(k, 1) == ipc.shmget(k, 0) == i
 
 
 def test_shmget_missing_key_without_ipc_creat_is_enoent() -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     with pytest.raises(FileNotFoundError) as e:
         ipc.shmget(k, 4096)
     assert "shmget(key=" in str(e.value)
 
 
 def test_shmget_excl_on_an_existing_key_is_eexist(make_segment: Callable[..., int]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     make_segment(key=k)
     with pytest.raises(FileExistsError):
         ipc.shmget(k, 4096, IPC_CREAT | IPC_EXCL | 0o600)
@@ -127,7 +91,7 @@ def test_shmget_noreserve_makes_a_segment(make_segment: Callable[..., int]) -> N
 
 
 def test_key_reads_unsigned_as_ipcs_prints_it(make_segment: Callable[..., int]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     assert k >= 2 ** 31
     i = make_segment(key=k)
     assert ipc.shmctl(i, IPC_STAT).key == k
@@ -239,7 +203,7 @@ def test_ipc_stat_reads_the_segment(seg: int) -> None:
 
 def test_ipc_rmid_on_an_attached_segment_marks_it_dest_and_makes_its_key_0(
         make_segment: Callable[..., int]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     i = make_segment(key=k)
     a = ipc.shmat(i)
     ipc.shmctl(i, IPC_RMID)
@@ -348,7 +312,7 @@ def test_shmctl_of_a_removed_segment_names_the_call_and_the_id(seg: int) -> None
 @pytest.mark.skipif(not IS_ROOT, reason="needs root (to drop to uid 65534)")
 def test_shmget_shmat_and_ipc_stat_without_permission_are_eacces(
         make_segment: Callable[..., int]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     i = make_segment(key=k, mode=0o600)
 
     def child() -> int:
@@ -365,7 +329,7 @@ def test_shmget_shmat_and_ipc_stat_without_permission_are_eacces(
 @pytest.mark.skipif(not IS_ROOT, reason="needs root (to drop to uid 65534)")
 def test_shmget_without_permission_succeeds_when_the_flags_ask_for_none(
         make_segment: Callable[..., int]) -> None:
-    k = fresh_key()
+    k = unused_segment_key()
     i = make_segment(key=k, mode=0o600)
     # The kernel checks only the permission bits the flags ask for: none here.
     assert run_as_stranger(lambda: 0 if ipc.shmget(k, 0) == i else 1) == 0
