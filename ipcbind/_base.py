@@ -23,7 +23,6 @@ from .syscalls import IPC_CREAT, IPC_EXCL, IPC_PRIVATE
 __all__ = ["IpcObject"]
 
 
-
 class _Stat(Protocol):
     @property
     def key(self) -> int: ...
@@ -75,6 +74,31 @@ class IpcObject(Generic[_DS]):
       child), and only if it was not removed already;
     - objects of one kind with the same id are equal, hash alike, and pickle by id
       (the copy did not create the object).
+
+    A kind, in outline::
+
+        class SharedMemory(IpcObject[ShmidDs]):
+            __slots__ = ()
+            _kind = "shared memory segment"
+            _id_name = "shmid"
+
+            @staticmethod
+            def _stat_id(ident: int) -> ShmidDs:
+                return shmctl(ident, IPC_STAT)
+
+            @staticmethod
+            def _remove_id(ident: int) -> None:
+                shmctl(ident, IPC_RMID)
+
+            @classmethod
+            def create(cls, size, key=IPC_PRIVATE, mode=0o600, exclusive=False):
+                get = lambda k, flags: shmget(k, size, flags)
+                shmid, k, created = cls._get(key, mode, exclusive, get)
+                return cls(shmid, k, created)
+
+            @classmethod
+            def open(cls, key):
+                return cls(*cls._open_key(key, lambda k, flags: shmget(k, 0, flags)))
     """
 
     __slots__ = ("_id", "_key", "_created", "_creator_pid", "_removed", "__weakref__")

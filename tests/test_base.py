@@ -37,6 +37,7 @@ def _exists(stat: Callable[[int], object]) -> Callable[[int], bool]:
     return exists
 
 
+# Every subclass of IpcObject has its entry here, so that each rule is tested for it.
 KINDS = [
     Kind("queue", MessageQueue, MessageQueue.create,
          _exists(lambda i: ipcbind.msgctl(i, ipcbind.IPC_STAT))),
