@@ -31,9 +31,9 @@ from .msg import COPY_ATTEMPTS, MessageQueue, copy_all
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_segments, list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
-from .syscalls import MsqidDs, SemidDs, ShmidDs
 from .snapshot import (FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError,
                        dump, dumps, load, loads, restore, snapshot)
+from .syscalls import MsqidDs, SemidDs, ShmidDs
 
 JSON_VERSION = 1
 """The ``version`` field of every JSON document the commands print."""
@@ -230,7 +230,8 @@ def _about(kind: str, ident: int) -> Iterator[None]:
         raise
 
 
-_KIND_NAMES = {"queue": "message queue", "set": "semaphore set", "segment": "shared memory segment"}
+_KIND_NAMES = {"queue": "message queue", "set": "semaphore set",
+               "segment": "shared memory segment"}
 
 
 def _queue_doc(msqid: int, ds: MsqidDs) -> Dict[str, Any]:
@@ -956,7 +957,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--pid", type=_pid, default=argparse.SUPPRESS,
                         help="act inside the IPC namespace of process PID")
     with_json = _Parser(add_help=False)
-    with_json.add_argument("--json", action="store_true", help="print JSON (described in docs/cli.md)")
+    with_json.add_argument("--json", action="store_true",
+                           help="print JSON (described in docs/cli.md)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
 

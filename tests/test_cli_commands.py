@@ -148,7 +148,8 @@ def test_rm_tries_every_object_and_exits_with_the_first_failure(
                                   ["mk", "set", "1", "--values", "40000"],
                                   ["send", "0", "--type", "0"], ["send", "0", "a", "--file", "f"],
                                   ["receive", "0", "--nowait", "--timeout", "1"],
-                                  ["receive", "0", "--except"], ["receive", "0", "--timeout", "nan"],
+                                  ["receive", "0", "--except"],
+                                  ["receive", "0", "--timeout", "nan"],
                                   ["semop", "0"], ["semop", "0", "1"], ["semop", "0", "0:x"],
                                   ["semop", "0", "0:40000"], ["semop", "0", "0:1", "-x"]])
 def test_bad_command_lines_of_the_changing_commands_exit_2(argv: List[str],
