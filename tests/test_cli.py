@@ -410,3 +410,9 @@ def test_docs_cli_md_names_every_command_option_and_exit_code() -> None:
                 if option not in ("-h", "--help", "--pid", "--json"):
                     assert any(option in r for r in rows), f"{name} {option} is not in docs"
     assert [int(line.split("|")[1]) for line in codes.splitlines()[2:]] == list(EXIT_CODES)
+
+
+def test_every_commands_help_formats_without_markup() -> None:
+    for name, sub in _subparsers(build_parser()).items():
+        shown = sub.format_help()
+        assert shown.startswith(f"usage: ipcbind {name}") and "``" not in shown, name
