@@ -24,22 +24,29 @@ import errno
 import hashlib
 import json
 import os
+import platform
 import re
 import signal
 import stat
 import sys
 import tempfile
 import threading
+import warnings
 from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import (IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set,
-                    Tuple, Union)
+                    Tuple, TypeVar, Union)
+
+import psutil
 
 from . import syscalls as sc
-from .errors import QueueChangedError
+from ._limits import INT_MAX, SEMVMX, U32_MAX, msgmax
+from .errors import (BlockedCall, FreezeError, FreezeRefusedError, FreezeWarning,
+                     RestoreConflictError, RestoreError, SnapshotFormatError, gone)
+from .msg import COPY_ATTEMPTS, copy_all
 from .namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
                         namespace_pids)
 
@@ -56,6 +63,10 @@ __all__ = [
     "RestoreConflictError",
     "RestoreInterrupted",
     "FreezeError",
+    "FreezeRefusedError",
+    "FreezeWarning",
+    "BlockedCall",
+    "blocked_semops",
     "snapshot",
     "restore",
     "freeze_namespace",
@@ -71,9 +82,7 @@ FORMAT = "ipcbind-snapshot"
 VERSION = 1
 """The snapshot file format version this ipcbind writes and reads."""
 
-SEMVMX = 32767
 _MTYPE_MAX = 2 ** 63 - 1
-_U32 = 2 ** 32 - 1
 _FREEZE_WAIT = 10.0
 # ASCII digits only: \d would also take other scripts' digits.
 _TAKEN_AT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
@@ -162,34 +171,6 @@ class Restored:
     cleaned: Tuple[str, ...] = ()
 
 
-class SnapshotFormatError(ValueError):
-    """A snapshot file that is damaged, foreign, or of a version this ipcbind cannot read."""
-
-
-class RestoreError(RuntimeError):
-    """A restore failed; everything it had created was removed again.
-
-    ``leftovers`` names what could not be removed (normally empty).
-    """
-
-    def __init__(self, message: str, leftovers: Sequence[str] = ()) -> None:
-        if leftovers:
-            message += "; COULD NOT REMOVE: " + ", ".join(leftovers)
-        super().__init__(message)
-        self.leftovers = tuple(leftovers)
-
-
-class RestoreConflictError(RestoreError):
-    """The namespace already holds an object with an id or key the snapshot needs.
-
-    Nothing was created.
-    """
-
-
-class FreezeError(RuntimeError):
-    """The namespace's processes could not be frozen, or not all could be thawed."""
-
-
 # ---- reading a namespace ------------------------------------------------------------
 
 def _read_int(name: str) -> int:
@@ -230,11 +211,6 @@ def _write_limits(limits: Limits) -> bool:
     return changed
 
 
-def _gone(e: OSError) -> bool:
-    """Whether an error says the object was removed meanwhile."""
-    return e.errno in (errno.EINVAL, errno.EIDRM)
-
-
 def _unreadable(kind: str, ident: int, e: PermissionError) -> PermissionError:
     return PermissionError(e.errno, f"snapshot: no read permission on {kind} {ident} "
                            "(reading every object needs root or CAP_IPC_OWNER)")
@@ -257,51 +233,52 @@ def _copy_limited(msqid: int, e: OSError) -> OSError:
         except OSError:
             return e
     return OSError(errno.E2BIG, f"queue {msqid} holds a message longer than msgmax "
-                   f"({_read_int('msgmax')} bytes now; it was raised when the message was "
+                   f"({msgmax()} bytes now; it was raised when the message was "
                    "sent), and MSG_COPY copies at most msgmax bytes: raise "
                    "/proc/sys/kernel/msgmax in that namespace (root in a namespace you "
                    "own) to the longest message, then read it again")
 
 
+_State = TypeVar("_State")
+
+
+def _read(kind: str, ident: int, read: Callable[[], _State]) -> Optional[_State]:
+    """``read()``, or None if the object went meanwhile; without read permission
+    the error names the object."""
+    try:
+        return read()
+    except PermissionError as e:
+        raise _unreadable(kind, ident, e) from None
+    except OSError as e:
+        if gone(e):
+            return None
+        raise
+
+
 def _read_queue(msqid: int, retries: int) -> Optional[QueueState]:
-    for _ in range(retries):
+    def read() -> QueueState:
+        ds = sc.msgctl(msqid, sc.IPC_STAT)
         try:
-            ds = sc.msgctl(msqid, sc.IPC_STAT)
-            copied = sc._msgcopy_all(msqid)
-        except PermissionError as e:
-            raise _unreadable("queue", msqid, e) from None
+            messages = tuple(copy_all(msqid, retries))
         except OSError as e:
             better = _copy_limited(msqid, e)
-            if better is e and _gone(e):
-                return None
             if better is e:
                 raise
             raise better from None
-        if copied is None:
-            continue
-        mtypes, text, ends = copied
-        messages = []
-        start = 0
-        for mtype, end in zip(mtypes, ends):
-            messages.append((mtype, text[start:end]))
-            start = end
-        return QueueState(msqid, ds.key & _U32, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
-                          ds.qbytes, tuple(messages))
-    raise QueueChangedError(msqid, retries)
+        return QueueState(msqid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode, ds.qbytes,
+                          messages)
+
+    return _read("queue", msqid, read)
 
 
 def _read_semset(semid: int) -> Optional[SemaphoreSetState]:
-    try:
+    def read() -> SemaphoreSetState:
         ds = sc.semctl(semid, 0, sc.IPC_STAT)
-        values = sc.semctl(semid, 0, sc.GETALL)
-    except PermissionError as e:
-        raise _unreadable("semaphore set", semid, e) from None
-    except OSError as e:
-        if _gone(e):
-            return None
-        raise
-    return SemaphoreSetState(semid, ds.key & _U32, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
-                             tuple(values))
+        values = tuple(sc.semctl(semid, 0, sc.GETALL))
+        return SemaphoreSetState(semid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
+                                 values)
+
+    return _read("semaphore set", semid, read)
 
 
 def _need_callable(call: str, progress: Optional[Progress]) -> None:
@@ -310,8 +287,9 @@ def _need_callable(call: str, progress: Optional[Progress]) -> None:
                         f"or None, not {type(progress).__name__}")
 
 
-def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 3,
-             progress: Optional[Progress] = None) -> Snapshot:
+def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = COPY_ATTEMPTS,
+             progress: Optional[Progress] = None,
+             interrupt_blocked_semops: bool = False) -> Snapshot:
     """Read every queue and semaphore set of a namespace, taking nothing.
 
     Args:
@@ -321,6 +299,8 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
             needs ``pid`` in another namespace than ours.
         retries: how many times a queue that changed while it was read is read again.
         progress: called as ``progress(done, total, what)`` before each object.
+        interrupt_blocked_semops: freeze even processes in semop or semtimedop, which
+            then fail with EINTR (see :func:`freeze_namespace`).
 
     Returns:
         The :class:`Snapshot`. Objects removed while it is taken are left out.
@@ -329,6 +309,7 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
         QueueChangedError: a queue changed during each of ``retries`` reads.
         PermissionError: an object is not readable, or the namespace cannot be entered.
         NotSupportedError: the kernel has no MSG_COPY (no CONFIG_CHECKPOINT_RESTORE).
+        FreezeRefusedError: ``freeze`` would interrupt a blocked semop or semtimedop.
         FreezeError: ``freeze`` could not stop the processes.
     """
     if isinstance(retries, bool) or not isinstance(retries, int):
@@ -336,7 +317,8 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
     if retries < 1:
         raise ValueError(f"snapshot: retries must be >= 1, got {retries}")
     _need_callable("snapshot", progress)
-    holder = freeze_namespace(pid) if freeze else nullcontext(None)
+    holder = (freeze_namespace(pid, interrupt_blocked_semops=interrupt_blocked_semops)
+              if freeze else nullcontext(None))
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
     with holder as frozen, inside:
         ns = namespace_id()[1]
@@ -421,13 +403,83 @@ def _in_frozen_cgroup(pid: int) -> bool:
         return False
 
 
-def _state(pid: int) -> str:
-    """The one-letter state of /proc/PID/stat ('' if the process is gone)."""
+_HELD_OR_GONE = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP,
+                           psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
+
+
+def _held_or_gone(proc: psutil.Process) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+        return proc.status() in _HELD_OR_GONE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# The System V semaphore calls by syscall number, where the number is known. glibc's
+# semop is the semtimedop syscall without a timeout.
+_SEM_SYSCALLS_BY_MACHINE: Dict[str, Dict[int, str]] = {
+    "x86_64": {65: "semop", 220: "semtimedop"},
+    "aarch64": {193: "semop", 192: "semtimedop"},
+}
+_SEM_SYSCALLS = _SEM_SYSCALLS_BY_MACHINE.get(platform.machine(), {})
+
+
+def _sem_call(pid: int, tid: int) -> Optional[str]:
+    """The semaphore call thread ``tid`` of ``pid`` is in (asleep, stopped or frozen
+    in it), or None."""
+    task = f"/proc/{pid}/task/{tid}"
+    try:
+        with open(f"{task}/syscall") as f:
+            fields = f.read().split()
+    except FileNotFoundError:
+        return None  # the thread has exited
+    except OSError as e:
+        unreadable = f"a call that cannot be seen ({task}/syscall: {e.strerror})"
+    else:
+        if fields and fields[0].isdigit() and _SEM_SYSCALLS:
+            call = _SEM_SYSCALLS.get(int(fields[0]))
+            if call == "semtimedop" and len(fields) > 4 and int(fields[4], 16) == 0:
+                return "semop"
+            return call
+        unreadable = ""
+    try:
+        # Without a known syscall number the kernel function it sleeps in tells.
+        with open(f"{task}/wchan") as f:
+            if "semtimedop" in f.read():
+                return "semop or semtimedop"
+    except OSError:
+        pass
+    return unreadable or None
+
+
+_ASLEEP = frozenset({psutil.STATUS_SLEEPING, psutil.STATUS_DISK_SLEEP})
+
+
+def _blocked_in(pids: Sequence[int], asleep: bool = True) -> List[BlockedCall]:
+    """The threads of ``pids`` in a semaphore call: only those asleep in it if
+    ``asleep`` (one stopped by someone else was interrupted already, not by us)."""
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            name, tids = proc.name(), sorted(t.id for t in proc.threads())
+        except psutil.NoSuchProcess:
+            continue
+        for tid in tids:
+            try:
+                if asleep and psutil.Process(tid).status() not in _ASLEEP:
+                    continue
+            except psutil.NoSuchProcess:
+                continue
+            call = _sem_call(pid, tid)
+            if call is not None:
+                found.append(BlockedCall(pid, tid, name, call))
+    return found
+
+
+def blocked_semops(pid: Optional[int]) -> List[BlockedCall]:
+    """The threads of the namespace of ``pid`` (None: ours) now in semop or semtimedop,
+    which freezing would make fail with EINTR (docs/snapshots.md has the measurements)."""
+    return _blocked_in([p for p in namespace_pids(pid) if p != os.getpid()])
 
 
 def _wait_for(ready: Callable[[], bool], what: str) -> None:
@@ -441,10 +493,12 @@ def _wait_for(ready: Callable[[], bool], what: str) -> None:
 class _Holder:
     """Stops processes and remembers exactly what it stopped, to let it go again."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, interrupt_blocked_semops: bool) -> None:
         self.pid = pid
+        self.interrupt = interrupt_blocked_semops
         self.cgroups: List[str] = []
-        self.stopped: List[int] = []
+        self.stopped: List[psutil.Process] = []
+        self.held: List[int] = []
 
     def method(self) -> Optional[str]:
         used = [m for m, on in (("cgroup", self.cgroups), ("sigstop", self.stopped)) if on]
@@ -479,11 +533,12 @@ class _Holder:
             usable[path] = ps
         return usable
 
-    def freeze_cgroup(self, path: str) -> None:
+    def freeze_cgroup(self, path: str, pids: Sequence[int]) -> None:
         with open(os.path.join(path, "cgroup.freeze")) as f:
             if f.read().strip() == "1":
                 return  # frozen by someone else: theirs to thaw
         self.cgroups.append(path)
+        self.held.extend(pids)
         with open(os.path.join(path, "cgroup.freeze"), "w") as f:
             f.write("1")
 
@@ -494,14 +549,22 @@ class _Holder:
         _wait_for(frozen, f"cgroup {path}")
 
     def stop(self, pid: int) -> None:
-        if _state(pid) in ("", "T", "t", "Z", "X"):
-            return  # gone, a zombie, or stopped by someone else: theirs to continue
-        self.stopped.append(pid)
         try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess:
             return
-        _wait_for(lambda: _state(pid) in ("", "T", "t", "Z", "X"), f"pid {pid}")
+        if _held_or_gone(proc):
+            return  # gone, a zombie, or stopped by someone else: theirs to continue
+        self.stopped.append(proc)
+        try:
+            proc.suspend()
+        except psutil.NoSuchProcess:
+            return
+        except psutil.AccessDenied:
+            self.stopped.pop()
+            raise _denied("SIGSTOP", pid) from None
+        self.held.append(pid)
+        _wait_for(lambda: _held_or_gone(proc), f"pid {pid}")
 
     def hold(self) -> None:
         handled: Set[int] = set()
@@ -510,14 +573,26 @@ class _Holder:
             current = [p for p in namespace_pids(self.pid) if p != os.getpid()]
             new = [p for p in current if p not in handled]
             if not new:
-                return
+                break
+            if not self.interrupt:
+                blocked = _blocked_in(new)
+                if blocked:
+                    raise FreezeRefusedError(blocked)
             for path, ps in self.freezable(new, current).items():
-                self.freeze_cgroup(path)
+                self.freeze_cgroup(path, ps)
                 handled.update(ps)
             for p in new:
                 if p not in handled and not _in_frozen_cgroup(p):
                     self.stop(p)
                 handled.add(p)
+        if not self.interrupt:
+            # A thread may have entered a semop between the look and its stop; found
+            # stopped in one, it either was about to return from it or was woken out
+            # of it and fails with EINTR now. Which, nothing here can tell: say so.
+            for b in _blocked_in(self.held, asleep=False):
+                warnings.warn(FreezeWarning(
+                    f"{b} when it was stopped: if it was waiting there, the call fails "
+                    "with EINTR"), stacklevel=4)
 
     def release(self) -> None:
         failures: List[str] = []
@@ -538,6 +613,7 @@ class _Holder:
                     break
         self.cgroups.clear()
         self.stopped.clear()
+        self.held.clear()
         if interrupted is not None:
             raise interrupted
         if failures:
@@ -552,15 +628,23 @@ def _thaw_cgroup(path: str) -> None:
         pass  # the cgroup is gone, and its processes with it
 
 
-def _continue(pid: int) -> None:
+def _denied(what: str, pid: int) -> PermissionError:
+    return PermissionError(errno.EPERM, f"{what} to pid {pid}: {os.strerror(errno.EPERM)} "
+                           "(it needs the same user, or CAP_KILL)")
+
+
+def _continue(proc: psutil.Process) -> None:
     try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
+        proc.resume()
+    except psutil.NoSuchProcess:
         pass
+    except psutil.AccessDenied:
+        raise _denied("SIGCONT", proc.pid) from None
 
 
 @contextmanager
-def freeze_namespace(pid: Optional[int]) -> Iterator[Optional[str]]:
+def freeze_namespace(pid: Optional[int], *,
+                     interrupt_blocked_semops: bool = False) -> Iterator[Optional[str]]:
     """Hold every process of the IPC namespace of ``pid`` still, and always let it go.
 
     Processes whose cgroup (v2) holds only processes of that namespace are frozen
@@ -572,15 +656,27 @@ def freeze_namespace(pid: Optional[int]) -> Iterator[Optional[str]]:
     A SIGSTOP is visible: a parent waiting with WUNTRACED, or a shell, sees the
     process stop and continue.
 
+    Every way of holding a process (SIGSTOP, the cgroup v1 and v2 freezers, ptrace
+    interrupt) makes a semop or semtimedop it is blocked in fail with EINTR. So unless
+    ``interrupt_blocked_semops`` is true, a namespace with a thread in one is not
+    frozen at all: :class:`FreezeRefusedError` names them (see :func:`blocked_semops`).
+
     Raises:
         ValueError: ``pid`` shares our namespace (that would stop every process of
             this system, this one included).
+        FreezeRefusedError: a thread is in semop or semtimedop (nothing was frozen).
         FreezeError: a process did not stop in time, or could not be let go.
+
+    Warns:
+        FreezeWarning: a thread entered a semop between the look and its stop.
     """
+    if not isinstance(interrupt_blocked_semops, bool):
+        raise TypeError("freeze: interrupt_blocked_semops must be a bool, not "
+                        f"{type(interrupt_blocked_semops).__name__}")
     if pid is None or namespace_id(pid) == namespace_id():
         raise ValueError("freeze: refusing to stop the processes of our own IPC namespace; "
                          "give the pid of a process in another namespace")
-    holder = _Holder(pid)
+    holder = _Holder(pid, interrupt_blocked_semops)
     try:
         holder.hold()
         yield holder.method()
@@ -605,14 +701,13 @@ _INDEX_MASK = (1 << sc._INDEX_BITS[0]) - 1
 class RestoreInterrupted(KeyboardInterrupt):
     """A restore undone because SIGINT or SIGTERM came (``signum`` says which).
 
-    A KeyboardInterrupt, so that Ctrl-C goes on as it would have; ``leftovers`` as
-    for :class:`RestoreError`.
+    A KeyboardInterrupt, so that Ctrl-C goes on as it would have, and for that reason
+    neither an IpcbindError nor in ipcbind.errors: ``except Exception`` must not
+    swallow a Ctrl-C. ``leftovers`` as for :class:`RestoreError`.
     """
 
     def __init__(self, signum: int, message: str, leftovers: Sequence[str] = ()) -> None:
-        if leftovers:
-            message += "; COULD NOT REMOVE: " + ", ".join(leftovers)
-        super().__init__(message)
+        super().__init__(str(RestoreError(message, leftovers)))
         self.signum = signum
         self.leftovers = tuple(leftovers)
 
@@ -809,7 +904,7 @@ class _Restorer:
         """
         cleaned: List[str] = []
         for msqid, ds in list_queues():
-            if ds.key & _U32 not in _MARK_KEYS or ds.mode & 0o777:
+            if ds.key not in _MARK_KEYS or ds.mode & 0o777:
                 continue
             mark = _read_marker(msqid, ds)
             if mark is None:
@@ -845,7 +940,7 @@ class _Restorer:
                         ctl(ident, sc.IPC_RMID)
                         cleaned.append(f"{kind} {ident}")
                 except OSError as e:
-                    if not _gone(e):
+                    if not gone(e):
                         raise
         if mark.limits is not None and _write_limits(mark.limits):
             cleaned.append("the limits it had changed")
@@ -861,7 +956,7 @@ class _Restorer:
                 ("queue", list_queues(), self.snap.queues),
                 ("semaphore set", list_semaphore_sets(), self.snap.semaphore_sets)):
             ids = {i & _INDEX_MASK: i for i, _ in have}
-            keys = {ds.key & _U32: i for i, ds in have if ds.key}
+            keys = {ds.key: i for i, ds in have if ds.key}
             for obj in wanted:
                 same = ids.get(obj.id & _INDEX_MASK)
                 if same == obj.id:
@@ -881,7 +976,7 @@ class _Restorer:
         taken |= {q.id & _INDEX_MASK for q in self.snap.queues}
         # From the top, away from the indices the kernel and the snapshot use most.
         index = next(i for i in range(_INDEX_MASK, -1, -1) if i not in taken)
-        used = {ds.key & _U32 for _, ds in list_queues()} | {q.key for q in self.snap.queues}
+        used = {ds.key for _, ds in list_queues()} | {q.key for q in self.snap.queues}
         key = next((k for k in _MARK_KEYS if k not in used), None)
         if key is None:
             raise RestoreError(f"restore: no key free for the staging marker (the keys "
@@ -961,7 +1056,7 @@ class _Restorer:
             size = len(q.messages[i][1]) if i < len(q.messages) else 0
             hint = ""
             if e.errno == errno.EINVAL:
-                hint = (f" (larger than msgmax {_read_int('msgmax')}? restore with the "
+                hint = (f" (larger than msgmax {msgmax()}? restore with the "
                         "snapshot's limits)")
             raise OSError(e.errno, f"queue {q.id}: message {i} ({size} bytes): "
                           f"{e.strerror}{hint}") from None
@@ -1375,7 +1470,7 @@ class _Checker:
         return int(self.text(v, where, r"0[0-7]{3}"), 8)
 
     def owner(self, o: Mapping[str, Any], where: str) -> Tuple[int, int, int, int]:
-        return tuple(self.integer(o[f], f"{where}.{f}", 0, _U32)  # type: ignore[return-value]
+        return tuple(self.integer(o[f], f"{where}.{f}", 0, U32_MAX)  # type: ignore[return-value]
                      for f in ("uid", "gid", "cuid", "cgid"))
 
     def queue(self, v: Any, where: str) -> QueueState:
@@ -1386,7 +1481,7 @@ class _Checker:
             at = f"{where}.messages[{i}]"
             m = self.obj(m, at, ("type", "size", "data"))
             mtype = self.integer(m["type"], f"{at}.type", 1, _MTYPE_MAX)
-            size = self.integer(m["size"], f"{at}.size", 0, 2 ** 31 - 1)
+            size = self.integer(m["size"], f"{at}.size", 0, INT_MAX)
             encoded = self.text(m["data"], f"{at}.data", r"[A-Za-z0-9+/]*={0,2}")
             try:
                 data = base64.b64decode(encoded, validate=True)
@@ -1399,7 +1494,7 @@ class _Checker:
             if len(data) != size:
                 raise self.fail(at, f"size says {size} bytes but data holds {len(data)}")
             messages.append((mtype, data))
-        return QueueState(self.integer(o["id"], f"{where}.id", 0, 2 ** 31 - 1),
+        return QueueState(self.integer(o["id"], f"{where}.id", 0, INT_MAX),
                           self.key(o["key"], f"{where}.key"), *self.owner(o, where),
                           self.mode(o["mode"], f"{where}.mode"),
                           self.integer(o["qbytes"], f"{where}.qbytes", 0, 2 ** 63 - 1),
@@ -1411,7 +1506,7 @@ class _Checker:
         if not values:
             raise self.fail(f"{where}.values", "a set has at least one semaphore")
         return SemaphoreSetState(
-            self.integer(o["id"], f"{where}.id", 0, 2 ** 31 - 1),
+            self.integer(o["id"], f"{where}.id", 0, INT_MAX),
             self.key(o["key"], f"{where}.key"),
             *self.owner(o, where), self.mode(o["mode"], f"{where}.mode"),
             tuple(self.integer(x, f"{where}.values[{i}]", 0, SEMVMX) for i, x in enumerate(values)))
@@ -1421,9 +1516,9 @@ class _Checker:
         sem = self.listof(o["sem"], "limits.sem")
         if len(sem) != 4:
             raise self.fail("limits.sem", f"must hold 4 numbers, not {len(sem)}")
-        return Limits(*(self.integer(o[f], f"limits.{f}", 0, 2 ** 31 - 1)
+        return Limits(*(self.integer(o[f], f"limits.{f}", 0, INT_MAX)
                         for f in ("msgmax", "msgmnb", "msgmni")),
-                      *(self.integer(x, f"limits.sem[{i}]", 0, 2 ** 31 - 1)
+                      *(self.integer(x, f"limits.sem[{i}]", 0, INT_MAX)
                         for i, x in enumerate(sem)))
 
     @staticmethod
@@ -1461,7 +1556,7 @@ class _Checker:
         ns = self.obj(o["namespace"], "namespace", ("inode", "pid"))
         pid = ns["pid"]
         if pid is not None:
-            pid = self.integer(pid, "namespace.pid", 1, 2 ** 31 - 1)
+            pid = self.integer(pid, "namespace.pid", 1, INT_MAX)
         frozen = o["frozen"]
         if frozen is not None:
             frozen = self.text(frozen, "frozen", r"cgroup|sigstop|cgroup\+sigstop")

@@ -1,4 +1,4 @@
-"""msgget/semget with keys, ftok, and the exceptions failing calls raise."""
+"""msgget/semget/shmget with keys, ftok, and the exceptions failing calls raise."""
 
 from __future__ import annotations
 
@@ -17,22 +17,23 @@ from ipcbind.errors import syscall_error
 
 @pytest.fixture
 def fresh_key() -> Iterator[int]:
-    """A key no queue or set uses now; whatever a test creates with it is removed."""
+    """A key no queue, set or segment uses now; whatever a test creates with it is removed."""
+    def in_use(get: Callable[[int], int], key: int) -> bool:
+        try:
+            get(key)
+        except FileNotFoundError:
+            return False
+        return True
+
     while True:
         key = random.randrange(1, 2 ** 31)
-        try:
-            ipc.msgget(key)
-            continue
-        except FileNotFoundError:
-            pass
-        try:
-            ipc.semget(key, 0)
-            continue
-        except FileNotFoundError:
+        if not any(in_use(get, key) for get in (ipc.msgget, lambda k: ipc.semget(k, 0),
+                                                 lambda k: ipc.shmget(k, 0))):
             break
     yield key
     for remove in (lambda: ipc.msgctl(ipc.msgget(key), IPC_RMID),
-                   lambda: ipc.semctl(ipc.semget(key, 0), 0, IPC_RMID)):
+                   lambda: ipc.semctl(ipc.semget(key, 0), 0, IPC_RMID),
+                   lambda: ipc.shmctl(ipc.shmget(key, 0), IPC_RMID)):
         try:
             remove()
         except FileNotFoundError:
@@ -42,6 +43,7 @@ def fresh_key() -> Iterator[int]:
 GETS: List[Tuple[str, Callable[[int, int], int]]] = [
     ("msgget", lambda key, flags: ipc.msgget(key, flags)),
     ("semget", lambda key, flags: ipc.semget(key, 1, flags)),
+    ("shmget", lambda key, flags: ipc.shmget(key, 4096, flags)),
 ]
 
 
@@ -91,6 +93,18 @@ def test_ftok_combines_proj_id_device_and_inode(tmp_path: Path) -> None:
     assert ipc.ftok(f, 0x41) == expect
     assert ipc.ftok(str(f), 0x41) == ipc.ftok(os.fsencode(f), 0x41) == expect
     assert ipc.ftok(f, 0x42) != expect
+
+
+@pytest.mark.parametrize("proj_id", [0, 256, -1, 0x141])
+def test_ftok_refuses_a_proj_id_outside_1_to_255_naming_it_and_its_range(
+        tmp_path: Path, proj_id: int) -> None:
+    with pytest.raises(ValueError, match=r"proj_id must be in 1\.\.255.*got " + str(proj_id)):
+        ipc.ftok(tmp_path, proj_id)
+
+
+def test_ftok_takes_every_proj_id_from_1_to_255(tmp_path: Path) -> None:
+    keys = {ipc.ftok(tmp_path, p) for p in range(1, 256)}
+    assert len(keys) == 255
 
 
 def test_ftok_on_a_missing_path_is_filenotfounderror_naming_it(tmp_path: Path) -> None:
