@@ -725,8 +725,8 @@ class _Held:
     signal; a signal the caller blocks (pthread_sigmask) shows as pending instead.
     :meth:`arrived` tells the first that came, at the points where stopping is safe.
     On leaving, the handlers are put back and a recorded signal goes on to the handler
-    it was meant for (the default Ctrl-C handler excepted: :class:`RestoreInterrupted`
-    already is its KeyboardInterrupt).
+    it was meant for (the default Ctrl-C handler excepted when the restore raises
+    :class:`RestoreInterrupted`, which already is its KeyboardInterrupt).
     """
 
     def __init__(self) -> None:
@@ -751,12 +751,12 @@ class _Held:
         pending = signal.sigpending() & set(_HELD_SIGNALS)
         return min(pending) if pending else None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, *exc: Any) -> None:
         for sig, old in self.old.items():
             signal.signal(sig, old)
         for sig in dict.fromkeys(self.got):
             old = self.old[sig]
-            if old is signal.default_int_handler:
+            if old is signal.default_int_handler and kind is RestoreInterrupted:
                 continue
             if callable(old):
                 old(sig, None)
@@ -1648,13 +1648,20 @@ def _too_large(max_size: int) -> SnapshotFormatError:
 
 
 def _read_bounded(f: IO[Any], max_size: int) -> Union[str, bytes]:
+    """At most max_size bytes of f (more: refused); a stream that is not a regular
+    file is refused as soon as it shows it does not begin as a JSON object (a regular
+    file is read whole, for the full reason)."""
+    try:
+        stream = not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        stream = True
     parts: List[Any] = []
     size = 0
     while True:
         chunk = f.read(min(_CHUNK, max_size + 1 - size))
         if not chunk:
             break
-        if not parts or not parts[0].strip():
+        if stream and (not parts or not parts[0].strip()):
             start = (b"".join(parts) if isinstance(chunk, bytes) else "".join(parts)) + chunk
             head = start.lstrip()[:1]
             if head and head not in (b"{", "{"):
