@@ -503,7 +503,7 @@ int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
     int r, err;
     if (!t)
         return errno;
-    if (len > t->scap) {
+    if (len > t->scap || !t->sbuf) {
         /* msgsnd refuses a text longer than msgmax (EINVAL) before anything else:
          * refuse it before copying it into a buffer of that size. */
         long msgmax = read_msgmax();
