@@ -115,7 +115,7 @@ def test_restore_killed_at_random_moments_leaves_all_or_nothing(
     rng = random.Random(f"restore-{kind}")  # a fixed seed per kind: the same moments each run
     outcomes = []
     for _ in range(6):
-        delay = rng.uniform(0, restore_seconds)
+        delay = rng.uniform(0, 0.8 * restore_seconds)
         with ns_child() as (other, _):
             p = _cli(many_file, other, stdout=subprocess.DEVNULL)
             _entered(p, other)
@@ -137,7 +137,8 @@ def test_restore_killed_at_random_moments_leaves_all_or_nothing(
                 assert p.returncode in (130, 143), err
                 assert b"interrupted" in err and b"Traceback" not in err, err
                 _empty_as_fresh(other)
-    assert len(outcomes) == 6
+    # Most moments fall inside the restore: a run where none did proved nothing.
+    assert any(code != 0 for code in outcomes), f"no signal came mid-restore: {outcomes}"
 
 
 def _sends(*signals: int) -> Any:
