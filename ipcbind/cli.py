@@ -35,8 +35,8 @@ from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_segments, list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
 from .snapshot import (DEFAULT_MAX_SIZE, FreezeError, FreezeWarning, RestoreConflictError,
-                       RestoreError, SnapshotFormatError, _copy_limited, blocked_semops, dump,
-                       dumps, load, restore, snapshot)
+                       RestoreError, SegmentLeftOutWarning, SnapshotFormatError, _copy_limited,
+                       blocked_semops, dump, dumps, load, restore, snapshot)
 from .syscalls import MsqidDs, SemidDs, ShmidDs
 
 JSON_VERSION = 1
@@ -586,7 +586,9 @@ def _peek_segment(args: argparse.Namespace, out: IO[str]) -> int:
 
 def _counts(snap: Any) -> Dict[str, int]:
     return {"queues": len(snap.queues), "semaphore_sets": len(snap.semaphore_sets),
-            "messages": sum(len(q.messages) for q in snap.queues)}
+            "messages": sum(len(q.messages) for q in snap.queues),
+            "segments": len(snap.segments), "segment_bytes": sum(m.size for m in snap.segments),
+            "segments_left_out": len(snap.segments_left_out)}
 
 
 def _is_stdout(path: str) -> bool:
@@ -610,11 +612,12 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
             print(f"ipcbind: freezing anyway: {b} fails with EINTR", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FreezeWarning)
+        warnings.simplefilter("always", SegmentLeftOutWarning)
         snap = snapshot(args.pid, freeze=args.freeze, retries=args.retries,
                         progress=_progress(sys.stderr),
                         interrupt_blocked_semops=args.interrupt_blocked_semops)
     for w in caught:
-        if issubclass(w.category, FreezeWarning):
+        if issubclass(w.category, (FreezeWarning, SegmentLeftOutWarning)):
             print(f"ipcbind: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -629,7 +632,8 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
         _print_json({"pid": args.pid, "file": args.output, "frozen": snap.frozen, **n}, out)
     else:
         out.write(f"wrote {args.output}: {n['queues']} queue(s) holding {n['messages']} "
-                  f"message(s), {n['semaphore_sets']} semaphore set(s)"
+                  f"message(s), {n['semaphore_sets']} semaphore set(s), {n['segments']} "
+                  f"segment(s) holding {n['segment_bytes']} byte(s)"
                   f"{', frozen by ' + snap.frozen if snap.frozen else ''}\n")
     return OK
 
@@ -670,14 +674,15 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
         if args.json:
             _print_json({"pid": args.pid, "namespace": inode, "queues": list(done.queues),
                          "semaphore_sets": list(done.semaphore_sets),
-                         "cleaned": list(done.cleaned)}, out)
+                         "segments": list(done.segments), "cleaned": list(done.cleaned)}, out)
         else:
             if done.cleaned:
                 out.write(f"cleaned up after a killed restore: removed "
                           f"{', '.join(done.cleaned)}\n")
             out.write(f"restored into {where}: {len(done.queues)} queue(s) "
-                      f"{list(done.queues)} and {len(done.semaphore_sets)} semaphore set(s) "
-                      f"{list(done.semaphore_sets)}\n")
+                      f"{list(done.queues)}, {len(done.semaphore_sets)} semaphore set(s) "
+                      f"{list(done.semaphore_sets)} and {len(done.segments)} segment(s) "
+                      f"{list(done.segments)}\n")
         out.flush()
     for sig in dict.fromkeys(late):
         print(f"ipcbind: {signal.Signals(sig).name} came after the restore had completed; "

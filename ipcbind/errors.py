@@ -41,6 +41,7 @@ __all__ = [
     "FreezeError",
     "FreezeRefusedError",
     "FreezeWarning",
+    "SegmentLeftOutWarning",
     "BlockedCall",
     "CliError",
     "GONE_ERRNOS",
@@ -293,6 +294,11 @@ class FreezeRefusedError(FreezeError):
 class FreezeWarning(RuntimeWarning, IpcbindError):
     """A thread was found in semop or semtimedop after it was stopped: it may have been
     waiting there, and then its call fails with EINTR."""
+
+
+class SegmentLeftOutWarning(RuntimeWarning, IpcbindError):
+    """A snapshot left out a segment marked for removal but still attached: it has no
+    key any more and goes with its last user, so there is nothing to recreate."""
 
 
 class CliError(IpcbindError):

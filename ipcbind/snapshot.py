@@ -1,8 +1,8 @@
-"""Snapshot and restore of an IPC namespace's message queues and semaphore sets.
+"""Snapshot and restore of an IPC namespace's queues, semaphore sets and segments.
 
 :func:`snapshot` reads every queue (every message in order, with MSG_COPY, so
 nothing is taken) and every semaphore set of a namespace, with the limits that
-matter; :func:`dumps`/:func:`dump` write it in the documented JSON format (see
+matter, and every shared memory segment with its bytes; :func:`dumps`/:func:`dump` write it in the documented JSON format (see
 README, "Snapshot file format") and :func:`loads`/:func:`load` read it back,
 rejecting damaged or foreign files with :class:`SnapshotFormatError`.
 :func:`restore` recreates it, with the same ids, in a namespace, all or nothing.
@@ -45,10 +45,11 @@ import psutil
 from . import syscalls as sc
 from ._limits import INT_MAX, SEMVMX, U32_MAX, msgmax
 from .errors import (BlockedCall, FreezeError, FreezeRefusedError, FreezeWarning,
-                     RestoreConflictError, RestoreError, SnapshotFormatError, gone)
+                     RestoreConflictError, RestoreError, SegmentLeftOutWarning,
+                     SnapshotFormatError, gone)
 from .msg import COPY_ATTEMPTS, copy_all
-from .namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
-                        namespace_pids)
+from .namespace import (enter_namespace, list_queues, list_segments, list_semaphore_sets,
+                        namespace_id, namespace_pids)
 
 __all__ = [
     "FORMAT",
@@ -56,6 +57,7 @@ __all__ = [
     "Limits",
     "QueueState",
     "SemaphoreSetState",
+    "SegmentState",
     "Snapshot",
     "Restored",
     "SnapshotFormatError",
@@ -65,6 +67,7 @@ __all__ = [
     "FreezeError",
     "FreezeRefusedError",
     "FreezeWarning",
+    "SegmentLeftOutWarning",
     "BlockedCall",
     "blocked_semops",
     "snapshot",
@@ -79,8 +82,9 @@ __all__ = [
 
 FORMAT = "ipcbind-snapshot"
 """The value of the ``format`` field of every snapshot file."""
-VERSION = 1
-"""The snapshot file format version this ipcbind writes and reads."""
+VERSION = 2
+"""The snapshot file format version this ipcbind writes (it reads 1 too: no segments)."""
+_VERSIONS = (1, 2)
 
 _MTYPE_MAX = 2 ** 63 - 1
 _FREEZE_WAIT = 10.0
@@ -142,6 +146,25 @@ class SemaphoreSetState:
 
 
 @dataclass(frozen=True)
+class SegmentState:
+    """One shared memory segment: ``data`` holds its ``size`` bytes.
+
+    Reading it attaches it read-only for the copy, which sets its atime, dtime and
+    lpid (and raises nattch meanwhile); a restore makes them those of its own attach.
+    """
+
+    id: int
+    key: int
+    uid: int
+    gid: int
+    cuid: int
+    cgid: int
+    mode: int
+    size: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """A namespace's queues and semaphore sets at one time.
 
@@ -149,7 +172,10 @@ class Snapshot:
     time that is not on the calendar, such as month 13). ``namespace``: inode number
     of the namespace read. ``pid``: the pid whose namespace was read (None: the
     caller's own). ``frozen``: how its processes were held still: None, ``"cgroup"``,
-    ``"sigstop"`` or ``"cgroup+sigstop"``.
+    ``"sigstop"`` or ``"cgroup+sigstop"``. ``segments_left_out``: the ids of segments
+    marked for removal (SHM_DEST) but still attached, which are not carried: their
+    key is gone and they vanish with their last user, so a restore has nothing to
+    recreate them as.
     """
 
     taken_at: str
@@ -159,16 +185,19 @@ class Snapshot:
     limits: Limits
     queues: Tuple[QueueState, ...]
     semaphore_sets: Tuple[SemaphoreSetState, ...]
+    segments: Tuple[SegmentState, ...] = ()
+    segments_left_out: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Restored:
-    """What :func:`restore` created: the ids of the queues and of the semaphore sets;
+    """What :func:`restore` created: the ids of the queues, semaphore sets and segments;
     ``cleaned`` names what a killed restore had left and this one removed first."""
 
     queues: Tuple[int, ...]
     semaphore_sets: Tuple[int, ...]
     cleaned: Tuple[str, ...] = ()
+    segments: Tuple[int, ...] = ()
 
 
 # ---- reading a namespace ------------------------------------------------------------
@@ -281,6 +310,22 @@ def _read_semset(semid: int) -> Optional[SemaphoreSetState]:
     return _read("semaphore set", semid, read)
 
 
+def _read_segment(shmid: int) -> Optional[SegmentState]:
+    def read() -> SegmentState:
+        with sc.shmat(shmid, sc.SHM_RDONLY) as att:
+            data = att[:]
+            # Read after the copy: the segment is attached, so it cannot go meanwhile.
+            ds = sc.shmctl(shmid, sc.IPC_STAT)
+        if ds.dest:
+            # Removed during the copy: as any object removed while the snapshot is
+            # taken, left out (it goes as soon as its users detach).
+            raise OSError(errno.EIDRM, "removed")
+        return SegmentState(shmid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
+                            ds.segsz, data)
+
+    return _read("segment", shmid, read)
+
+
 def _need_callable(call: str, progress: Optional[Progress]) -> None:
     if progress is not None and not callable(progress):
         raise TypeError(f"{call}: progress must be callable as progress(done, total, what) "
@@ -325,7 +370,8 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
         limits = _read_limits()
         listed = list_queues()
         semset_ids = [i for i, _ in list_semaphore_sets()]
-        total = len(listed) + len(semset_ids)
+        segments_listed = list_segments()
+        total = len(listed) + len(semset_ids) + len(segments_listed)
         counts = _Counts(sum(ds.qnum for _, ds in listed), sum(ds.cbytes for _, ds in listed))
         queues = []
         for n, (msqid, ds) in enumerate(listed):
@@ -341,10 +387,39 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
             s = _read_semset(semid)
             if s is not None:
                 sets.append(s)
+        segments, left_out = _read_segments(segments_listed, len(listed) + len(semset_ids),
+                                            total, progress)
         if progress:
             progress(total, total, "done")
     taken = datetime.now(timezone.utc).strftime(_TAKEN_AT_FORMAT)
-    return Snapshot(taken, ns, pid, frozen, limits, tuple(queues), tuple(sets))
+    return Snapshot(taken, ns, pid, frozen, limits, tuple(queues), tuple(sets), segments,
+                    left_out)
+
+
+def _read_segments(listed: Sequence[Tuple[int, Any]], start: int, total: int,
+                   progress: Optional[Progress]) -> Tuple[Tuple[SegmentState, ...],
+                                                          Tuple[int, ...]]:
+    """The segments carried, and the ids of those left out (marked for removal)."""
+    size = sum(ds.segsz for _, ds in listed if not ds.dest)
+    done = 0
+    segments = []
+    left_out = []
+    for n, (shmid, ds) in enumerate(listed, start):
+        if progress:
+            progress(n, total, f"segment {shmid} ({_size(ds.segsz)}): "
+                               f"{_size(done)}/{_size(size)} of segments done")
+        if ds.dest:
+            left_out.append(shmid)
+            warnings.warn(SegmentLeftOutWarning(
+                f"segment {shmid} is marked for removal (still attached, its key gone): "
+                "left out of the snapshot"), stacklevel=3)
+            continue
+        seg = _read_segment(shmid)
+        if seg is not None:
+            segments.append(seg)
+            done += seg.size
+    return tuple(segments), tuple(left_out)
+
 
 
 # ---- freezing -------------------------------------------------------------------------
@@ -696,6 +771,8 @@ _MARK_HEAD = "ipcbind-restore 1"
 # A namespace holds one object per index, an id's low bits (15 on a kernel booted
 # without ipcmni_extend): ids 0 and 32768 cannot both exist.
 _INDEX_MASK = (1 << sc._INDEX_BITS[0]) - 1
+# The kinds, as /proc/sys/kernel/<kind>_next_id names them.
+_KINDS = ("msg", "sem", "shm")
 
 
 class RestoreInterrupted(KeyboardInterrupt):
@@ -777,28 +854,38 @@ def _set_next_id(kind: str, ident: int) -> None:
 def _throwaway(kind: str) -> None:
     if kind == "msg":
         sc.msgctl(sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600), sc.IPC_RMID)
-    else:
+    elif kind == "sem":
         sc.semctl(sc.semget(sc.IPC_PRIVATE, 1, sc.IPC_CREAT | 0o600), 0, sc.IPC_RMID)
+    else:
+        sc.shmctl(sc.shmget(sc.IPC_PRIVATE, 1, sc.IPC_CREAT | 0o600), sc.IPC_RMID)
 
 
 @contextmanager
 def _room_for_one(kind: str) -> Iterator[None]:
-    """The namespace's limits widened for one more object of ``kind`` (one queue, or a
-    set of one semaphore), then put back."""
+    """The namespace's limits widened for one more object of ``kind`` (one queue, a
+    set of one semaphore, or a segment of one page), then put back."""
+    widened: List[Tuple[str, str]] = []
     if kind == "msg":
-        name, old = "msgmni", str(_read_int("msgmni"))
-        wide = str(int(old) + 1)
-    else:
-        name = "sem"
+        widened.append(("msgmni", str(_read_int("msgmni") + 1)))
+    elif kind == "sem":
         with open("/proc/sys/kernel/sem") as f:
-            old = f.read().strip()
-        semmsl, semmns, semopm, semmni = (int(v) for v in old.split())
-        wide = f"{max(semmsl, 1)} {semmns + 1} {semopm} {semmni + 1}"
-    _write_proc(name, wide)
+            semmsl, semmns, semopm, semmni = (int(v) for v in f.read().split())
+        widened.append(("sem", f"{max(semmsl, 1)} {semmns + 1} {semopm} {semmni + 1}"))
+    else:
+        used_pages = sc.shmctl(0, sc.SHM_INFO)[1].shm_tot
+        widened += [("shmmni", str(_read_int("shmmni") + 1)),
+                    ("shmmax", str(max(_read_int("shmmax"), 1))),
+                    ("shmall", str(max(_read_int("shmall"), used_pages + 1)))]
+    old: List[Tuple[str, str]] = []
     try:
+        for name, wide in widened:
+            with open(f"/proc/sys/kernel/{name}") as f:
+                old.append((name, f.read().strip()))
+            _write_proc(name, wide)
         yield
     finally:
-        _write_proc(name, old)
+        for name, value in reversed(old):
+            _write_proc(name, value)
 
 
 def _clear_next_id(kind: str) -> None:
@@ -836,7 +923,8 @@ def _proc_start(pid: int) -> Optional[str]:
 def _fingerprint(snap: Snapshot) -> str:
     """What a staging marker remembers of a snapshot: its objects' kinds, ids and keys."""
     objs = ([["q", q.id, q.key] for q in snap.queues]
-            + [["s", s.id, s.key] for s in snap.semaphore_sets])
+            + [["s", s.id, s.key] for s in snap.semaphore_sets]
+            + [["m", m.id, m.key] for m in snap.segments])
     return hashlib.sha256(json.dumps(objs).encode()).hexdigest()[:32]
 
 
@@ -887,6 +975,7 @@ class _Restorer:
         self.fingerprint = _fingerprint(snap)
         self.queues: List[int] = []
         self.sets: List[int] = []
+        self.segments: List[int] = []
         self.old_limits: Optional[Limits] = None
         self.marker: Optional[int] = None
 
@@ -931,7 +1020,8 @@ class _Restorer:
         for kind, ids, ctl in (
                 ("queue", [q.id for q in self.snap.queues], sc.msgctl),
                 ("semaphore set", [s.id for s in self.snap.semaphore_sets],
-                 lambda i, cmd: sc.semctl(i, 0, cmd))):
+                 lambda i, cmd: sc.semctl(i, 0, cmd)),
+                ("segment", [m.id for m in self.snap.segments], sc.shmctl)):
             for ident in ids:
                 try:
                     # As new as the marker: made by that restore (or given the id it
@@ -944,7 +1034,7 @@ class _Restorer:
                         raise
         if mark.limits is not None and _write_limits(mark.limits):
             cleaned.append("the limits it had changed")
-        for kind in ("msg", "sem"):
+        for kind in _KINDS:
             _clear_next_id(kind)
         sc.msgctl(mark.msqid, sc.IPC_RMID)
         cleaned.append(f"its staging marker (queue {mark.msqid})")
@@ -954,7 +1044,8 @@ class _Restorer:
         clashes = []
         for kind, have, wanted in (
                 ("queue", list_queues(), self.snap.queues),
-                ("semaphore set", list_semaphore_sets(), self.snap.semaphore_sets)):
+                ("semaphore set", list_semaphore_sets(), self.snap.semaphore_sets),
+                ("segment", list_segments(), self.snap.segments)):
             ids = {i & _INDEX_MASK: i for i, _ in have}
             keys = {ds.key: i for i, ds in have if ds.key}
             for obj in wanted:
@@ -1077,17 +1168,39 @@ class _Restorer:
         sc.semctl(semid, 0, sc.SETALL, list(s.values))
         sc.semctl(semid, 0, sc.IPC_SET, {"uid": s.uid, "gid": s.gid, "mode": s.mode})
 
+    def segment(self, m: SegmentState) -> None:
+        _set_next_id("shm", m.id)
+        try:
+            shmid = sc.shmget(m.key, m.size, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
+        except OSError as e:
+            hint = ""
+            if e.errno == errno.EINVAL:
+                hint = f" (larger than shmmax {_read_int('shmmax')}?)"
+            elif e.errno == errno.ENOSPC:
+                hint = " (no room under shmmni or shmall)"
+            raise OSError(e.errno, f"segment {m.id} ({m.size} bytes): {e.strerror}"
+                          f"{hint}") from None
+        finally:
+            _clear_next_id("shm")
+        self.segments.append(shmid)
+        if shmid != m.id:
+            raise RestoreError(f"segment {m.id}: the kernel gave id {shmid} instead "
+                               "(another process created an object at the same time?)")
+        with sc.shmat(shmid) as att:
+            att[:] = m.data
+        sc.shmctl(shmid, sc.IPC_SET, {"uid": m.uid, "gid": m.gid, "mode": m.mode})
+
     def run(self, progress: Optional[Progress]) -> Restored:
         cleaned = self.recover()
         self.check_conflicts()
         snap = self.snap
-        if not (snap.queues or snap.semaphore_sets or self.set_limits):
+        if not (snap.queues or snap.semaphore_sets or snap.segments or self.set_limits):
             return Restored((), (), tuple(cleaned))
         self.old_limits = _read_limits()
         self.make_marker()
         if self.set_limits:
             _write_limits(snap.limits)
-        total = len(snap.queues) + len(snap.semaphore_sets)
+        total = len(snap.queues) + len(snap.semaphore_sets) + len(snap.segments)
         sizes = [sum(len(d) for _, d in q.messages) for q in snap.queues]
         counts = _Counts(sum(len(q.messages) for q in snap.queues), sum(sizes))
         for n, q in enumerate(snap.queues):
@@ -1100,11 +1213,24 @@ class _Restorer:
             if progress:
                 progress(n, total, f"semaphore set {s.id}")
             self.semset(s)
+        segment_bytes = sum(m.size for m in snap.segments)
+        done = 0
+        for n, m in enumerate(snap.segments, len(snap.queues) + len(snap.semaphore_sets)):
+            self.step()
+            if progress:
+                progress(n, total, f"segment {m.id} ({_size(m.size)}): "
+                                   f"{_size(done)}/{_size(segment_bytes)} of segments done")
+            self.segment(m)
+            done += m.size
         self.step()
         self.remove_marker()
         if progress:
             progress(total, total, "done")
-        return Restored(tuple(self.queues), tuple(self.sets), tuple(cleaned))
+        return Restored(tuple(self.queues), tuple(self.sets), tuple(cleaned),
+                        tuple(self.segments))
+
+    def made(self) -> int:
+        return len(self.queues) + len(self.sets) + len(self.segments)
 
     def remove_marker(self) -> None:
         if self.marker is not None:
@@ -1115,6 +1241,8 @@ class _Restorer:
         """Remove what was created and put the limits back; what could not be undone."""
         left = []
         steps: List[Tuple[str, Callable[[], Any]]] = []
+        for shmid in reversed(self.segments):
+            steps.append((f"segment {shmid}", partial(sc.shmctl, shmid, sc.IPC_RMID)))
         for semid in reversed(self.sets):
             steps.append((f"semaphore set {semid}", partial(sc.semctl, semid, 0, sc.IPC_RMID)))
         for msqid in reversed(self.queues):
@@ -1122,7 +1250,7 @@ class _Restorer:
         if self.old_limits is not None:
             old = self.old_limits
             steps.append(("the namespace's previous limits", lambda: _write_limits(old)))
-        for kind in ("msg", "sem"):
+        for kind in _KINDS:
             steps.append((f"{kind}_next_id", partial(_clear_next_id, kind)))
         steps.append(("the staging marker", self.remove_marker))
         for what, step in steps:
@@ -1130,12 +1258,13 @@ class _Restorer:
                 step()
             except OSError as e:
                 left.append(f"{what} ({e.strerror})")
-        for kind in ("msg", "sem"):
+        for kind in _KINDS:
             armed = _read_int(f"{kind}_next_id")
             if armed != -1:
                 left.append(f"{kind}_next_id (still armed with {armed})")
         self.queues.clear()
         self.sets.clear()
+        self.segments.clear()
         return left
 
 
@@ -1166,11 +1295,12 @@ def _size(n: int) -> str:
 
 def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = False,
             progress: Optional[Progress] = None) -> Restored:
-    """Recreate a snapshot's queues and semaphore sets, with the same ids, all or nothing.
+    """Recreate a snapshot's queues, semaphore sets and segments, with the same ids, all
+    or nothing.
 
-    Each object gets its id through ``/proc/sys/kernel/msg_next_id`` / ``sem_next_id``,
-    then its key, its messages in order (or values), and last its owner, mode and
-    qbytes. Setting the ids needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) over
+    Each object gets its id through ``/proc/sys/kernel/msg_next_id`` / ``sem_next_id`` /
+    ``shm_next_id``, then its key, its messages in order (or values, or bytes), and
+    last its owner, mode and qbytes. Setting the ids needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) over
     the namespace. SIGINT and SIGTERM are held off while it works (in the main
     thread): one that comes makes it stop at the next object and undo everything.
     A restore killed outright (SIGKILL) leaves a staging marker, and the next restore
@@ -1208,7 +1338,7 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
         except RestoreConflictError:
             raise
         except _Interrupted as e:
-            made = len(r.queues) + len(r.sets)
+            made = r.made()
             left = r.undo()
             name = signal.Signals(e.signum).name
             raise RestoreInterrupted(e.signum, f"restore interrupted by {name}; removed the "
@@ -1217,7 +1347,7 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
             r.undo()
             raise
         except Exception as e:
-            made = len(r.queues) + len(r.sets)
+            made = r.made()
             left = r.undo()
             raise RestoreError(f"restore failed: {e}; removed the {made} object(s) it had "
                                "created", left) from e
@@ -1258,6 +1388,12 @@ def _body(snap: Snapshot) -> Dict[str, Any]:
             "id": s.id, "key": _key_text(s.key), "uid": s.uid, "gid": s.gid,
             "cuid": s.cuid, "cgid": s.cgid, "mode": _mode_text(s.mode), "values": list(s.values),
         } for s in snap.semaphore_sets],
+        "segments": [{
+            "id": m.id, "key": _key_text(m.key), "uid": m.uid, "gid": m.gid,
+            "cuid": m.cuid, "cgid": m.cgid, "mode": _mode_text(m.mode), "size": m.size,
+            "data": base64.b64encode(m.data).decode(),
+        } for m in snap.segments],
+        "segments_left_out": list(snap.segments_left_out),
     }
 
 
@@ -1293,7 +1429,7 @@ def dumps(snap: Snapshot) -> str:
                 messages = _block([_line(m) for m in q["messages"]], "  ")
                 queues.append(f'{head}, "messages": {messages}}}')
             text = _block(queues, " ")
-        elif name == "semaphore_sets":
+        elif name in ("semaphore_sets", "segments"):
             text = _block([_line(s) for s in value], " ")
         else:
             text = _line(value)
@@ -1482,23 +1618,35 @@ class _Checker:
             m = self.obj(m, at, ("type", "size", "data"))
             mtype = self.integer(m["type"], f"{at}.type", 1, _MTYPE_MAX)
             size = self.integer(m["size"], f"{at}.size", 0, INT_MAX)
-            encoded = self.text(m["data"], f"{at}.data", r"[A-Za-z0-9+/]*={0,2}")
-            try:
-                data = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                raise self.fail(f"{at}.data", "is not valid base64") from None
-            # The decoder ignores the spare bits of the last character ("AB==" reads as
-            # "AA=="): a text that dumps() would not write is refused, not silently changed.
-            if base64.b64encode(data).decode() != encoded:
-                raise self.fail(f"{at}.data", "is not base64 as written (spare bits set)")
-            if len(data) != size:
-                raise self.fail(at, f"size says {size} bytes but data holds {len(data)}")
-            messages.append((mtype, data))
+            messages.append((mtype, self.data(m["data"], at, size)))
         return QueueState(self.integer(o["id"], f"{where}.id", 0, INT_MAX),
                           self.key(o["key"], f"{where}.key"), *self.owner(o, where),
                           self.mode(o["mode"], f"{where}.mode"),
                           self.integer(o["qbytes"], f"{where}.qbytes", 0, 2 ** 63 - 1),
                           tuple(messages))
+
+    def data(self, v: Any, where: str, size: int) -> bytes:
+        encoded = self.text(v, f"{where}.data", r"[A-Za-z0-9+/]*={0,2}")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise self.fail(f"{where}.data", "is not valid base64") from None
+        # The decoder ignores the spare bits of the last character ("AB==" reads as
+        # "AA=="): a text that dumps() would not write is refused, not silently changed.
+        if base64.b64encode(data).decode() != encoded:
+            raise self.fail(f"{where}.data", "is not base64 as written (spare bits set)")
+        if len(data) != size:
+            raise self.fail(where, f"size says {size} bytes but data holds {len(data)}")
+        return data
+
+    def segment(self, v: Any, where: str) -> SegmentState:
+        o = self.obj(v, where, ("id", "key", "uid", "gid", "cuid", "cgid", "mode", "size",
+                                "data"))
+        size = self.integer(o["size"], f"{where}.size", 1, 2 ** 63 - 1)
+        return SegmentState(self.integer(o["id"], f"{where}.id", 0, INT_MAX),
+                            self.key(o["key"], f"{where}.key"), *self.owner(o, where),
+                            self.mode(o["mode"], f"{where}.mode"), size,
+                            self.data(o["data"], where, size))
 
     def semset(self, v: Any, where: str) -> SemaphoreSetState:
         o = self.obj(v, where, ("id", "key", "uid", "gid", "cuid", "cgid", "mode", "values"))
@@ -1544,11 +1692,15 @@ class _Checker:
                                       f"\"{FORMAT}\")")
         version = doc.get("version")
         # Exactly the integer: true and 1.0 equal 1 in Python but are not what is written.
-        if type(version) is not int or version != VERSION:
+        if type(version) is not int or version not in _VERSIONS:
             raise SnapshotFormatError(f"snapshot file version {json.dumps(version)[:20]} is "
-                                      f"not supported (this ipcbind reads version {VERSION})")
+                                      "not supported (this ipcbind reads versions "
+                                      f"{', '.join(map(str, _VERSIONS))})")
+        # Version 1 is version 2 without segments.
+        since2 = ("segments", "segments_left_out") if version >= 2 else ()
         o = self.obj(doc, "top level", ("format", "version", "taken_at", "namespace", "frozen",
-                                        "limits", "queues", "semaphore_sets", "checksum"))
+                                        "limits", "queues", "semaphore_sets", *since2,
+                                        "checksum"))
         body = {k: v for k, v in o.items() if k != "checksum"}
         if o["checksum"] != _digest(body):
             raise SnapshotFormatError("snapshot file: checksum does not match the content "
@@ -1566,9 +1718,15 @@ class _Checker:
                      for i, s in enumerate(self.listof(o["semaphore_sets"], "semaphore_sets")))
         self.unique(queues, "queues")
         self.unique(sets, "semaphore_sets")
+        segments = tuple(self.segment(m, f"segments[{i}]")
+                         for i, m in enumerate(self.listof(o.get("segments", []), "segments")))
+        self.unique(segments, "segments")
+        left_out = tuple(self.integer(x, f"segments_left_out[{i}]", 0, INT_MAX) for i, x in
+                         enumerate(self.listof(o.get("segments_left_out", []),
+                                               "segments_left_out")))
         return Snapshot(self.moment(o["taken_at"], "taken_at"),
                         self.integer(ns["inode"], "namespace.inode", 0, 2 ** 64 - 1), pid, frozen,
-                        self.limits(o["limits"]), queues, sets)
+                        self.limits(o["limits"]), queues, sets, segments, left_out)
 
 
 def loads(text: Union[str, bytes]) -> Snapshot:

@@ -28,6 +28,7 @@ from ipcbind.snapshot import (
     QueueState,
     RestoreConflictError,
     RestoreError,
+    SegmentState,
     SemaphoreSetState,
     Snapshot,
     SnapshotFormatError,
@@ -373,9 +374,12 @@ def test_snapshot_reports_a_queue_that_changes_while_it_is_read() -> None:
 
 # ---- the file format -------------------------------------------------------------
 
-SAMPLE = _snap((_queue(4242, 0xCAFE, ((1, b"a"), (2 ** 63 - 1, b"\x00\xff"), (5, b""))),
-                QueueState(7, 0, 1000, 1001, 0, 0, 0o640, 100, ())),
-               (_semset(77, 0xFFFFFFFF, (0, 32767)),))
+SAMPLE = dataclasses.replace(
+    _snap((_queue(4242, 0xCAFE, ((1, b"a"), (2 ** 63 - 1, b"\x00\xff"), (5, b""))),
+           QueueState(7, 0, 1000, 1001, 0, 0, 0o640, 100, ())),
+          (_semset(77, 0xFFFFFFFF, (0, 32767)),)),
+    segments=(SegmentState(3, 0xBEEF, 1000, 1001, 0, 0, 0o644, 5, b"\x00seg\xff"),),
+    segments_left_out=(32769,))
 
 
 def test_file_round_trips_exactly() -> None:
@@ -386,11 +390,39 @@ def test_file_round_trips_exactly() -> None:
 
 def test_file_is_readable_json_with_base64_payloads() -> None:
     doc = json.loads(dumps(SAMPLE))
-    assert (doc["format"], doc["version"]) == ("ipcbind-snapshot", 1)
+    assert (doc["format"], doc["version"]) == ("ipcbind-snapshot", 2)
     q = doc["queues"][0]
     assert (q["key"], q["mode"]) == ("0x0000cafe", "0600")
     assert q["messages"][1] == {"type": 2 ** 63 - 1, "size": 2, "data": "AP8="}
     assert doc["semaphore_sets"][0]["key"] == "0xffffffff"
+    assert doc["segments"] == [{"id": 3, "key": "0x0000beef", "uid": 1000, "gid": 1001,
+                                "cuid": 0, "cgid": 0, "mode": "0644", "size": 5,
+                                "data": "AHNlZ/8="}]
+    assert doc["segments_left_out"] == [32769]
+
+
+def _version_1(doc: Dict[str, Any]) -> str:
+    for name in ("checksum", "segments", "segments_left_out"):
+        doc.pop(name)
+    doc["version"] = 1
+    doc["checksum"] = _digest(doc)
+    return json.dumps(doc)
+
+
+def test_a_version_1_file_still_loads_as_a_snapshot_without_segments() -> None:
+    snap = loads(_version_1(json.loads(dumps(SAMPLE))))
+    assert snap == dataclasses.replace(SAMPLE, segments=(), segments_left_out=())
+
+
+def test_a_version_1_file_with_segments_is_refused() -> None:
+    doc = json.loads(dumps(SAMPLE))
+    segments = doc["segments"]
+    text = json.loads(_version_1(doc))
+    text["segments"] = segments
+    text.pop("checksum")
+    text["checksum"] = _digest(text)
+    with pytest.raises(SnapshotFormatError, match="unknown field segments"):
+        loads(json.dumps(text))
 
 
 def _resigned(edit: Any) -> str:
@@ -416,7 +448,7 @@ DAMAGED = {
     "foreign json": ('{"hello": "world"}', "not an ipcbind snapshot"),
     "a list": ("[1, 2]", "not an ipcbind snapshot"),
     "deep nesting": ("[" * 100000 + "]" * 100000, "snapshot"),
-    "newer version": (_resigned(_set(["version"], 2)), "version 2 is not supported"),
+    "newer version": (_resigned(_set(["version"], 3)), "version 3 is not supported"),
     "edited value": (dumps(SAMPLE).replace('"id": 4242', '"id": 4243'), "checksum"),
     "no checksum": (_resigned(lambda d: None).replace('"checksum"', '"x"'), "checksum"),
     "bad base64": (_resigned(_set(["queues", 0, "messages", 0, "data"], "@@@")),
@@ -433,6 +465,18 @@ DAMAGED = {
     "duplicate id": (_resigned(_set(["queues", 1, "id"], 4242)), "id 4242 appears twice"),
     "missing field": (_resigned(lambda d: d["queues"][0].pop("uid")), "missing uid"),
     "unknown field": (_resigned(_set(["queues", 0, "extra"], 1)), "unknown field extra"),
+    "segment bad base64": (_resigned(_set(["segments", 0, "data"], "A===")),
+                           r"segments\[0\].data"),
+    "segment size mismatch": (_resigned(_set(["segments", 0, "size"], 6)),
+                              "size says 6 bytes but data holds 5"),
+    "segment size 0": (_resigned(_set(["segments", 0, "size"], 0)), r"segments\[0\].size"),
+    "segment spare bits": (_resigned(_set(["segments", 0, "data"], "AHNlZ/9=")),
+                           "spare bits"),
+    "segment missing mode": (_resigned(lambda d: d["segments"][0].pop("mode")),
+                             "missing mode"),
+    "segments not a list": (_resigned(_set(["segments"], {})), "segments: must be a list"),
+    "left out not an id": (_resigned(_set(["segments_left_out"], ["x"])),
+                           r"segments_left_out\[0\]"),
     "limits short": (_resigned(_set(["limits", "sem"], [1, 2])), "4 numbers"),
     "taken_at month 99": (_resigned(_set(["taken_at"], "2026-99-01T00:00:00.000000Z")),
                           "taken_at: .* is not a real date and time"),
