@@ -1368,7 +1368,8 @@ def _need_snapshot(call: str, snap: Any) -> None:
         raise TypeError(f"{call}: needs a Snapshot, not {type(snap).__name__}")
 
 
-def _body(snap: Snapshot) -> Dict[str, Any]:
+def _body(snap: Snapshot, blobs: "_Blobs") -> Dict[str, Any]:
+    """The file's fields; each segment's data stands in as a token of ``blobs``."""
     lim = snap.limits
     return {
         "format": FORMAT,
@@ -1391,15 +1392,62 @@ def _body(snap: Snapshot) -> Dict[str, Any]:
         "segments": [{
             "id": m.id, "key": _key_text(m.key), "uid": m.uid, "gid": m.gid,
             "cuid": m.cuid, "cgid": m.cgid, "mode": _mode_text(m.mode), "size": m.size,
-            "data": base64.b64encode(m.data).decode(),
+            "data": blobs.add(m.data),
         } for m in snap.segments],
         "segments_left_out": list(snap.segments_left_out),
     }
 
 
-def _digest(body: Mapping[str, Any]) -> str:
+# Bytes per base64 piece of a segment's data: a multiple of 3, so that the pieces'
+# base64 put together is the base64 of the whole.
+_B64_PIECE = 3 << 18
+
+
+class _Blobs:
+    """Large byte strings kept out of the JSON text while it is made or read.
+
+    Each stands in the text as a token, a string no file can hold by chance (it
+    carries a number drawn for this use alone); :meth:`expand` puts the base64 of
+    the bytes back, piece by piece, so that neither a dump nor a load ever holds a
+    segment's base64 whole.
+    """
+
+    def __init__(self) -> None:
+        self.nonce = os.urandom(8).hex()
+        self.data: Dict[str, bytes] = {}
+        self.pattern = re.compile(r'"\\u0000blob-' + self.nonce + r'-[0-9]+\\u0000"')
+
+    def add(self, data: bytes) -> str:
+        token = f"\0blob-{self.nonce}-{len(self.data)}\0"
+        self.data[token] = data
+        return token
+
+    def take(self, token: str) -> Optional[bytes]:
+        """The bytes ``token`` stands for, once (None: not a token of ours)."""
+        return self.data.pop(token, None)
+
+    def expand(self, text: str) -> Iterator[str]:
+        """``text`` with every token (as JSON writes it) replaced by its data in base64."""
+        at = 0
+        for found in self.pattern.finditer(text):
+            data = self.data.get(json.loads(found.group()))
+            if data is None:
+                continue
+            yield text[at:found.start()] + '"'
+            view = memoryview(data)
+            for i in range(0, len(view), _B64_PIECE):
+                yield base64.b64encode(view[i:i + _B64_PIECE]).decode("ascii")
+            yield '"'
+            at = found.end()
+        yield text[at:]
+
+
+def _digest(body: Mapping[str, Any], blobs: Optional[_Blobs] = None) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    h = hashlib.sha256()
+    for piece in (blobs.expand(canonical) if blobs is not None else (canonical,)):
+        h.update(piece.encode())
+    return "sha256:" + h.hexdigest()
 
 
 def _line(value: Any) -> str:
@@ -1418,8 +1466,15 @@ def dumps(snap: Snapshot) -> str:
     One object, or one message, per line, so that a person can read it and diff two.
     """
     _need_snapshot("dumps", snap)
-    body = _body(snap)
-    body["checksum"] = _digest(body)
+    return "".join(_pieces(snap))
+
+
+def _pieces(snap: Snapshot) -> Iterator[str]:
+    """The text of the snapshot file, in pieces: a segment's data comes in pieces of
+    at most a megabyte of base64."""
+    blobs = _Blobs()
+    body = _body(snap, blobs)
+    body["checksum"] = _digest(body, blobs)
     fields = []
     for name, value in body.items():
         if name == "queues":
@@ -1434,7 +1489,7 @@ def dumps(snap: Snapshot) -> str:
         else:
             text = _line(value)
         fields.append(f" {json.dumps(name)}: {text}")
-    return "{\n" + ",\n".join(fields) + "\n}\n"
+    return blobs.expand("{\n" + ",\n".join(fields) + "\n}\n")
 
 
 def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
@@ -1457,13 +1512,17 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         if not hasattr(file, "write"):
             raise TypeError(f"dump: needs a path or an open text file, "
                             f"not {type(file).__name__}")
-        file.write(dumps(snap))
+        for piece in _pieces(snap):
+            file.write(piece)
         return
-    text = dumps(snap)
+    # Everything but the base64 of the segments is made here, before the file is
+    # touched: a snapshot that cannot be written leaves it as it was.
+    text = _pieces(snap)
     path = os.fspath(file)
     fd = _own_descriptor(path)
     if fd is not None:
-        _write_all(fd, text.encode())
+        for piece in text:
+            _write_all(fd, piece.encode())
         return
     # The rename must land on the link's target, in the target's directory: renamed
     # over the link itself, the new file would replace the link.
@@ -1479,7 +1538,7 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
     # realpath does not reach is written into, as a device is.
     if st is not None and not _same_file(st, target):
         with open(path, "w") as f:
-            f.write(text)
+            f.writelines(text)
         return
     replaced = st if st is not None and stat.S_ISREG(st.st_mode) else None
     try:
@@ -1494,7 +1553,7 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
             if replaced is not None:
                 _keep_owner(fd, replaced, path)
                 os.fchmod(fd, stat.S_IMODE(replaced.st_mode) & 0o777)
-            f.write(text)
+            f.writelines(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -1556,7 +1615,12 @@ def _same_file(st: os.stat_result, path: str) -> bool:
 
 
 class _Checker:
-    """Reads a parsed file, raising SnapshotFormatError that names the bad field."""
+    """Reads a parsed file, raising SnapshotFormatError that names the bad field.
+
+    ``blobs``: the data strings the reader kept out of the parsed text."""
+
+    def __init__(self, blobs: Optional[_Blobs] = None) -> None:
+        self.blobs = blobs
 
     @staticmethod
     def fail(where: str, why: str) -> SnapshotFormatError:
@@ -1626,6 +1690,12 @@ class _Checker:
                           tuple(messages))
 
     def data(self, v: Any, where: str, size: int) -> bytes:
+        kept = self.blobs.take(v) if self.blobs is not None and isinstance(v, str) else None
+        if kept is not None:
+            # Checked as base64 as written while it was read (_Decoder).
+            if len(kept) != size:
+                raise self.fail(where, f"size says {size} bytes but data holds {len(kept)}")
+            return kept
         encoded = self.text(v, f"{where}.data", r"[A-Za-z0-9+/]*={0,2}")
         try:
             data = base64.b64decode(encoded, validate=True)
@@ -1702,7 +1772,7 @@ class _Checker:
                                         "limits", "queues", "semaphore_sets", *since2,
                                         "checksum"))
         body = {k: v for k, v in o.items() if k != "checksum"}
-        if o["checksum"] != _digest(body):
+        if o["checksum"] != _digest(body, self.blobs):
             raise SnapshotFormatError("snapshot file: checksum does not match the content "
                                       "(the file is damaged or was edited)")
         ns = self.obj(o["namespace"], "namespace", ("inode", "pid"))
@@ -1744,9 +1814,19 @@ def loads(text: Union[str, bytes]) -> Snapshot:
                                       f"{e.start})") from None
     if not isinstance(text, str):
         raise TypeError(f"loads: needs str or bytes, not {type(text).__name__}")
+    return _parse(text, None)
+
+
+def _parse(text: Union[str, bytes], blobs: Optional[_Blobs]) -> Snapshot:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SnapshotFormatError(f"snapshot file: not UTF-8 text ({e.reason} at byte "
+                                      f"{e.start})") from None
     try:
         doc = json.loads(text, object_pairs_hook=_no_duplicates)
-        return _Checker().snapshot(doc)
+        return _Checker(blobs).snapshot(doc)
     except json.JSONDecodeError as e:
         raise SnapshotFormatError(f"snapshot file: not JSON ({e.msg} at line {e.lineno}, "
                                   f"column {e.colno})") from None
@@ -1783,7 +1863,10 @@ def load(file: Union[str, "os.PathLike[str]", IO[Any]], *,
 
     At most ``max_size`` bytes are read: a longer file, or a stream that does not end
     (``/dev/zero``, an endless pipe), is refused; so is one that does not begin as a
-    JSON object, as soon as its first bytes are read.
+    JSON object, as soon as its first bytes are read. A string longer than 64 KiB
+    (the data of a segment, or of a long message) is decoded from base64 as it is
+    read, a megabyte at a time, so a segment is held once (twice for a moment, as
+    it becomes ``bytes``), never as text.
 
     Raises:
         OSError: the file cannot be read.
@@ -1793,42 +1876,167 @@ def load(file: Union[str, "os.PathLike[str]", IO[Any]], *,
         with open(file, "rb") as f:
             st = os.fstat(f.fileno())
             if stat.S_ISREG(st.st_mode) and st.st_size > max_size:
-                raise _too_large(max_size)
-            return loads(_read_bounded(f, max_size))
+                raise _too_large(max_size, st.st_size)
+            return _parse(*_read_bounded(f, max_size))
     if not hasattr(file, "read"):
         raise TypeError(f"load: needs a path or an open file, not {type(file).__name__}")
-    return loads(_read_bounded(file, max_size))
+    return _parse(*_read_bounded(file, max_size))
 
 
-def _too_large(max_size: int) -> SnapshotFormatError:
-    return SnapshotFormatError(f"snapshot file: larger than {max_size} bytes (the limit "
+def _too_large(max_size: int, size: Optional[int] = None) -> SnapshotFormatError:
+    what = f"{size} bytes, " if size is not None else ""
+    return SnapshotFormatError(f"snapshot file: {what}larger than {max_size} bytes (the limit "
                                "of what is read; raise it with max_size, --max-size)")
 
 
-def _read_bounded(f: IO[Any], max_size: int) -> Union[str, bytes]:
-    """At most max_size bytes of f (more: refused); a stream that is not a regular
-    file is refused as soon as it shows it does not begin as a JSON object (a regular
-    file is read whole, for the full reason)."""
+_BIG_STRING = 1 << 16
+_B64_TEXT = re.compile(rb"[A-Za-z0-9+/=]*")
+
+
+class _Decoder:
+    """A base64 string decoded as it comes, refused unless it is base64 as written."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.rest = b""
+        self.ended = False
+
+    @staticmethod
+    def bad(why: str) -> SnapshotFormatError:
+        return SnapshotFormatError(f"snapshot file: a string of more than {_BIG_STRING} "
+                                   f"characters {why} (only data, in base64, is that long)")
+
+    def feed(self, piece: bytes) -> None:
+        if not _B64_TEXT.fullmatch(piece):
+            raise self.bad("is not base64")
+        text = self.rest + piece
+        whole = len(text) // 4 * 4
+        if not whole:
+            self.rest = text
+            return
+        if self.ended:
+            raise self.bad("goes on after its padding")
+        block = text[:whole]
+        try:
+            data = base64.b64decode(block, validate=True)
+        except (binascii.Error, ValueError):
+            raise self.bad("is not valid base64") from None
+        if base64.b64encode(data) != block:
+            raise self.bad("is not base64 as written (padding or spare bits)")
+        self.ended = block.endswith(b"=")
+        self.out += data
+        self.rest = text[whole:]
+
+    def finish(self) -> bytes:
+        if self.rest:
+            raise self.bad("is not valid base64 (its length is not a multiple of 4)")
+        return bytes(self.out)
+
+
+class _Scanner:
+    """Splits a JSON text, fed in chunks, into the text without its long strings (in
+    their place a token of ``blobs``) and their decoded bytes."""
+
+    def __init__(self, blobs: _Blobs) -> None:
+        self.blobs = blobs
+        self.text: List[bytes] = []
+        self.inside = False
+        self.parts: List[bytes] = []
+        self.length = 0
+        self.slashes = 0  # backslashes ending the string so far
+        self.decoder: Optional[_Decoder] = None
+        self.plain = False
+
+    def feed(self, chunk: bytes) -> None:
+        # UTF-8 never has the bytes of " or \ inside another character's bytes.
+        at = 0
+        while at < len(chunk):
+            end = chunk.find(b'"', at)
+            if not self.inside:
+                if end < 0:
+                    self.text.append(chunk[at:])
+                    return
+                self.text.append(chunk[at:end])
+                self.inside, self.parts, self.length, self.slashes = True, [], 0, 0
+                self.decoder, self.plain = None, False
+                at = end + 1
+                continue
+            piece = chunk[at:] if end < 0 else chunk[at:end]
+            if end >= 0:
+                run = len(piece) - len(piece.rstrip(b"\\"))
+                if run == len(piece):
+                    run += self.slashes
+                if run % 2:  # an escaped quote: the string goes on
+                    self.add(piece + b'"')
+                    at = end + 1
+                    continue
+            self.add(piece)
+            if end < 0:
+                return
+            self.close()
+            at = end + 1
+
+    def add(self, piece: bytes) -> None:
+        if not piece:
+            return
+        run = len(piece) - len(piece.rstrip(b"\\"))
+        self.slashes = run + self.slashes if run == len(piece) else run
+        if self.decoder is not None:
+            self.decoder.feed(piece)
+            return
+        self.parts.append(piece)
+        self.length += len(piece)
+        if self.length > _BIG_STRING and not self.plain:
+            whole = b"".join(self.parts)
+            if _B64_TEXT.fullmatch(whole):
+                self.decoder = _Decoder()
+                self.decoder.feed(whole)
+                self.parts = []
+            else:
+                self.plain = True  # not data: it stays in the text, and fails there
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            token = self.blobs.add(self.decoder.finish())
+            self.text.append(json.dumps(token).encode())
+        else:
+            self.text.append(b'"' + b"".join(self.parts) + b'"')
+        self.inside = False
+        self.parts = []
+
+
+def _read_bounded(f: IO[Any], max_size: int) -> Tuple[Union[str, bytes], Optional[_Blobs]]:
+    """At most max_size bytes of f (more: refused), with its long strings decoded
+    aside (a file read as bytes only); a stream that is not a regular file is refused
+    as soon as it shows it does not begin as a JSON object (a regular file is read
+    whole, for the full reason)."""
     try:
         stream = not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
     except (AttributeError, OSError, ValueError):
         stream = True
-    parts: List[Any] = []
+    blobs = _Blobs()
+    scanner = _Scanner(blobs)
+    texts: List[str] = []
     size = 0
+    started = False
     while True:
         chunk = f.read(min(_CHUNK, max_size + 1 - size))
         if not chunk:
             break
-        if stream and (not parts or not parts[0].strip()):
-            start = (b"".join(parts) if isinstance(chunk, bytes) else "".join(parts)) + chunk
-            head = start.lstrip()[:1]
-            if head and head not in (b"{", "{"):
-                raise SnapshotFormatError(f"snapshot file: not a snapshot (it begins with "
-                                          f"{head!r}, not {{)")
-            parts = [start]
-        else:
-            parts.append(chunk)
+        if stream and not started:
+            head = chunk.lstrip()[:1]
+            if head:
+                started = True
+                if head not in (b"{", "{"):
+                    raise SnapshotFormatError(f"snapshot file: not a snapshot (it begins with "
+                                              f"{head!r}, not {{)")
         size += len(chunk)
         if size > max_size:
             raise _too_large(max_size)
-    return b"".join(parts) if not parts or isinstance(parts[0], bytes) else "".join(parts)
+        if isinstance(chunk, str):
+            texts.append(chunk)
+        else:
+            scanner.feed(chunk)
+    if texts:
+        return "".join(texts), None
+    return b"".join(scanner.text + scanner.parts), blobs

@@ -856,9 +856,9 @@ def _edited(e: Env) -> str:
     return json.dumps(doc)
 
 
-def _version_2(e: Env) -> str:
+def _version_3(e: Env) -> str:
     doc = json.loads(_snapshot_text(e))
-    doc["version"] = 2
+    doc["version"] = 3
     return json.dumps(doc)
 
 
@@ -911,7 +911,7 @@ SNAPSHOTS = (
     Row("loads-list", lambda e: loads("[]"), SnapshotFormatError, "not an ipcbind snapshot"),
     Row("loads-other-format", lambda e: loads('{"format": "criu"}'), SnapshotFormatError,
         "not an ipcbind snapshot"),
-    Row("loads-version-2", lambda e: loads(_version_2(e)), SnapshotFormatError, "version 2"),
+    Row("loads-version-3", lambda e: loads(_version_3(e)), SnapshotFormatError, "version 3"),
     Row("loads-edited", lambda e: loads(_edited(e)), SnapshotFormatError, "checksum"),
     Row("loads-taken_at-month-99",
         lambda e: loads(_taken_at(e, "2026-99-01T00:00:00.000000Z")), SnapshotFormatError,
@@ -1073,7 +1073,7 @@ COMMANDS = (
         "not an ipcbind snapshot"),
     Cli("restore-a-5000-digit-number", lambda e: _restore(_huge_int_file(e)), 5,
         "snapshot file"),
-    Cli("restore-version-2", lambda e: _restore(e.file("v2", _version_2(e))), 5, "version"),
+    Cli("restore-version-3", lambda e: _restore(e.file("v3", _version_3(e))), 5, "version"),
     Cli("restore-edited", lambda e: _restore(e.file("ed", _edited(e))), 5, "checksum"),
     Cli("restore-into-itself", lambda e: _restore(e.file("same", _snapshot_text(e))), 6,
         "exists"),

@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -22,8 +22,9 @@ from ipcbind.cli import main
 from ipcbind.namespace import enter_namespace, list_queues, list_segments
 from ipcbind.shm import SharedMemory
 from ipcbind.snapshot import (Limits, RestoreConflictError, RestoreError, RestoreInterrupted,
-                              SegmentLeftOutWarning, SegmentState, Snapshot, dumps, loads,
-                              restore, snapshot)
+                              SegmentLeftOutWarning, SegmentState, Snapshot,
+                              SnapshotFormatError, _digest, dump, dumps, load, loads, restore,
+                              snapshot)
 
 WRITER = r"""
 #include <stdio.h>
@@ -275,3 +276,85 @@ def test_restore_refuses_to_clobber_an_existing_segment(clash: str) -> None:
             restore(snap, other)
         assert [i for i, _ in _segments(other)] == [ident]
         assert _proc(other, "shm_next_id") == "-1"
+
+
+# ---- long data in the file: decoded as it is read --------------------------------------
+
+BIG_SNAP = _snap(_seg(1, 0x5EE0400, size=C_SIZE + 5, fill=0),
+                 SegmentState(2, 0, 0, 0, 0, 0, 0o600, 70000, _pattern(70000)))
+
+
+def test_a_file_with_megabytes_of_segment_data_loads_back_equal(tmp_path: Any) -> None:
+    path = tmp_path / "big.json"
+    dump(BIG_SNAP, path)
+    assert load(path) == BIG_SNAP
+    with open(path) as text_file:
+        assert load(text_file) == BIG_SNAP
+    assert path.read_text() == dumps(BIG_SNAP)
+
+
+class _Trickle(io.BytesIO):
+    """A stream that hands out at most 4097 bytes a read, to split strings anywhere."""
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a stream")
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        return super().read(4097 if n is None or n < 0 else min(n, 4097))
+
+
+def test_long_data_read_through_a_pipe_in_small_reads_loads_back_equal() -> None:
+    assert load(_Trickle(dumps(BIG_SNAP).encode())) == BIG_SNAP
+
+
+def test_long_data_split_across_reads_is_checked_piece_by_piece() -> None:
+    data = json.loads(dumps(BIG_SNAP))["segments"][1]["data"]
+    for bad, why in ((data[:80000] + "AA==" + data[80000:], "not valid base64|after its padding"),
+                     (data[:-1] + "@", "is not base64")):
+        with pytest.raises(SnapshotFormatError, match=why):
+            load(_Trickle(_big_damaged(lambda d: bad)))
+
+
+def _big_damaged(edit: Callable[[str], str]) -> bytes:
+    doc = json.loads(dumps(BIG_SNAP))
+    doc["segments"][1]["data"] = edit(doc["segments"][1]["data"])
+    doc.pop("checksum")
+    doc["checksum"] = _digest(doc)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("edit,why", [
+    (lambda d: d[:-1] + "@", r"segments\[1\].data"),
+    (lambda d: d[:-4] + "AB==", "not base64 as written"),
+    (lambda d: d + "A", "not a multiple of 4"),
+    (lambda d: d[:80000] + "AA==" + d[80000:], "is not (valid )?base64"),
+    (lambda d: d[:-12] + d[-4:], "size says 70000 bytes but data holds 69994"),
+], ids=["bad character", "spare bits", "short quad", "padding inside", "size mismatch"])
+def test_loader_refuses_long_data_that_is_not_base64_as_written(
+        tmp_path: Any, edit: Callable[[str], str], why: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(_big_damaged(edit))
+    with pytest.raises(SnapshotFormatError, match=why):
+        load(path)
+
+
+def test_a_long_string_with_escaped_quotes_outside_data_is_refused_naming_its_field(
+        tmp_path: Any) -> None:
+    doc = json.loads(dumps(BIG_SNAP))
+    doc["frozen"] = 'x\\"' * 40000
+    doc.pop("checksum")
+    doc["checksum"] = _digest(doc)
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SnapshotFormatError, match="frozen"):
+        load(path)
+
+
+def test_a_file_above_max_size_is_refused_saying_its_size_and_how_to_raise_it(
+        tmp_path: Any) -> None:
+    path = tmp_path / "big.json"
+    dump(BIG_SNAP, path)
+    size = path.stat().st_size
+    with pytest.raises(SnapshotFormatError, match=f"{size} bytes, larger than 1000000 bytes.*"
+                       "--max-size"):
+        load(path, max_size=1000000)
