@@ -40,6 +40,8 @@ typedef int... __syscall_ulong_t;
 #define IPCB_ANY_SIZE ...
 #define IPCB_CHUNK ...
 #define IPCB_RECV_RARE ...
+#define IPCB_RECV_NOWAIT ...
+#define IPCB_PACK_SHIFT ...
 
 struct ipc_perm {
     key_t __key;
@@ -141,9 +143,8 @@ int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
 struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
                               long long timeout_ns);
 int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags);
-struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags);
-/* ipcb_recv in one integer each way, its message in an arena of buffers shared by
- * all threads (or in a slot that ipcb_rslot returns): see shim.c. */
+/* ipcb_msgrcv's common case in one integer each way, its message in an arena of
+ * buffers shared by all threads (or in a slot that ipcb_rslot returns): see shim.c. */
 long long ipcb_recv_packed(long long arg);
 struct ipcb_rmsg *ipcb_rslot(size_t k);
 char *ipcb_arena(size_t *size);
@@ -170,3 +171,4 @@ int ipcb_wake_signal(void);
 /* One semop without timeout, arguments packed in one integer (see shim.c). */
 int ipcb_semop_packed(long long packed);
 int ipcb_semop_packed_undo(long long packed);
+
