@@ -704,3 +704,6 @@ def _bad_pair(pairs: Any) -> Exception:
             return TypeError(f"send_many: message {i}: data must be bytes-like, "
                              f"not {type(data).__name__}")
     return TypeError("send_many: messages must be (mtype, data) pairs")
+
+
+_sc._accelerate_queue(MessageQueue, Message, _send_failed)

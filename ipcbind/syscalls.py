@@ -11,6 +11,7 @@ This is the only module that touches the compiled shim (``ipcbind._ffi``).
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import time
@@ -888,3 +889,41 @@ def _receive(msqid: int, msgtyp: int, nowait: bool, cls: Any) -> Any:
                 return _lent_message(lib.ipcb_rslot(_RECV_RARE - r), cls)
             return _msgrcv_failed(-r, msqid, msgtyp, IPC_NOWAIT if nowait else 0, cls)
     return _msgrcv(msqid, None, msgtyp, IPC_NOWAIT if nowait else 0, None, cls)
+
+# ---- the optional accelerator (src/accel.c) -------------------------------------------
+# C methods that replace MessageQueue.send/receive and Semaphore.acquire/release
+# (and the Semaphore's with) and hand every case but the common one to the Python
+# methods they replace. They call the shim's own functions, through the table
+# whose address it gives here: one shim, one set of receive buffers, one ledger.
+
+ACCELERATOR_VARIABLE = "IPCBIND_ACCELERATOR"
+
+
+def _load_accelerator() -> Any:
+    """ipcbind._accel bound to this shim; None where it is not built (PyPy,
+    free-threaded builds, a failed build) or IPCBIND_ACCELERATOR=0 turns it off."""
+    if os.environ.get(ACCELERATOR_VARIABLE) == "0":
+        return None
+    try:
+        accel = importlib.import_module(f"{__package__}._accel")
+    except ImportError:
+        return None
+    accel.bind(int(ffi.cast("uintptr_t", lib.ipcb_calls())))
+    return accel
+
+
+_ACCEL = _load_accelerator()
+
+
+def _accelerate_queue(queue_cls: type, message_cls: type,
+                      send_failed: Callable[[int, int, int, Any, int], None]) -> None:
+    """Give ``queue_cls`` the accelerator's send and receive, which return ``message_cls``;
+    ``send_failed(err, msqid, mtype, data, flags)`` raises what a failed send raises."""
+    if _ACCEL is not None:
+        _ACCEL.accelerate_queue(queue_cls, message_cls, send_failed, _msgrcv_failed)
+
+
+def _accelerate_semaphore(cls: type) -> None:
+    """Give ``cls`` the accelerator's acquire, release, __enter__ and __exit__."""
+    if _ACCEL is not None:
+        _ACCEL.accelerate_semaphore(cls, _semop_packed_failed)

@@ -27,6 +27,8 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 
+#include "calls.h"
+
 /* glibc defines these only with _GNU_SOURCE, or not at all when it is old. */
 #ifndef MSG_EXCEPT
 #define MSG_EXCEPT 020000
@@ -47,9 +49,6 @@
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
-/* maxsize meaning "whatever size the message has". */
-#define IPCB_ANY_SIZE ((size_t)-1)
-
 /* Bytes of text in a receive slot's fixed buffer; see ipcb_recv_packed. */
 #define IPCB_FIRST_RCAP 8192
 #define IPCB_RECV_RARE (-4096LL)
@@ -61,14 +60,6 @@ union ipcb_semun {
     int val;
     struct semid_ds *buf;
     unsigned short *array;
-};
-
-struct ipcb_rmsg {
-    unsigned char lent; /* set when returned; the caller clears it once it has copied */
-    int err;       /* 0, or the errno of a failed call (then len is -1) */
-    ssize_t len;
-    long mtype;    /* mtype and mtext are the struct msgbuf the kernel fills */
-    char mtext[];
 };
 
 struct ipcb_batch {
@@ -1156,3 +1147,13 @@ int ipcb_semop_packed_undo(long long packed)
     return semop_packed(packed, SEM_UNDO);
 }
 
+/* ---- the table for ipcbind._accel (calls.h) ------------------------------------ */
+
+static const struct ipcb_calls_table calls = {
+    sizeof(struct ipcb_calls_table), ipcb_msgsnd, ipcb_msgrcv, ipcb_semop1,
+};
+
+const void *ipcb_calls(void)
+{
+    return &calls;
+}

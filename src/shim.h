@@ -172,3 +172,5 @@ int ipcb_wake_signal(void);
 int ipcb_semop_packed(long long packed);
 int ipcb_semop_packed_undo(long long packed);
 
+/* The address of the table of shim functions that ipcbind._accel calls (calls.h). */
+const void *ipcb_calls(void);
