@@ -145,3 +145,49 @@ def test_blocking_acquire_releases_the_gil(semset: int) -> None:
         return blocked_then_woken(sem.acquire, "semtimedop", sem.release)
     assert run_in_child(child, timeout=30) == 0
     assert sem.value == 0
+
+
+# ---- reference counts ---------------------------------------------------------------------
+
+def test_calls_on_every_path_leave_reference_counts_unchanged(
+        q: MessageQueue, semset: int) -> None:
+    # A C method that kept or dropped one reference too many would move a count
+    # by the number of calls (or crash); the Python methods must not either.
+    sem = SemaphoreSet.from_id(semset)[0]
+    data = b"counted"
+    mtype = int("70001")  # not a cached small int: only this test refers to it
+    watched = [q, sem, data, Message, mtype]
+    # Shared by the whole interpreter, these move by a few for other reasons; a
+    # reference kept or dropped per call moves them by the number of calls.
+    singletons = [None, True, False]
+
+    def every_path() -> None:
+        q.send(data, mtype)
+        q.receive()                                  # taken in C
+        q.send(data, mtype=mtype, block=False)
+        q.receive(mtype, block=True)
+        for call in (lambda: q.receive(block=False),     # ENOMSG: the errno to Python
+                     lambda: q.receive(True, False),     # bool: Python's own path
+                     lambda: q.send("text")):            # str: a TypeError from Python
+            try:
+                call()
+            except (ipcbind.NoMessageError, TypeError):
+                pass
+        sem.release(undo=True)
+        with sem:
+            pass
+        sem.acquire(undo=True)
+        try:
+            sem.acquire(block=False)                 # EAGAIN: the errno to Python
+        except BlockingIOError:
+            pass
+
+    every_path()
+    before = [sys.getrefcount(o) for o in watched]
+    shared = [sys.getrefcount(o) for o in singletons]
+    calls = 2000
+    for _ in range(calls):
+        every_path()
+    assert [sys.getrefcount(o) for o in watched] == before
+    moved = [sys.getrefcount(o) - n for o, n in zip(singletons, shared)]
+    assert all(abs(m) < calls // 2 for m in moved), moved
