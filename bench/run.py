@@ -102,28 +102,25 @@ def compile_loops(workdir: str) -> str:
     return exe
 
 
-def c_loop(exe: str, *args: object) -> Measure:
+def child_loop(argv: List[str], env: Optional[Dict[str, str]] = None) -> Measure:
+    """Runs a loop in a child process, which prints CPU ns per unit."""
     def run() -> float:
-        done = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
         if done.returncode != 0:
-            raise RuntimeError(f"C loop {' '.join(map(str, args))} failed "
-                               f"(exit {done.returncode}): {done.stderr.strip()}")
+            raise RuntimeError(f"loop {' '.join(argv)} failed (exit {done.returncode}): "
+                               f"{done.stderr.strip()}")
         return float(done.stdout)
     return run
+
+
+def c_loop(exe: str, *args: object) -> Measure:
+    return child_loop([exe, *map(str, args)])
 
 
 def cffi_loop(case: str, ident: int, n: int) -> Measure:
     """ipcbind's loop for ``case`` in a child interpreter without the accelerator."""
-    env = dict(os.environ, **{ACCELERATOR_VARIABLE: "0"})
-
-    def run() -> float:
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", case,
-                               str(ident), str(n)], capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"cffi-only loop {case} failed (exit {done.returncode}): "
-                               f"{done.stderr.strip()}")
-        return float(done.stdout)
-    return run
+    return child_loop([sys.executable, os.path.abspath(__file__), "--worker", case, str(ident),
+                       str(n)], dict(os.environ, **{ACCELERATOR_VARIABLE: "0"}))
 
 
 def worker(case: str, ident: int, n: int) -> None:
@@ -158,12 +155,18 @@ def undo_pairs_of(sem: ipcbind.Semaphore) -> Callable[[int], None]:
 
 # ---- the cases --------------------------------------------------------------------------
 
-def case_send_receive(exe: str, cleanup: List[Callable[[], None]]) -> Case:
-    data = b"x" * SIZE
+def queues(cleanup: List[Callable[[], None]]) -> Tuple[ipcbind.MessageQueue, sysv_ipc.MessageQueue]:
+    """A new queue of each library's, removed at the end of the run."""
     q = ipcbind.MessageQueue.create()
     cleanup.append(q.remove)
     mq = sysv_ipc.MessageQueue(None, sysv_ipc.IPC_CREX)
     cleanup.append(mq.remove)
+    return q, mq
+
+
+def case_send_receive(exe: str, cleanup: List[Callable[[], None]]) -> Case:
+    data = b"x" * SIZE
+    q, mq = queues(cleanup)
     ipcbind_loop = pairs_of(q.send, q.receive, data)
     sysv_loop = pairs_of(mq.send, mq.receive, data)
     return Case(
@@ -178,10 +181,7 @@ def case_send_receive(exe: str, cleanup: List[Callable[[], None]]) -> Case:
 
 def case_batches(exe: str, cleanup: List[Callable[[], None]]) -> Case:
     data = b"x" * SIZE
-    q = ipcbind.MessageQueue.create()
-    cleanup.append(q.remove)
-    mq = sysv_ipc.MessageQueue(None, sysv_ipc.IPC_CREX)
-    cleanup.append(mq.remove)
+    q, mq = queues(cleanup)
     messages = [(1, data)] * BATCH
 
     def ipcbind_loop(n: int) -> None:

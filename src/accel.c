@@ -432,21 +432,25 @@ static int is_class(PyObject *cls)
     return 0;
 }
 
+/* Whether an accelerate_* function may go on: bound, and called with n arguments. */
+static int ready(Py_ssize_t nargs, Py_ssize_t n, const char *usage)
+{
+    if (nargs != n) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return 0;
+    }
+    if (!calls) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() first");
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *accelerate_queue(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *cls, *msg_cls;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "accelerate_queue(MessageQueue, Message, send_failed, receive_failed)");
-        return NULL;
-    }
-    cls = args[0];
-    msg_cls = args[1];
-    if (!calls) {
-        PyErr_SetString(PyExc_RuntimeError, "bind() first");
-        return NULL;
-    }
-    if (!is_class(cls) || !is_class(msg_cls))
+    if (!ready(nargs, 4, "accelerate_queue(MessageQueue, Message, send_failed, receive_failed)") ||
+        !is_class(cls = args[0]) || !is_class(msg_cls = args[1]))
         return NULL;
     /* Message must be a tuple of two items and nothing else: message() fills it as one. */
     if (!PyType_IsSubtype((PyTypeObject *)msg_cls, &PyTuple_Type) ||
@@ -465,19 +469,13 @@ static PyObject *accelerate_queue(PyObject *mod, PyObject *const *args, Py_ssize
 static PyObject *accelerate_semaphore(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *cls, *f;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "accelerate_semaphore(Semaphore, semop_failed)");
+    if (!ready(nargs, 2, "accelerate_semaphore(Semaphore, semop_failed)"))
         return NULL;
-    }
-    cls = args[0];
     f = args[1];
-    if (!calls) {
-        PyErr_SetString(PyExc_RuntimeError, "bind() first");
-        return NULL;
-    }
-    if (!is_class(cls) || attr_find(cls, "_semid", &sem_id) || attr_find(cls, "_num", &sem_num) ||
-        install(cls, &sem_methods[0], &acquire_m, f) || install(cls, &sem_methods[1], &release_m, f) ||
-        install(cls, &sem_methods[2], &enter_m, f) || install(cls, &sem_methods[3], &exit_m, f))
+    if (!is_class(cls = args[0]) || attr_find(cls, "_semid", &sem_id) ||
+        attr_find(cls, "_num", &sem_num) || install(cls, &sem_methods[0], &acquire_m, f) ||
+        install(cls, &sem_methods[1], &release_m, f) || install(cls, &sem_methods[2], &enter_m, f) ||
+        install(cls, &sem_methods[3], &exit_m, f))
         return NULL;
     Py_RETURN_NONE;
 }
