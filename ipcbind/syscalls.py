@@ -320,25 +320,9 @@ def msgsnd(msqid: int, mtype: int, data: Buffer, flags: int = 0, *,
     With IPC_NOWAIT a full queue raises ``BlockingIOError`` (EAGAIN). ``timeout``
     (seconds) bounds the wait for room on a full queue and raises ``TimeoutError``.
     """
-    if timeout is None:
-        return _msgsnd1(msqid, mtype, data, flags)
     if type(data) is not bytes:
         data = _as_buffer("msgsnd", data)
-    _msgsnd_wait(msqid, mtype, data, flags, timeout)
-
-
-def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
-    """msgsnd without a timeout in as few steps as possible; after EINTR it goes on
-    in :func:`_msgsnd_wait`, which retries."""
-    if type(data) is not bytes:
-        data = _as_buffer("msgsnd", data)
-    try:
-        err = _send(msqid, mtype, data, len(data), flags)
-    except (TypeError, OverflowError) as e:
-        raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
-                       flags=(flags, "int")) from None
-    if err:
-        _msgsnd_failed(err, msqid, mtype, data, flags)
+    _msgsnd(msqid, mtype, data, flags, timeout)
 
 
 def _msgsnd_failed(err: int, msqid: int, mtype: int, data: Any, flags: int) -> None:
@@ -346,12 +330,12 @@ def _msgsnd_failed(err: int, msqid: int, mtype: int, data: Any, flags: int) -> N
     have run by now, per PEP 475), send again."""
     if err != EINTR:
         raise syscall_error(err, f"msgsnd(msqid={msqid})")
-    _msgsnd_wait(msqid, mtype, data, flags, None)
+    _msgsnd(msqid, mtype, data, flags, None)
 
 
-def _msgsnd_wait(msqid: int, mtype: int, data: Any, flags: int,
-                 timeout: Optional[float]) -> None:
-    """msgsnd after EINTR, or with a timeout: the PEP 475 retry loop."""
+def _msgsnd(msqid: int, mtype: int, data: Any, flags: int, timeout: Optional[float]) -> None:
+    """msgsnd of ``data`` (bytes, or what :func:`_as_buffer` made) with the PEP 475
+    retry loop."""
     deadline = _deadline("msgsnd", timeout)
     try:
         while True:
