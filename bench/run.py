@@ -314,7 +314,7 @@ def case_shm(exe: str, cleanup: List[Callable[[], None]], op: str, size: int) ->
         {"ipcbind": lambda: timed(ipcbind_loop, n, n),
          "sysv_ipc": lambda: timed(sysv_loop, n, n),
          "C": c_loop(compile_shm_copy(os.path.dirname(exe)), op, size, n)},
-        ("ipcbind", "sysv_ipc", 1.0 if size >= 1 << 20 else 1.25),
+        [("ipcbind", "sysv_ipc", 1.0 if size >= 1 << 20 else 1.25)],
         [f"ipcbind: SharedMemory.{op}({'size' if op == 'read' else 'data'}); sysv_ipc: "
          f"SharedMemory.{op}(...), both attached once; C: memcpy "
          f"{'out of' if op == 'read' else 'into'} an attached segment "
