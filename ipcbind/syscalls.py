@@ -1200,7 +1200,13 @@ def _load_accelerator() -> Any:
         accel = importlib.import_module(f"{__package__}._accel")
     except ImportError:
         return None
-    accel.bind(int(ffi.cast("uintptr_t", lib.ipcb_calls())))
+    try:
+        accel.bind(int(ffi.cast("uintptr_t", lib.ipcb_calls())))
+    except ImportError as e:  # built from other sources than the shim: left unused
+        import warnings
+
+        warnings.warn(f"{e}; ipcbind runs without its accelerator", RuntimeWarning, stacklevel=2)
+        return None
     return accel
 
 

@@ -53,6 +53,21 @@ def test_accelerator_variable_0_leaves_the_python_methods() -> None:
     assert method_kinds(IPCBIND_ACCELERATOR="0") == ["function"] * len(ACCELERATED) + ["False"]
 
 
+def test_accelerator_refuses_a_table_of_calls_of_another_layout(q: MessageQueue) -> None:
+    # An accelerator left from an older build must not call into a newer shim:
+    # ipcbind then runs without it, with a warning.
+    from ipcbind._ffi import ffi
+
+    accel = ipcbind.syscalls._ACCEL
+    if accel is None:
+        pytest.skip("the accelerator is off or not built")
+    other = ffi.new("size_t[8]")  # a table whose size field says 0 bytes
+    with pytest.raises(ImportError, match="table of calls has 0 bytes"):
+        accel.bind(int(ffi.cast("uintptr_t", other)))
+    q.send(b"still bound to the shim")
+    assert q.receive() == (1, b"still bound to the shim")
+
+
 def test_accelerated_methods_keep_the_python_docstrings() -> None:
     assert MessageQueue.receive.__doc__ is not None
     assert MessageQueue.receive.__doc__.startswith("Takes one message from the queue.")
