@@ -112,12 +112,10 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class QueueState:
-    """One message queue: ``messages`` is a tuple of ``(mtype, data)``, head first.
-
-    ``key`` is unsigned (0..2**32-1), as ``ipcs`` shows it; ``mode`` the permission bits.
-    ``cuid``/``cgid`` (the creator) are recorded but a restore cannot set them: the
-    kernel makes the restoring process the creator.
+class _Identity:
+    """What every kind of object has: ``key`` unsigned (0..2**32-1), as ``ipcs`` shows
+    it; ``mode`` the permission bits. ``cuid``/``cgid`` (the creator) are recorded but
+    a restore cannot set them: the kernel makes the restoring process the creator.
     """
 
     id: int
@@ -127,39 +125,31 @@ class QueueState:
     cuid: int
     cgid: int
     mode: int
+
+
+@dataclass(frozen=True)
+class QueueState(_Identity):
+    """One message queue: ``messages`` is a tuple of ``(mtype, data)``, head first."""
+
     qbytes: int
     messages: Tuple[Tuple[int, bytes], ...]
 
 
 @dataclass(frozen=True)
-class SemaphoreSetState:
+class SemaphoreSetState(_Identity):
     """One semaphore set: ``values`` holds one value per semaphore."""
 
-    id: int
-    key: int
-    uid: int
-    gid: int
-    cuid: int
-    cgid: int
-    mode: int
     values: Tuple[int, ...]
 
 
 @dataclass(frozen=True)
-class SegmentState:
+class SegmentState(_Identity):
     """One shared memory segment: ``data`` holds its ``size`` bytes.
 
     Reading it attaches it read-only for the copy, which sets its atime, dtime and
     lpid (and raises nattch meanwhile); a restore makes them those of its own attach.
     """
 
-    id: int
-    key: int
-    uid: int
-    gid: int
-    cuid: int
-    cgid: int
-    mode: int
     size: int
     data: bytes
 
@@ -1121,16 +1111,24 @@ class _Restorer:
             if raise_mnb:
                 _write_proc("msgmnb", str(msgmnb))
 
-    def create_queue(self, q: QueueState) -> None:
-        _set_next_id("msg", q.id)
+    @staticmethod
+    def create(kind: str, what: str, ident: int, get: Callable[[], int],
+               made: List[int]) -> int:
+        """``get()`` with ``ident`` armed in ``<kind>_next_id``, into ``made`` at once."""
+        _set_next_id(kind, ident)
         try:
-            msqid = sc.msgget(q.key, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
+            got = get()
         finally:
-            _clear_next_id("msg")
-        self.queues.append(msqid)
-        if msqid != q.id:
-            raise RestoreError(f"queue {q.id}: the kernel gave id {msqid} instead (another "
+            _clear_next_id(kind)
+        made.append(got)
+        if got != ident:
+            raise RestoreError(f"{what} {ident}: the kernel gave id {got} instead (another "
                                "process created an object at the same time?)")
+        return got
+
+    def create_queue(self, q: QueueState) -> None:
+        self.create("msg", "queue", q.id,
+                    lambda: sc.msgget(q.key, sc.IPC_CREAT | sc.IPC_EXCL | 0o600), self.queues)
 
     def send(self, msqid: int, q: QueueState) -> None:
         mtypes = [m for m, _ in q.messages]
@@ -1156,36 +1154,27 @@ class _Restorer:
                           f"fit (qbytes {sc.msgctl(msqid, sc.IPC_STAT).qbytes})")
 
     def semset(self, s: SemaphoreSetState) -> None:
-        _set_next_id("sem", s.id)
-        try:
-            semid = sc.semget(s.key, len(s.values), sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
-        finally:
-            _clear_next_id("sem")
-        self.sets.append(semid)
-        if semid != s.id:
-            raise RestoreError(f"semaphore set {s.id}: the kernel gave id {semid} instead "
-                               "(another process created an object at the same time?)")
+        semid = self.create(
+            "sem", "semaphore set", s.id,
+            lambda: sc.semget(s.key, len(s.values), sc.IPC_CREAT | sc.IPC_EXCL | 0o600),
+            self.sets)
         sc.semctl(semid, 0, sc.SETALL, list(s.values))
         sc.semctl(semid, 0, sc.IPC_SET, {"uid": s.uid, "gid": s.gid, "mode": s.mode})
 
     def segment(self, m: SegmentState) -> None:
-        _set_next_id("shm", m.id)
-        try:
-            shmid = sc.shmget(m.key, m.size, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
-        except OSError as e:
-            hint = ""
-            if e.errno == errno.EINVAL:
-                hint = f" (larger than shmmax {_read_int('shmmax')}?)"
-            elif e.errno == errno.ENOSPC:
-                hint = " (no room under shmmni or shmall)"
-            raise OSError(e.errno, f"segment {m.id} ({m.size} bytes): {e.strerror}"
-                          f"{hint}") from None
-        finally:
-            _clear_next_id("shm")
-        self.segments.append(shmid)
-        if shmid != m.id:
-            raise RestoreError(f"segment {m.id}: the kernel gave id {shmid} instead "
-                               "(another process created an object at the same time?)")
+        def get() -> int:
+            try:
+                return sc.shmget(m.key, m.size, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
+            except OSError as e:
+                hint = ""
+                if e.errno == errno.EINVAL:
+                    hint = f" (larger than shmmax {_read_int('shmmax')}?)"
+                elif e.errno == errno.ENOSPC:
+                    hint = " (no room under shmmni or shmall)"
+                raise OSError(e.errno, f"segment {m.id} ({m.size} bytes): {e.strerror}"
+                              f"{hint}") from None
+
+        shmid = self.create("shm", "segment", m.id, get, self.segments)
         with sc.shmat(shmid) as att:
             att[:] = m.data
         sc.shmctl(shmid, sc.IPC_SET, {"uid": m.uid, "gid": m.gid, "mode": m.mode})
