@@ -53,7 +53,7 @@ def _pattern(size: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def writer(build: Callable[[str, str], str]) -> str:
-    return build("shm_writer", WRITER)
+    return build("snapshot_segment_filler", WRITER)
 
 
 def _populate(writer: str) -> Callable[[], Dict[str, Any]]:
