@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipcbind.semundo import read_semundo
-from ipcbind.snapshot import (Limits, QueueState, SemaphoreSetState, Snapshot,
+from ipcbind.snapshot import (Limits, QueueState, SegmentState, SemaphoreSetState, Snapshot,
                               SnapshotFormatError, dump, dumps, load, loads)
 from _hypothesis_profiles import budget
 
@@ -67,6 +67,10 @@ queue_states = st.builds(QueueState, ids, keys, owners, owners, owners, owners, 
 semset_states = st.builds(SemaphoreSetState, ids, keys, owners, owners, owners, owners, modes,
                           st.lists(st.integers(0, 32767), min_size=1, max_size=6).map(tuple))
 
+segment_states = st.binary(min_size=1, max_size=64).flatmap(
+    lambda data: st.builds(SegmentState, ids, keys, owners, owners, owners, owners, modes,
+                           st.just(len(data)), st.just(data)))
+
 
 def _unique(objs: Any) -> Any:
     """No id twice, no non-private key twice (IPC_PRIVATE may repeat)."""
@@ -80,7 +84,8 @@ taken_at = st.datetimes(min_value=datetime(1000, 1, 1)).map(
 snapshots = st.builds(Snapshot, taken_at, st.integers(0, 2 ** 64 - 1),
                       st.none() | st.integers(1, INT_MAX),
                       st.sampled_from([None, "cgroup", "sigstop", "cgroup+sigstop"]),
-                      limits, _unique(queue_states), _unique(semset_states))
+                      limits, _unique(queue_states), _unique(semset_states),
+                      _unique(segment_states), st.lists(ids, max_size=3).map(tuple))
 
 
 @budget(150)
@@ -94,6 +99,7 @@ def test_any_snapshot_round_trips_through_the_file_format(snap: Snapshot) -> Non
     dump(snap, f)
     f.seek(0)
     assert load(f) == snap
+    assert load(io.BytesIO(text.encode())) == snap
 
 
 # ---- fuzzing the snapshot loader --------------------------------------------------------
@@ -112,6 +118,9 @@ def load_or_refuse(data: Union[str, bytes]) -> Any:
 @given(st.binary(max_size=600) | st.text(max_size=300))
 def test_loader_refuses_arbitrary_input_with_snapshot_format_error(data: Union[str, bytes]) -> None:
     assert load_or_refuse(data) is None
+    if isinstance(data, bytes):
+        with bounded(), pytest.raises(SnapshotFormatError):
+            load(io.BytesIO(data))
 
 
 Mutation = Tuple[str, int, int, bytes]
@@ -148,6 +157,24 @@ def test_damaged_snapshot_file_is_refused_or_still_means_the_same(
     say) is the snapshot that was written."""
     got = load_or_refuse(mutate(dumps(snap).encode(), steps))
     assert got is None or got == snap
+
+
+LONG = Snapshot("2026-01-01T00:00:00.000000Z", 1, None, None, Limits(*[1] * 7), (), (),
+                (SegmentState(1, 0, 0, 0, 0, 0, 0o600, 70000, bytes(range(250)) * 280),))
+LONG_TEXT = dumps(LONG).encode()
+
+
+@budget(40)
+@given(mutations)
+def test_damaged_file_with_long_data_read_in_pieces_is_refused_or_still_means_the_same(
+        steps: List[Mutation]) -> None:
+    """The same through load, which decodes data longer than 64 KiB as it reads it."""
+    with bounded():
+        try:
+            got = load(io.BytesIO(mutate(LONG_TEXT, steps)))
+        except SnapshotFormatError:
+            return
+    assert got == LONG
 
 
 def _paths(doc: Any, here: Tuple[Any, ...] = ()) -> Iterator[Tuple[Any, ...]]:
