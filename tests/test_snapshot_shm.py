@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import reap, start_child
+from conftest import NOBODY, reap, run_in_child, start_child
 from nschild import needs_ns_root, ns_child
 
 from ipcbind import syscalls as sc
@@ -358,3 +358,49 @@ def test_a_file_above_max_size_is_refused_saying_its_size_and_how_to_raise_it(
     with pytest.raises(SnapshotFormatError, match=f"{size} bytes, larger than 1000000 bytes.*"
                        "--max-size"):
         load(path, max_size=1000000)
+
+
+# ---- progress and permissions ------------------------------------------------------------
+
+def _two_segments() -> List[int]:
+    return [SharedMemory.create(size, mode=0o600).id for size in (4096, 8192)]
+
+
+@needs_ns_root
+def test_progress_of_snapshot_and_restore_counts_segments_and_their_bytes() -> None:
+    seen: List[Tuple[int, int, str]] = []
+
+    def progress(done: int, total: int, what: str) -> None:
+        seen.append((done, total, what))
+
+    with ns_child(_two_segments) as (pid, made):
+        snap = snapshot(pid, progress=progress)
+    a, b = made
+    assert seen == [(0, 2, f"segment {a} (4.0 KiB): 0 B/12.0 KiB of segments done"),
+                    (1, 2, f"segment {b} (8.0 KiB): 4.0 KiB/12.0 KiB of segments done"),
+                    (2, 2, "done")]
+    seen.clear()
+    with ns_child() as (other, _):
+        restore(snap, other, progress=progress)
+    assert [w for _, _, w in seen] == [
+        f"segment {a} (4.0 KiB): 0 B/12.0 KiB of segments done",
+        f"segment {b} (8.0 KiB): 4.0 KiB/12.0 KiB of segments done", "done"]
+
+
+def _unreadable_segment() -> Dict[str, int]:
+    seg = SharedMemory.create(4096, mode=0o600)
+
+    def as_nobody() -> int:
+        try:
+            snapshot()
+        except PermissionError as e:
+            return 3 if f"no read permission on segment {seg.id}" in str(e) else 4
+        return 5
+
+    return {"code": run_in_child(as_nobody, uid=NOBODY)}
+
+
+@needs_ns_root
+def test_snapshot_without_read_permission_on_a_segment_names_it() -> None:
+    with ns_child(_unreadable_segment) as (_, made):
+        assert made["code"] == 3
