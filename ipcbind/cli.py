@@ -899,6 +899,8 @@ def _bounded(what: str, lo: int, hi: Optional[int] = None,
 
 _natural = _bounded("", 0)
 _positive = _bounded("", 1)
+_nsems = _bounded("a number of semaphores", 1, INT_MAX, " (a C int)")
+_bytes = _bounded("a size in bytes", 1, C_RANGES["size_t"][1], " (a C unsigned long)")
 _ident = _bounded("an id", 0, INT_MAX)
 _msqid = _bounded("a queue id", 0, INT_MAX)
 _index = _bounded("an index", 0, LONG_MAX, " (MSG_COPY takes it in a C long)")
@@ -1049,16 +1051,16 @@ def build_parser() -> argparse.ArgumentParser:
     made.add_argument("--mode", type=_mode, default=0o644,
                       help="permissions in octal (default 0644, as ipcmk)")
     k = kinds.add_parser("queue", parents=[common, with_json, made], help="a message queue")
-    k.add_argument("--qbytes", type=_positive,
+    k.add_argument("--qbytes", type=_bytes,
                    help="the queue's capacity in bytes (default msgmnb; above it needs "
                         "CAP_SYS_RESOURCE)")
     k = kinds.add_parser("set", parents=[common, with_json, made], help="a semaphore set")
-    k.add_argument("nsems", type=_positive, metavar="NSEMS", help="how many semaphores")
+    k.add_argument("nsems", type=_nsems, metavar="NSEMS", help="how many semaphores")
     k.add_argument("--values", type=_semval, nargs="+", metavar="V",
                    help="their initial values, one per semaphore (default all 0)")
     k = kinds.add_parser("segment", parents=[common, with_json, made],
                          help="a shared memory segment")
-    k.add_argument("size", type=_positive, metavar="SIZE", help="its size in bytes")
+    k.add_argument("size", type=_bytes, metavar="SIZE", help="its size in bytes")
     p.set_defaults(run=cmd_mk)
 
     p = sub.add_parser("rm", parents=[common, with_json],

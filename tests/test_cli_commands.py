@@ -151,7 +151,9 @@ def test_rm_tries_every_object_and_exits_with_the_first_failure(
                                   ["receive", "0", "--except"],
                                   ["receive", "0", "--timeout", "nan"],
                                   ["semop", "0"], ["semop", "0", "1"], ["semop", "0", "0:x"],
-                                  ["semop", "0", "0:40000"], ["semop", "0", "0:1", "-x"]])
+                                  ["semop", "0", "0:40000"], ["semop", "0", "0:1", "-x"],
+                                  ["mk", "segment", str(2 ** 64)], ["mk", "set", str(2 ** 31)],
+                                  ["mk", "queue", "--qbytes", str(2 ** 64)]])
 def test_bad_command_lines_of_the_changing_commands_exit_2(argv: List[str],
                                                            capsys: Any) -> None:
     assert run(*argv) == (2, "")
