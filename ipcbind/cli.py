@@ -277,14 +277,35 @@ def _ls_data(kinds: Sequence[str]) -> Dict[str, Any]:
     return data
 
 
+_LISTINGS: Dict[str, Callable[[], Sequence[Tuple[int, Any]]]] = {
+    "queue": list_queues, "set": list_semaphore_sets, "segment": list_segments}
+
+
+def _stat(kind: str, ident: int) -> Any:
+    """IPC_STAT of one object; without read permission, what the listing (*_STAT_ANY)
+    shows of it, as ``ls`` does."""
+    try:
+        if kind == "queue":
+            return sc.msgctl(ident, sc.IPC_STAT)
+        if kind == "segment":
+            return sc.shmctl(ident, sc.IPC_STAT)
+        return sc.semctl(ident, 0, sc.IPC_STAT)
+    except PermissionError:
+        for i, ds in _LISTINGS[kind]():
+            if i == ident:
+                return ds
+        raise
+
+
 def _one(kind: str, ident: int) -> Dict[str, Any]:
     """One object in full, by id."""
     with _about(kind, ident):
+        ds = _stat(kind, ident)
         if kind == "queue":
-            return _queue_doc(ident, sc.msgctl(ident, sc.IPC_STAT))
+            return _queue_doc(ident, ds)
         if kind == "segment":
-            return _segment_doc(ident, sc.shmctl(ident, sc.IPC_STAT))
-        return _set_doc(ident, sc.semctl(ident, 0, sc.IPC_STAT), detail=True)
+            return _segment_doc(ident, ds)
+        return _set_doc(ident, ds, detail=True)
 
 
 def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:

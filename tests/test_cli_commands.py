@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -11,7 +12,7 @@ import sys
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
-from conftest import NOBODY, needs_root, run_in_child
+from conftest import NOBODY, needs_root, needs_stat_any, run_in_child
 from nschild import needs_ns_root, ns_child
 
 from ipcbind import syscalls as sc
@@ -342,3 +343,22 @@ def test_mk_beyond_a_limit_exits_1_naming_the_limit(argv: List[str], says: str,
         with enter_namespace(pid):
             left = [*list_queues(), *list_semaphore_sets()]
     assert says in capsys.readouterr().err and left == []
+
+
+@needs_stat_any
+@pytest.mark.parametrize("kind, flag", [("queue", "-q"), ("set", "-s"), ("segment", "-m")])
+def test_ls_i_without_read_permission_shows_what_ls_lists(msq: int, semset: int, seg: int,
+                                                          kind: str, flag: str) -> None:
+    ident = {"queue": msq, "set": semset, "segment": seg}[kind]
+
+    def child() -> int:
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            code, out = run("ls", flag, "-i", ident, "--json")
+        if code != 0:
+            print(code, err.getvalue(), file=sys.stderr)
+            return 1
+        doc = json.loads(out)
+        return 0 if (doc["id"], doc["mode"]) == (ident, "0600") and (
+            kind != "set" or doc["semaphores"] is None) else 2
+
+    assert run_in_child(child, uid=NOBODY) == 0
