@@ -161,7 +161,10 @@ class SharedMemory(IpcObject[ShmidDs]):
         offset = _nonnegative("read", "offset", offset)
         total = len(att)
         end = total if size is None else offset + _nonnegative("read", "size", size)
-        if end > total or offset > total:
+        if offset > total:
+            raise ValueError(f"read: offset {offset} is past the end of the {total}-byte "
+                             "segment")
+        if end > total:
             raise ValueError(f"read: {end - offset} bytes from offset {offset} reach past the "
                              f"end of the {total}-byte segment")
         data: bytes = _getitem(att, slice(offset, end))
@@ -185,10 +188,13 @@ class SharedMemory(IpcObject[ShmidDs]):
                 raise TypeError("write: data must be a bytes-like object, not str "
                                 "(encode it first)")
             try:
-                data = memoryview(data).cast("B")
+                view = memoryview(data)
             except TypeError:
                 raise TypeError(f"write: data must be a bytes-like object, not "
                                 f"{type(data).__name__}") from None
+            if not view.c_contiguous:
+                raise TypeError("write: data must be a C-contiguous buffer")
+            data = view.cast("B")
             n = len(data)
         total = len(att)
         if offset + n > total:
