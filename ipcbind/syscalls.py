@@ -876,6 +876,12 @@ class Attachment(mmap.mmap):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Below protocol 2, pickle's fallback would call mmap(att) and complain that an
+        # attachment is not an integer.
+        raise TypeError(f"shmid {self._shmid}: an attachment cannot be pickled or copied, "
+                        "it is this process's mapping; pass the shmid (or the SharedMemory)")
+
     def resize(self, newsize: int) -> None:
         """Refused: a segment's size is fixed when it is created."""
         raise io.UnsupportedOperation(f"shmid {self._shmid}: a shared memory segment "

@@ -4,6 +4,7 @@ as a negative status), and gets a clear exception or works on the real segment."
 
 from __future__ import annotations
 
+import copy
 import gc
 import mmap
 import pickle
@@ -323,6 +324,18 @@ def test_an_attachment_cannot_be_pickled(seg: int) -> None:
     with ipc.shmat(seg) as a:
         with pytest.raises(TypeError):
             pickle.dumps(a)
+
+
+@pytest.mark.parametrize("how", [*(f"pickle{p}" for p in range(pickle.HIGHEST_PROTOCOL + 1)),
+                                 "copy", "deepcopy"])
+def test_pickling_or_copying_an_attachment_says_why_not_at_every_protocol(
+        seg: int, how: str) -> None:
+    with ipc.shmat(seg) as a:
+        with pytest.raises(TypeError, match="attachment cannot be pickled or copied"):
+            if how.startswith("pickle"):
+                pickle.dumps(a, int(how[6:]))
+            else:
+                getattr(copy, how)(a)
 
 
 def _segments_mapped() -> list:
