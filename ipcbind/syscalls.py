@@ -882,6 +882,11 @@ class Attachment(mmap.mmap):
         raise TypeError(f"shmid {self._shmid}: an attachment cannot be pickled or copied, "
                         "it is this process's mapping; pass the shmid (or the SharedMemory)")
 
+    def size(self) -> int:
+        """The segment's size in bytes (mmap's own would fstat a file, and an attachment
+        has none)."""
+        return len(self)
+
     def resize(self, newsize: int) -> None:
         """Refused: a segment's size is fixed when it is created."""
         raise io.UnsupportedOperation(f"shmid {self._shmid}: a shared memory segment "

@@ -300,6 +300,13 @@ def test_a_readonly_attachment_refuses_writes_through_every_path(seg: int) -> No
     survives(body)
 
 
+def test_size_is_the_segments_as_for_an_mmap_of_a_file(make_segment: Callable[..., int]) -> None:
+    with ipc.shmat(make_segment(5000)) as a:
+        assert a.size() == 5000
+    with pytest.raises(ValueError):
+        a.size()
+
+
 def test_an_attachment_cannot_be_resized(seg: int) -> None:
     with ipc.shmat(seg) as a:
         with pytest.raises(OSError, match="resized"):
