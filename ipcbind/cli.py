@@ -652,7 +652,7 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
 
 # ---- making, removing, sending, receiving, operating ----------------------------------
 
-_LIMITS_OF = {"queue": "MSGMNI", "set": "SEMMNI and SEMMNS", "segment": "SHMMNI and SHMALL"}
+_LIMITS_OF = {"queue": "MSGMNI", "set": "SEMMNI or SEMMNS", "segment": "SHMMNI or SHMALL"}
 
 
 def _create(args: argparse.Namespace) -> int:

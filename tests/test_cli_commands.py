@@ -17,7 +17,7 @@ from nschild import needs_ns_root, ns_child
 
 from ipcbind import syscalls as sc
 from ipcbind.cli import main
-from ipcbind.namespace import enter_namespace, list_queues, list_semaphore_sets
+from ipcbind.namespace import enter_namespace, list_queues, list_segments, list_semaphore_sets
 
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -329,19 +329,23 @@ def _no_room() -> None:
         f.write("0")
     with open("/proc/sys/kernel/sem", "w") as f:
         f.write("4 32000 32 32000")
+    with open("/proc/sys/kernel/shmmni", "w") as f:
+        f.write("0")
 
 
 @needs_ns_root
 @pytest.mark.parametrize("argv, says", [
     (["mk", "queue"], "no room for another message queue: MSGMNI reached"),
     (["mk", "set", "5"], "a semaphore set of 5 semaphores is beyond SEMMSL"),
+    (["mk", "segment", "1"], "no room for another shared memory segment: SHMMNI or SHMALL "
+                             "reached"),
 ])
 def test_mk_beyond_a_limit_exits_1_naming_the_limit(argv: List[str], says: str,
                                                     capsys: Any) -> None:
     with ns_child(_no_room) as (pid, _):
         assert run(*argv, "--pid", pid) == (1, "")
         with enter_namespace(pid):
-            left = [*list_queues(), *list_semaphore_sets()]
+            left = [*list_queues(), *list_semaphore_sets(), *list_segments()]
     assert says in capsys.readouterr().err and left == []
 
 
