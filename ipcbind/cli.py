@@ -804,14 +804,36 @@ def cmd_receive(args: argparse.Namespace, out: IO[str]) -> int:
                 if args.type else ""
             why = "" if args.nowait else f" within {args.timeout} s"
             raise CliError(f"no message{which} in queue {args.id}{why}", WOULD_WAIT) from None
-    if args.json:
-        _print_json({"pid": args.pid, "id": args.id, **_message_doc(None, m.mtype, m.data)},
-                    out)
-    elif args.hex:
-        out.write(m.data.hex() + "\n")
-    else:
-        _write_bytes(out, m.data)
+    try:
+        if args.json:
+            _print_json({"pid": args.pid, "id": args.id,
+                         **_message_doc(None, m.mtype, m.data)}, out)
+        elif args.hex:
+            out.write(m.data.hex() + "\n")
+        else:
+            _write_bytes(out, m.data)
+        out.flush()
+    except OSError as e:
+        _give_back(args, out, m.mtype, m.data, e)
     return OK
+
+
+def _give_back(args: argparse.Namespace, out: IO[str], mtype: int, data: bytes,
+               e: OSError) -> None:
+    """A message taken but not written out goes back to its queue (at its end, the
+    only place msgsnd puts one); if even that fails, stderr gets it."""
+    if out is sys.stdout:
+        _drop_stdout()
+    why = e.strerror or type(e).__name__
+    try:
+        with _inside(args.pid):
+            MessageQueue.from_id(args.id).send(data, mtype, block=False)
+    except OSError as again:
+        raise CliError(f"could not write the message ({why}), nor send it back to queue "
+                       f"{args.id} ({again.strerror}): type {mtype}, {data.hex() or 'empty'}",
+                       FAILED) from None
+    raise CliError(f"could not write the message ({why}); it was sent back to queue "
+                   f"{args.id}, at its end", FAILED) from None
 
 
 def _write_bytes(out: IO[str], data: bytes) -> None:
@@ -1195,6 +1217,14 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+def _drop_stdout() -> None:
+    """Whatever is still buffered for a stdout that cannot take it goes nowhere, so
+    that the interpreter's last flush does not fail too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int:
     """Run the command line; returns the exit code (one of ``EXIT_CODES``)."""
     out = out or sys.stdout
@@ -1211,8 +1241,7 @@ def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int
         return INTERRUPTED
     except BrokenPipeError:
         # The reader went away (ipcbind ls | head): nothing left to tell it.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_stdout()
         return FAILED
     except (OSError, ValueError, RestoreError, QueueChangedError, FreezeError,
             NamespaceReturnError) as e:

@@ -235,6 +235,21 @@ def test_receive_nowait_and_timeout_on_an_empty_queue_exit_8(msq: int, capsys: A
         f"ipcbind: error: no message of type 3 in queue {msq} within 0.05 s\n")
 
 
+@pytest.mark.parametrize("how", [[], ["--hex"], ["--json"]], ids=["raw", "hex", "json"])
+def test_receive_that_cannot_write_stdout_sends_the_message_back(msq: int, how: List[str]) -> None:
+    sc.msgsnd(msq, 7, b"first")
+    sc.msgsnd(msq, 1, b"second")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "ipcbind", "receive", str(msq), *how],
+                              stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        "ipcbind: error: could not write the message (No space left on device); it was sent "
+        f"back to queue {msq}, at its end\n")
+    assert [sc.msgrcv(msq, 100, 0, sc.IPC_NOWAIT) for _ in range(2)] == [
+        (1, b"second"), (7, b"first")]
+
+
 def test_receive_json_has_type_size_and_base64(msq: int) -> None:
     sc.msgsnd(msq, 6, b"\xff")
     code, out = run("receive", msq, "--json")
