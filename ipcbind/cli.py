@@ -534,7 +534,7 @@ def _segment_doc(shmid: int, ds: ShmidDs) -> Dict[str, Any]:
 
 
 def _status(doc: Dict[str, Any]) -> str:
-    return " ".join(word for word in ("dest", "locked") if doc[word]) or "-"
+    return ",".join(word for word in ("dest", "locked") if doc[word]) or "-"
 
 
 def _segments_table(segments: List[Dict[str, Any]], fmt: str, creator: bool) -> str:
