@@ -322,6 +322,26 @@ def test_madvise_dontfork_is_refused_so_a_child_keeps_the_mapping(seg: int) -> N
         assert reap(start_child(lambda: 0 if a[0] == 0 else 1)) == 0
 
 
+@pytest.mark.parametrize("option, says", [(102, "refused"), (101, "refused"),
+                                          (999, "not one of the mmap module's")],
+                         ids=["guard-install", "soft-offline", "unknown"])
+def test_madvise_refuses_guards_and_options_mmap_does_not_name(seg: int, option: int,
+                                                               says: str) -> None:
+    def body() -> None:
+        with ipc.shmat(seg) as a:
+            with pytest.raises(ValueError, match=says):
+                a.madvise(option, 0, 4096)
+            a[0] = 1
+    survives(body)
+
+
+def test_madvise_passes_the_options_mmap_names(seg: int) -> None:
+    with ipc.shmat(seg) as a:
+        a.madvise(mmap.MADV_WILLNEED)
+        a.madvise(mmap.MADV_DONTNEED, 0, 4096)
+        assert a[0] == 0
+
+
 def test_attachments_are_made_only_by_shmat() -> None:
     with pytest.raises(TypeError, match="shmat"):
         Attachment(-1, 4096)
