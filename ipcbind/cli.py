@@ -593,7 +593,7 @@ def _peek_segment(args: argparse.Namespace, out: IO[str]) -> int:
         raise CliError("--index is for queues; a segment takes --offset and --length", USAGE)
     with _inside(args.pid):
         size, data = _segment_bytes(args.id, args.offset, args.length)
-    if args.json:
+    if args.json or args.format == "json":
         _print_json({"pid": args.pid, "id": args.id, "segment": True, "size": size,
                      "offset": args.offset, "length": len(data),
                      "data": base64.b64encode(data).decode()}, out)

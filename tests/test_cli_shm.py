@@ -115,8 +115,9 @@ def test_peek_segment_without_a_length_shows_256_bytes_and_says_how_many_remain(
     assert lines[-1].strip() == "... 744 more (--length, --offset)"
 
 
-def test_peek_segment_json_gives_the_bytes_in_base64(shm: SharedMemory) -> None:
-    code, out = run("peek", "-m", "--json", shm.id, "--offset", 10, "--length", 256)
+@pytest.mark.parametrize("asks", [["--json"], ["--format", "json"]])
+def test_peek_segment_json_gives_the_bytes_in_base64(shm: SharedMemory, asks: List[str]) -> None:
+    code, out = run("peek", "-m", *asks, shm.id, "--offset", 10, "--length", 256)
     doc = json.loads(out)
     assert code == 0 and (doc["size"], doc["offset"], doc["length"]) == (1000, 10, 256)
     assert base64.b64decode(doc["data"]) == bytes(range(256))
