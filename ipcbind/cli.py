@@ -12,6 +12,7 @@ import argparse
 import base64
 import errno
 import grp
+import io
 import json
 import os
 import pwd
@@ -22,7 +23,7 @@ import threading
 import warnings
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import psutil
 
@@ -819,6 +820,8 @@ def _input(args: argparse.Namespace) -> List[bytes]:
     if args.data:
         texts = [os.fsencode(d) for d in args.data]
     elif args.file in (None, "-"):
+        if sys.stdin is None:
+            raise CliError("send: stdin is closed; give DATA arguments or --file", USAGE)
         texts = [sys.stdin.buffer.read()]
     else:
         with open(args.file, "rb") as f:
@@ -1278,6 +1281,15 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+class _ClosedStdout(io.TextIOBase):
+    """What commands write to when stdout is closed (Python's sys.stdout is None then):
+    the first write fails as a write to a closed descriptor does, saying what it was."""
+
+    def write(self, text: str) -> int:
+        first = text.strip().split("\n")[0][:200]
+        raise OSError(errno.EBADF, f"stdout is closed; not written: {first}")
+
+
 def _drop_stdout() -> None:
     """Whatever is still buffered for a stdout that cannot take it goes nowhere, so
     that the interpreter's last flush does not fail too."""
@@ -1301,7 +1313,7 @@ def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int
     ``argv`` None: the process's own arguments, and the process exits when this
     returns (a restore then leaves SIGINT and SIGTERM blocked, see _signals_blocked).
     """
-    out = out or sys.stdout
+    out = out or sys.stdout or cast(IO[str], _ClosedStdout())
     terminate = None
     if threading.current_thread() is threading.main_thread():
         terminate = signal.signal(signal.SIGTERM, _terminated)

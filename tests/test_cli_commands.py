@@ -7,9 +7,10 @@ import io
 import json
 import os
 import pwd
+import re
 import subprocess
 import sys
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 from conftest import NOBODY, needs_root, needs_stat_any, run_in_child
@@ -248,6 +249,38 @@ def test_receive_that_cannot_write_stdout_sends_the_message_back(msq: int, how: 
         f"back to queue {msq}, at its end\n")
     assert [sc.msgrcv(msq, 100, 0, sc.IPC_NOWAIT) for _ in range(2)] == [
         (1, b"second"), (7, b"first")]
+
+
+def _closing(fd: int) -> Callable[[], None]:
+    return lambda: os.close(fd)
+
+
+def test_receive_with_stdout_closed_sends_the_message_back(msq: int) -> None:
+    sc.msgsnd(msq, 3, b"kept")
+    done = subprocess.run([sys.executable, "-m", "ipcbind", "receive", str(msq)],
+                          preexec_fn=_closing(1), stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 1 and b"Traceback" not in done.stderr
+    assert b"sent back to queue" in done.stderr
+    assert sc.msgrcv(msq, 100, 0, sc.IPC_NOWAIT) == (3, b"kept")
+
+
+def test_mk_with_stdout_closed_exits_1_naming_what_it_made(made: List[Tuple[str, int]]) -> None:
+    done = subprocess.run([sys.executable, "-m", "ipcbind", "mk", "queue"],
+                          preexec_fn=_closing(1), stderr=subprocess.PIPE, timeout=60)
+    err = done.stderr.decode()
+    named = re.search(r"created message queue (\d+) ", err)
+    if named:
+        made.append(("queue", int(named.group(1))))
+    assert done.returncode == 1 and "Traceback" not in err, err
+    assert err.startswith("ipcbind: error: stdout is closed; not written: created message queue ")
+
+
+def test_send_with_stdin_closed_and_no_data_exits_2(msq: int) -> None:
+    done = subprocess.run([sys.executable, "-m", "ipcbind", "send", str(msq)],
+                          preexec_fn=_closing(0), stderr=subprocess.PIPE, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        2, b"ipcbind: error: send: stdin is closed; give DATA arguments or --file\n")
+    assert sc.msgctl(msq, sc.IPC_STAT).qnum == 0
 
 
 def test_receive_json_has_type_size_and_base64(msq: int) -> None:
