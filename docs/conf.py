@@ -11,7 +11,9 @@ from __future__ import annotations
 import glob
 import os
 import pkgutil
-from typing import Any, Dict, Optional, Tuple
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 import ipcbind
 from sphinx.application import Sphinx
@@ -71,5 +73,22 @@ def _every_public_module_documented(app: Sphinx, env: Any) -> None:
             "%s has no entry in the API reference (docs/api.md)", name)
 
 
+def _unlisted_pages_join_the_guides(app: Sphinx, docname: str, source: List[str]) -> None:
+    """A page of docs/ that docs/index.md does not name is added at the end of its
+    first table of contents (the guides): every page is on the site."""
+    if docname != root_doc:
+        return
+    text = source[0]
+    start = text.index("```{toctree}")
+    end = text.index("```", start + len("```{toctree}"))
+    named = set(re.findall(r"^([\w./-]+)\s*$", text, re.MULTILINE))
+    pages = sorted(p.stem for p in Path(app.srcdir).glob("*.md"))
+    unlisted = [p for p in pages if p != root_doc and p not in named]
+    source[0] = text[:end] + "".join(f"{p}\n" for p in unlisted) + text[end:]
+
+
 def setup(app: Sphinx) -> None:
+    # The index depends on which pages exist: read it again on every build.
+    app.connect("env-get-outdated", lambda app, env, added, changed, removed: [root_doc])
+    app.connect("source-read", _unlisted_pages_join_the_guides)
     app.connect("env-updated", _every_public_module_documented)
