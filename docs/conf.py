@@ -1,7 +1,7 @@
 """Sphinx configuration of the ipcbind documentation (the guides in Markdown, read by MyST).
 
 Built by .ci/run with warnings as errors:
-``python -m sphinx -W --keep-going -b html docs build/docs``. The API reference is
+``sphinx-build -W --keep-going -b html docs build/docs``. The API reference is
 generated from the docstrings of the installed package, so build from an environment
 where ``import ipcbind`` loads the compiled shim (the one the test command makes).
 """
