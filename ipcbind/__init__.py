@@ -4,21 +4,34 @@ The syscall-shaped functions (``msgget``, ``msgsnd``, ``msgrcv``, ``msgctl``, ``
 ``semop``, ``semctl``, ``ftok``) and the constants under their C names are importable
 from here.
 
+The namespace and snapshot names (``enter_namespace``, ``Snapshot``...) are loaded on
+first use: their modules need json, hashlib, tempfile, datetime and psutil, which a
+program that only sends and receives should not pay for at start-up.
+
 A copy of ipcbind whose compiled shim (``ipcbind._ffi``) cannot be loaded still
 imports: pytest loads :mod:`ipcbind.pytest_plugin` in every run of the environment,
-and must be able to start. Only the exceptions are usable then; every other name
-raises the shim's ImportError when it is used.
+and must be able to start. Only the exceptions (:mod:`ipcbind.errors`) are usable
+then; every other name raises the shim's ImportError when it is used.
 """
 
 import os as _os
-from typing import TYPE_CHECKING, Optional
+import typing as _typing
 
 from .errors import (
+    FreezeError,
     IdentifierRemovedError,
+    IpcbindError,
+    NamespaceReturnError,
     NoMessageError,
     NotSupportedError,
     OutOfRangeError,
+    PartialReceiveError,
+    PartialSendError,
     QueueChangedError,
+    RestoreConflictError,
+    RestoreError,
+    SemundoNotSupportedError,
+    SnapshotFormatError,
     TooBigError,
 )
 
@@ -35,7 +48,7 @@ def _is_shim(err: ImportError) -> bool:
 
 def _shim_unloadable(err: BaseException) -> bool:
     """Whether an ImportError comes from loading the compiled shim (its cause included)."""
-    seen: Optional[BaseException] = err
+    seen: _typing.Optional[BaseException] = err
     while seen is not None:
         if isinstance(seen, ImportError) and _is_shim(seen):
             return True
@@ -43,24 +56,10 @@ def _shim_unloadable(err: BaseException) -> bool:
     return False
 
 
-_SHIM_ERROR: Optional[ImportError] = None
+_SHIM_ERROR: _typing.Optional[ImportError] = None
 try:
     from .msg import Message, MessageQueue
-    from .namespace import (
-        NamespaceReturnError,
-        enter_namespace,
-        namespace_id,
-        namespace_pids,
-        shares_namespace,
-    )
     from .sem import Semaphore, SemaphoreSet
-    from .snapshot import (
-        FreezeError,
-        RestoreConflictError,
-        RestoreError,
-        Snapshot,
-        SnapshotFormatError,
-    )
     from .syscalls import (
         GETALL,
         GETNCNT,
@@ -101,7 +100,6 @@ try:
         semop,
     )
     from .semundo import (
-        SemundoNotSupportedError,
         read_semundo,
         restore_semundo,
         semundo_supported,
@@ -115,6 +113,9 @@ except ImportError as e:
 
 
 __all__ = [
+    "IpcbindError",
+    "PartialReceiveError",
+    "PartialSendError",
     "IdentifierRemovedError",
     "NoMessageError",
     "NotSupportedError",
@@ -183,8 +184,31 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-if _SHIM_ERROR is not None and not TYPE_CHECKING:
+# name -> the module that defines it, imported when the name is first used.
+_LAZY = {
+    "enter_namespace": "namespace",
+    "namespace_id": "namespace",
+    "namespace_pids": "namespace",
+    "shares_namespace": "namespace",
+    "Snapshot": "snapshot",
+}
+
+if _typing.TYPE_CHECKING:
+    from .namespace import enter_namespace, namespace_id, namespace_pids, shares_namespace
+    from .snapshot import Snapshot
+else:
     def __getattr__(name: str) -> object:
-        if name in __all__:
+        module = _LAZY.get(name)
+        if _SHIM_ERROR is not None and (module is not None or name in __all__):
             raise ImportError(str(_SHIM_ERROR), name=f"{__name__}._ffi") from _SHIM_ERROR
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from importlib import import_module
+
+        value = getattr(import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> _typing.List[str]:
+    return sorted(__all__ + ["__version__"])

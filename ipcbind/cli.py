@@ -20,7 +20,9 @@ from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 import psutil
 
 from . import syscalls as sc
-from .errors import NotSupportedError, QueueChangedError
+from ._limits import INT_MAX, LONG_MAX, unsigned_key
+from .errors import CliError, NotSupportedError, QueueChangedError, gone
+from .msg import COPY_ATTEMPTS, copy_all
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
@@ -48,17 +50,6 @@ EXIT_CODES = {
     INTERRUPTED: "interrupted (Ctrl-C); anything frozen was thawed, a restore was undone",
 }
 
-
-_INT_MAX = 2 ** 31 - 1
-_LONG_MAX = sc._LIMITS["long"][1]
-
-
-class CliError(Exception):
-    """A failure to report as one line with this exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # ---- the demo (the README's first command) -----------------------------------------
@@ -94,7 +85,7 @@ def demo(out: IO[str] = sys.stdout) -> int:
 # ---- helpers ------------------------------------------------------------------------
 
 def _key(key: int) -> str:
-    return f"{key & 0xFFFFFFFF:#010x}"
+    return f"{unsigned_key(key):#010x}"
 
 
 def _owner(uid: int) -> str:
@@ -181,7 +172,7 @@ def _ls_data() -> Dict[str, Any]:
         try:
             values: Optional[List[int]] = sc.semctl(semid, 0, sc.GETALL)
         except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EINVAL, errno.EIDRM):
+            if not (gone(e) or e.errno == errno.EACCES):
                 raise
             values = None
         sets.append({
@@ -225,7 +216,7 @@ def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
     try:
         sc.msgctl(msqid, sc.IPC_STAT)
     except OSError as e:
-        if e.errno in (errno.EINVAL, errno.EIDRM):
+        if gone(e):
             raise CliError(f"no message queue with id {msqid}", NOT_FOUND) from None
         if e.errno == errno.EACCES:
             raise CliError(f"no read permission on queue {msqid}", NO_PERMISSION) from None
@@ -239,19 +230,8 @@ def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
                                f"{sc.msgctl(msqid, sc.IPC_STAT).qnum})", NOT_FOUND) from None
             raise
         return [{"index": index, "type": mtype, "data": data}]
-    for _ in range(3):
-        copied = sc._msgcopy_all(msqid)
-        if copied is not None:
-            break
-    else:
-        raise QueueChangedError(msqid, 3)
-    mtypes, text, ends = copied
-    found = []
-    start = 0
-    for i, (mtype, end) in enumerate(zip(mtypes, ends)):
-        found.append({"index": i, "type": mtype, "data": text[start:end]})
-        start = end
-    return found
+    return [{"index": i, "type": mtype, "data": data}
+            for i, (mtype, data) in enumerate(copy_all(msqid))]
 
 
 def cmd_peek(args: argparse.Namespace, out: IO[str]) -> int:
@@ -369,15 +349,15 @@ def _natural(text: str) -> int:
 
 def _msqid(text: str) -> int:
     n = _natural(text)
-    if n > _INT_MAX:
-        raise argparse.ArgumentTypeError(f"a queue id is 0..{_INT_MAX}, got {n}")
+    if n > INT_MAX:
+        raise argparse.ArgumentTypeError(f"a queue id is 0..{INT_MAX}, got {n}")
     return n
 
 
 def _index(text: str) -> int:
     n = _natural(text)
-    if n > _LONG_MAX:
-        raise argparse.ArgumentTypeError(f"an index is 0..{_LONG_MAX} (MSG_COPY takes it "
+    if n > LONG_MAX:
+        raise argparse.ArgumentTypeError(f"an index is 0..{LONG_MAX} (MSG_COPY takes it "
                                          f"in a C long), got {n}")
     return n
 
@@ -429,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", action="store_true",
                    help="hold the namespace's processes still while reading (needs --pid "
                         "of a process in another namespace)")
-    p.add_argument("--retries", type=_positive, default=3,
-                   help="reads of a queue that changed meanwhile before giving up (default 3)")
+    p.add_argument("--retries", type=_positive, default=COPY_ATTEMPTS,
+                   help="reads of a queue that changed meanwhile before giving up "
+                        f"(default {COPY_ATTEMPTS})")
     p.set_defaults(run=cmd_dump)
 
     p = sub.add_parser("restore", parents=[common, with_json],

@@ -17,18 +17,16 @@ docstring for what that check can and cannot see.
 from __future__ import annotations
 
 import errno
-import os
-import threading
 import time
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from . import syscalls as _sc
-from .errors import NoMessageError, QueueChangedError, TooBigError, timeout_error
+from ._base import IpcObject
+from ._limits import LONG_MAX, msgmax
+from .errors import (NoMessageError, QueueChangedError, TooBigError, partial_receive,
+                     partial_send, timeout_error)
 from .syscalls import (
-    IPC_CREAT,
-    IPC_EXCL,
-    IPC_INFO,
     IPC_NOWAIT,
     IPC_PRIVATE,
     IPC_RMID,
@@ -52,7 +50,9 @@ from .syscalls import (
 )
 
 if TYPE_CHECKING:
-    import asyncio  # imported where used: it costs 60 ms at start-up
+    # Imported where used: asyncio costs 60 ms at start-up, threading a few.
+    import asyncio
+    import threading
 
 __all__ = ["Message", "MessageQueue"]
 
@@ -72,36 +72,12 @@ class Message(NamedTuple):
 # Building a Message through tuple.__new__ skips the NamedTuple's Python-level __new__.
 _new = tuple.__new__
 
-_INT_MAX = 2 ** 31 - 1
-_LONG_MAX = _sc._LIMITS["long"][1]
-# How many complete MSG_COPY passes peek_all makes before giving up.
-_PEEK_ATTEMPTS = 5
+COPY_ATTEMPTS = 5
+"""How many complete MSG_COPY passes a copy of a whole queue makes before it gives up
+(:meth:`MessageQueue.peek_all`, snapshots and ``ipcbind peek`` alike)."""
 # Longest single wait of a receive_async worker thread: after a cancellation its
 # executor thread is free again within this many seconds.
 _ASYNC_SLICE = 0.25
-
-
-def _msqid(msqid: Any) -> int:
-    if isinstance(msqid, bool) or not isinstance(msqid, int):
-        raise TypeError(f"a queue id must be an int, not {type(msqid).__name__}")
-    if not 0 <= msqid <= _INT_MAX:
-        raise ValueError(f"a queue id is between 0 and {_INT_MAX}, got {msqid}")
-    return int(msqid)
-
-
-def _mode(call: str, mode: Any) -> int:
-    if isinstance(mode, bool) or not isinstance(mode, int):
-        raise TypeError(f"{call}: mode must be an int such as 0o600, not {type(mode).__name__}")
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"{call}: mode holds permission bits only (0 to 0o777), got {mode:#o}")
-    return int(mode)
-
-
-def _msgmax() -> Optional[int]:
-    try:
-        return int(_sc.msgctl(0, IPC_INFO)[1].msgmax)
-    except OSError:
-        return None
 
 
 def _send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException:
@@ -111,7 +87,7 @@ def _send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException
     if isinstance(mtype, int) and mtype < 1:
         return ValueError(f"{call}: mtype must be >= 1, got {mtype}")
     size = memoryview(data).nbytes
-    limit = _msgmax()
+    limit = msgmax()
     if limit is not None and size > limit:
         return ValueError(f"{call}: a message of {size} bytes is longer than the system's "
                           f"limit of {limit} (msgmax, /proc/sys/kernel/msgmax)")
@@ -124,7 +100,27 @@ def _messages(mtypes: List[int], text: bytes, ends: List[int]) -> List[Message]:
     return [_new(Message, (t, text[s:e])) for t, s, e in zip(mtypes, starts, ends)]
 
 
-class MessageQueue:
+def copy_all(msqid: int, attempts: int = COPY_ATTEMPTS) -> List[Message]:
+    """Copies of every message of queue ``msqid``, in order, taking none: the one
+    whole-queue copy of the package, with its one retry policy.
+
+    Each attempt is one call into C that copies every message by position
+    (MSG_COPY) and checks that the queue did not change meanwhile (see
+    :meth:`MessageQueue.peek_all`); a torn copy is taken again.
+
+    Raises:
+        QueueChangedError: each of ``attempts`` copies was torn.
+        OSError: as msgrcv with MSG_COPY (EINVAL or EIDRM: no such queue, see
+            :func:`ipcbind.errors.gone`; EACCES; ENOSYS).
+    """
+    for _ in range(attempts):
+        copied = _sc._msgcopy_all(msqid)
+        if copied is not None:
+            return _messages(*copied)
+    raise QueueChangedError(msqid, attempts)
+
+
+class MessageQueue(IpcObject[MsqidDs]):
     """A System V message queue.
 
     Make one with :meth:`create`, :meth:`open` (by key) or :meth:`from_id`. Sends and
@@ -133,19 +129,25 @@ class MessageQueue:
 
     As a context manager it returns itself and, on exit, removes the queue if this
     object created it in this process (:attr:`created`); a queue opened by key or id
-    is left alone. ``len(q)`` is the number of queued messages; iterating over
-    ``q`` yields a consistent snapshot of them (:meth:`peek_all`) and takes none.
+    is left alone, and so is a queue a forked child leaves a ``with`` block on.
+    ``len(q)`` is the number of queued messages; iterating over ``q`` yields a
+    consistent snapshot of them (:meth:`peek_all`) and takes none. :meth:`remove`
+    (IPC_RMID) drops the messages; waiting senders and receivers get
+    ``IdentifierRemovedError``.
     """
 
-    __slots__ = ("_id", "_key", "_created", "_creator_pid", "_removed", "__weakref__")
+    __slots__ = ()
+    _kind = "message queue"
+    _id_name = "msqid"
 
-    def __init__(self, msqid: int) -> None:
-        """Wraps an existing queue identifier, as :meth:`from_id` does."""
-        self._id: int = _msqid(msqid)
-        self._key: Optional[int] = None
-        self._created = False
-        self._creator_pid = 0
-        self._removed = False
+    @staticmethod
+    def _stat_id(ident: int) -> MsqidDs:
+        ds: MsqidDs = _sc.msgctl(ident, IPC_STAT)
+        return ds
+
+    @staticmethod
+    def _remove_id(ident: int) -> None:
+        _sc.msgctl(ident, IPC_RMID)
 
     # ---- making one ----------------------------------------------------------------
 
@@ -157,100 +159,20 @@ class MessageQueue:
         Args:
             key: IPC_PRIVATE (the default) always makes a new queue; any other key
                 names a queue that other processes can open (see :func:`ipcbind.ftok`).
-                Keys may be given unsigned, as ``ipcs`` prints them.
+                Keys may be given signed or unsigned (as ``ipcs`` prints them).
             mode: permission bits of a new queue.
             exclusive: fail with ``FileExistsError`` if a queue exists for ``key``.
 
         Returns:
             The queue. :attr:`created` tells whether this call made it.
         """
-        mode = _mode("create", mode)
-        k = _sc._key("create", key)
-        if k == IPC_PRIVATE:
-            q = cls(_sc.msgget(k, IPC_CREAT | mode))
-            created = True
-        elif exclusive:
-            q = cls(_sc.msgget(k, IPC_CREAT | IPC_EXCL | mode))
-            created = True
-        else:
-            # Try to create first, so that `created` is known for certain.
-            while True:
-                try:
-                    q = cls(_sc.msgget(k, IPC_CREAT | IPC_EXCL | mode))
-                    created = True
-                    break
-                except FileExistsError:
-                    pass
-                try:
-                    q = cls(_sc.msgget(k, 0))
-                    created = False
-                    break
-                except FileNotFoundError:
-                    continue  # removed in between: create it after all
-        q._key = k
-        if created:
-            q._created = True
-            q._creator_pid = os.getpid()
-        return q
+        msqid, k, created = cls._get(key, mode, exclusive, _sc.msgget)
+        return cls(msqid, k, created)
 
     @classmethod
     def open(cls, key: int) -> MessageQueue:
         """Opens the existing queue for ``key``; ``FileNotFoundError`` if there is none."""
-        k = _sc._key("open", key)
-        if k == IPC_PRIVATE:
-            raise ValueError("open: IPC_PRIVATE names no existing queue "
-                             "(use create() for a new one, or from_id())")
-        q = cls(_sc.msgget(k, 0))
-        q._key = k
-        return q
-
-    @classmethod
-    def from_id(cls, msqid: int) -> MessageQueue:
-        """Wraps a queue identifier (as ``ipcs -q`` lists them). Nothing is checked
-        until the first call; an id that names no queue then raises ``OSError`` EINVAL."""
-        return cls(msqid)
-
-    # ---- identity ------------------------------------------------------------------
-
-    @property
-    def id(self) -> int:
-        """The queue identifier (msqid)."""
-        return self._id
-
-    @property
-    def key(self) -> int:
-        """The queue's key as the kernel stores it (a C int; 0 is IPC_PRIVATE).
-        For a queue made with :meth:`from_id` the first access asks IPC_STAT."""
-        if self._key is None:
-            self._key = self.stat().key
-        return self._key
-
-    @property
-    def created(self) -> bool:
-        """True if this object created the queue (then leaving a ``with`` block
-        removes it, in the creating process only)."""
-        return self._created
-
-    def __repr__(self) -> str:
-        key = self._key
-        if key is None:
-            try:
-                key = self.key
-            except OSError:
-                pass
-        shown = "?" if key is None else f"{key & 0xFFFFFFFF:#010x}"
-        return f"<MessageQueue id={self._id} key={shown}{' created' if self._created else ''}>"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, MessageQueue):
-            return self._id == other._id
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._id)
-
-    def __reduce__(self) -> Tuple[Any, Tuple[int]]:
-        return (MessageQueue.from_id, (self._id,))
+        return cls(*cls._open_key(key, _sc.msgget))
 
     # ---- sending -------------------------------------------------------------------
 
@@ -330,8 +252,10 @@ class MessageQueue:
             rest were not.
 
         Raises:
-            OSError: as :meth:`send`. An exception raised part-way through has a
-                ``sent`` attribute: the number of messages sent before it.
+            PartialSendError: a failure part-way through, as the class the failure
+                has by itself too (``IdentifierRemovedError``, ``TimeoutError``,
+                ``ValueError`` for an mtype < 1...); its ``sent`` attribute is the
+                number of messages sent before it.
         """
         if timeout is not None:
             _sc._deadline("send_many", timeout)
@@ -358,14 +282,9 @@ class MessageQueue:
         except OSError as e:
             sent = getattr(e, "sent", 0)
             better = _send_error(f"send_many: message {sent}", e, mtypes[sent], chunks[sent])
-            if better is not e:
-                better.sent = sent  # type: ignore[attr-defined]
-                raise better from e
-            raise
+            raise partial_send(better, sent) from (None if better is e else e)
         if timeout == 0 and sent < len(mtypes):
-            exc = timeout_error(f"send_many(msqid={self._id})", timeout)
-            exc.sent = sent  # type: ignore[attr-defined]
-            raise exc
+            raise partial_send(timeout_error(f"send_many(msqid={self._id})", timeout), sent)
         return sent
 
     # ---- receiving -----------------------------------------------------------------
@@ -442,8 +361,9 @@ class MessageQueue:
         reports the condition.
 
         Raises:
-            MemoryError: no memory to hold a message already taken; the messages
-                taken before it are in the exception's ``received`` attribute.
+            PartialReceiveError: (also a ``MemoryError``) no memory to hold a message
+                already taken; the messages taken before it are in its ``received``
+                attribute.
         """
         if isinstance(max_count, bool) or not isinstance(max_count, int):
             raise TypeError(f"receive_many: max_count must be an int, "
@@ -468,10 +388,8 @@ class MessageQueue:
             raise
         got = _messages(mtypes, text, ends)
         if err == errno.ENOMEM:
-            exc = MemoryError("receive_many: no memory for a message already taken "
-                              f"from queue {self._id}; it is lost")
-            exc.received = got  # type: ignore[attr-defined]
-            raise exc
+            raise partial_receive(MemoryError("receive_many: no memory for a message already "
+                                              f"taken from queue {self._id}; it is lost"), got)
         return got
 
     async def receive_async(self, mtype: int = 0, timeout: Optional[float] = None, *,
@@ -522,6 +440,7 @@ class MessageQueue:
         """Waits in an executor thread until a matching message is queued. Returns
         None then, or the message if it had no text (the wait took it)."""
         import asyncio
+        import threading
 
         fut: asyncio.Future[Optional[Message]] = loop.create_future()
         stop = threading.Event()
@@ -573,12 +492,12 @@ class MessageQueue:
         if index < 0:
             raise ValueError(f"peek: index counts from the head of the queue and must be "
                              f">= 0, got {index}")
-        if index > _LONG_MAX:
+        if index > LONG_MAX:
             raise OverflowError(f"peek: index {index} does not fit a C long, in which "
-                                f"MSG_COPY takes it (at most {_LONG_MAX})")
+                                f"MSG_COPY takes it (at most {LONG_MAX})")
         return _new(Message, _sc.msgrcv(self._id, None, index, MSG_COPY | IPC_NOWAIT))
 
-    def peek_all(self, attempts: int = _PEEK_ATTEMPTS) -> List[Message]:
+    def peek_all(self, attempts: int = COPY_ATTEMPTS) -> List[Message]:
         """Copies of all queued messages, in order; none is taken.
 
         One call into C copies every message by position (MSG_COPY) between two
@@ -603,11 +522,7 @@ class MessageQueue:
             raise TypeError(f"peek_all: attempts must be an int, not {type(attempts).__name__}")
         if attempts < 1:
             raise ValueError(f"peek_all: attempts must be >= 1, got {attempts}")
-        for _ in range(attempts):
-            copied = _sc._msgcopy_all(self._id)
-            if copied is not None:
-                return _messages(*copied)
-        raise QueueChangedError(self._id, attempts)
+        return copy_all(self._id, attempts)
 
     def __iter__(self) -> Iterator[Message]:
         """Iterates over a snapshot taken by :meth:`peek_all`; consumes nothing."""
@@ -622,28 +537,6 @@ class MessageQueue:
         return True
 
     # ---- the queue itself ------------------------------------------------------------
-
-    def stat(self) -> MsqidDs:
-        """IPC_STAT: owner, mode, counts, limits, pids and times of the queue."""
-        ds: MsqidDs = _sc.msgctl(self._id, IPC_STAT)
-        return ds
-
-    def remove(self) -> None:
-        """Removes the queue (IPC_RMID). Its messages are gone and waiting senders
-        and receivers get ``IdentifierRemovedError``."""
-        _sc.msgctl(self._id, IPC_RMID)
-        self._removed = True
-
-    def __enter__(self) -> MessageQueue:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self._created and not self._removed and os.getpid() == self._creator_pid:
-            try:
-                self.remove()
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.EIDRM):  # already removed by another
-                    raise
 
 
 def _receive_flags(call: str, mtype: Any, except_type: bool, maxsize: Optional[int],

@@ -30,6 +30,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Uni
 import psutil
 
 from . import syscalls as sc
+from .errors import GONE_ERRNOS, NamespaceReturnError
 from .syscalls import MsqidDs, SemidDs
 
 __all__ = [
@@ -47,25 +48,8 @@ NamespaceId = Tuple[int, int]
 """A namespace's identity: the (st_dev, st_ino) of its ``/proc/.../ns/ipc`` file."""
 
 _SELF = "/proc/thread-self/ns/ipc"
-_UNUSED = (errno.EINVAL, errno.EIDRM)  # an index nothing is at (any more)
+_UNUSED = GONE_ERRNOS  # an index nothing is at (any more)
 _DS = TypeVar("_DS", MsqidDs, SemidDs)
-
-
-class NamespaceReturnError(RuntimeError):
-    """The thread could not be moved back into its own IPC namespace.
-
-    The thread is left inside the namespace it had entered: every IPC call it
-    makes from now on acts there. Attributes: ``pid`` (whose namespace was
-    entered) and ``stuck_in`` (the :data:`NamespaceId` the thread is in).
-    """
-
-    def __init__(self, pid: int, stuck_in: Optional[NamespaceId], cause: OSError) -> None:
-        super().__init__(
-            f"could not move this thread back to its own IPC namespace after entering the "
-            f"namespace of pid {pid} ({cause}); the thread is STILL in the namespace of "
-            f"pid {pid} and its IPC calls act there")
-        self.pid = pid
-        self.stuck_in = stuck_in
 
 
 def _ns_path(pid: Optional[int]) -> str:

@@ -31,7 +31,6 @@ fixtures fail, with the shim's ImportError.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,9 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 import psutil
 import pytest
+
+from ._limits import unsigned_key
+from .errors import gone
 
 if TYPE_CHECKING:
     from .msg import Message, MessageQueue
@@ -56,7 +58,6 @@ __all__ = [
 _NS_PATH = "/proc/thread-self/ns/ipc"  # the calling thread's, which is what moves
 _PROC_MSG = "/proc/sysvipc/msg"
 _PROC_SEM = "/proc/sysvipc/sem"
-_GONE = (errno.EINVAL, errno.EIDRM)
 _SETTLE = 0.2  # seconds before a leak suspected by uid alone is looked at again
 # IPC_PRIVATE is the key 0 on every Linux ABI; spelt out so that a default argument
 # below does not need the shim when the plugin is loaded.
@@ -287,11 +288,11 @@ def _snapshot() -> Dict[Tuple[str, int], IpcObject]:
     """Every queue and semaphore set in the calling thread's IPC namespace."""
     found: Dict[Tuple[str, int], IpcObject] = {}
     for row in _read_table(_PROC_MSG):
-        obj = IpcObject("queue", row["msqid"], row["key"] & 0xFFFFFFFF, row["perms"] & 0o777,
+        obj = IpcObject("queue", row["msqid"], unsigned_key(row["key"]), row["perms"] & 0o777,
                         row["cuid"], row["qnum"], (row["lspid"], row["lrpid"]))
         found[obj.kind, obj.id] = obj
     for row in _read_table(_PROC_SEM):
-        obj = IpcObject("semset", row["semid"], row["key"] & 0xFFFFFFFF, row["perms"] & 0o777,
+        obj = IpcObject("semset", row["semid"], unsigned_key(row["key"]), row["perms"] & 0o777,
                         row["cuid"], row["nsems"])
         found[obj.kind, obj.id] = obj
     return found
@@ -603,7 +604,7 @@ class IpcFactory:
                 if made.ns.is_current():
                     made.obj.remove()
             except OSError as e:
-                if e.errno not in _GONE:
+                if not gone(e):
                     failures.append(str(e))
             finally:
                 made.ns.close()

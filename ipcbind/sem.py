@@ -21,15 +21,15 @@ import operator
 from errno import EINVAL
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import IdentifierRemovedError, timeout_error
+from ._base import IpcObject, _integer
+from ._limits import SEMVMX, unsigned_key
+from .errors import timeout_error
 from .syscalls import (
     GETALL,
     GETNCNT,
     GETPID,
     GETVAL,
     GETZCNT,
-    IPC_CREAT,
-    IPC_EXCL,
     IPC_NOWAIT,
     IPC_PRIVATE,
     IPC_RMID,
@@ -51,28 +51,11 @@ from .syscalls import (
 
 __all__ = ["SemaphoreSet", "Semaphore", "SEMVMX"]
 
-SEMVMX = 32767
-"""The largest value a semaphore can hold (a kernel constant)."""
-
-_KEY_MASK = 0xFFFFFFFF
-
 # The usual delta. Compared by identity in acquire and release: CPython keeps one
 # object for each small int, so the common call skips the type and range checks
 # with a single comparison, and anything else (True, 1.0, another int type) takes
 # the checked path.
 _ONE = 1
-
-
-def _integer(what: str, value: Any) -> int:
-    """value as an int, or a TypeError that names ``what``."""
-    if type(value) is int:
-        return value
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an integer, not bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
 
 
 def _amount(what: str, delta: Any) -> int:
@@ -83,15 +66,7 @@ def _amount(what: str, delta: Any) -> int:
     return amount
 
 
-def _mode(mode: Any) -> int:
-    bits = _integer("mode", mode)
-    # Anything above the permission bits would reach semget as a flag (IPC_CREAT...).
-    if not 0 <= bits <= 0o777:
-        raise ValueError(f"mode must be permission bits (0..0o777), got {bits:#o}")
-    return bits
-
-
-class SemaphoreSet:
+class SemaphoreSet(IpcObject[SemidDs]):
     """A System V semaphore set.
 
     Make one with :meth:`create`, :meth:`open` or :meth:`from_id`. ``len(s)`` is the
@@ -99,8 +74,10 @@ class SemaphoreSet:
     :class:`Semaphore` at index ``i``, and iterating yields every semaphore in order.
 
     As a context manager the set removes itself on exit, but only if this object
-    created it (:attr:`created`) and has not removed it already: a set that was
-    merely opened belongs to someone else and is left alone.
+    created it (:attr:`created`), in the process that created it (not in a forked
+    child), and has not removed it already: a set that was merely opened belongs to
+    someone else and is left alone. :meth:`remove` (IPC_RMID) wakes every process
+    waiting on the set with ``IdentifierRemovedError``.
 
     Example::
 
@@ -110,15 +87,28 @@ class SemaphoreSet:
                 ...
     """
 
-    __slots__ = ("_id", "_key", "_nsems", "_created", "_removed")
+    __slots__ = ("_nsems",)
+    _kind = "semaphore set"
+    _id_name = "semid"
 
-    def __init__(self, semid: int, key: int, nsems: Optional[int], created: bool) -> None:
+    def __init__(self, semid: int, key: Optional[int] = None, nsems: Optional[int] = None,
+                 created: bool = False) -> None:
         """Wrap an existing identifier; use :meth:`create`, :meth:`open` or :meth:`from_id`."""
-        self._id = semid
-        self._key = key & _KEY_MASK
+        super().__init__(semid, key, created)
         self._nsems = nsems
-        self._created = created
-        self._removed = False
+
+    @staticmethod
+    def _stat_id(ident: int) -> SemidDs:
+        ds: SemidDs = semctl(ident, 0, IPC_STAT)
+        return ds
+
+    @staticmethod
+    def _remove_id(ident: int) -> None:
+        semctl(ident, 0, IPC_RMID)
+
+    def _learn(self, ds: SemidDs) -> None:
+        super()._learn(ds)
+        self._nsems = ds.nsems
 
     # ---- making one ----------------------------------------------------------------
 
@@ -152,39 +142,26 @@ class SemaphoreSet:
         nsems = _integer("nsems", nsems)
         if nsems < 1:
             raise ValueError(f"nsems must be >= 1, got {nsems}")
-        mode = _mode(mode)
         initial = None if values is None else cls._checked_values(values, nsems)
-        key = _integer("key", key)
-        if key == IPC_PRIVATE:
-            semid, created = semget(IPC_PRIVATE, nsems, IPC_CREAT | mode), True
-        else:
-            semid, created = cls._create_or_open(key, nsems, mode, exclusive)
+
+        def get(key: int, flags: int) -> int:
+            try:
+                return semget(key, nsems, flags)
+            except OSError as e:
+                if flags or e.errno != EINVAL:
+                    raise
+                have = semctl(semget(key, 0), 0, IPC_STAT).nsems
+                raise OSError(EINVAL, f"semget(key={unsigned_key(key):#x}): the existing set "
+                                      f"has {have} semaphores, fewer than nsems={nsems}") from None
+
+        semid, k, created = cls._get(key, mode, exclusive, get)
         if created and initial is not None:
             try:
                 semctl(semid, 0, SETALL, initial)
             except BaseException:
                 semctl(semid, 0, IPC_RMID)
                 raise
-        return cls(semid, key, nsems if created else None, created)
-
-    @staticmethod
-    def _create_or_open(key: int, nsems: int, mode: int, exclusive: bool) -> Tuple[int, bool]:
-        while True:
-            try:
-                return semget(key, nsems, IPC_CREAT | IPC_EXCL | mode), True
-            except FileExistsError:
-                if exclusive:
-                    raise
-            try:
-                return semget(key, nsems), False
-            except FileNotFoundError:
-                continue  # removed between the two calls: try to create it again
-            except OSError as e:
-                if e.errno != EINVAL:
-                    raise
-                have = semctl(semget(key, 0), 0, IPC_STAT).nsems
-                raise OSError(EINVAL, f"semget(key={key & _KEY_MASK:#x}): the existing set "
-                                      f"has {have} semaphores, fewer than nsems={nsems}") from None
+        return cls(semid, k, nsems if created else None, created)
 
     @staticmethod
     def _checked_values(values: Sequence[int], nsems: int) -> List[int]:
@@ -210,41 +187,9 @@ class SemaphoreSet:
             ValueError: ``key`` is IPC_PRIVATE (which names no existing set).
             FileNotFoundError: no set has this key.
         """
-        key = _integer("key", key)
-        if key == IPC_PRIVATE:
-            raise ValueError("open needs a key: IPC_PRIVATE names no existing set "
-                             "(use create, or from_id with an identifier)")
-        return cls(semget(key, 0), key, None, False)
-
-    @classmethod
-    def from_id(cls, semid: int) -> SemaphoreSet:
-        """Wrap the existing set with identifier ``semid`` (as ``ipcs -s`` shows it).
-
-        The set is checked with IPC_STAT, which needs read permission.
-
-        Raises:
-            OSError: EINVAL if no set has this identifier, EACCES without read permission.
-        """
-        semid = _integer("semid", semid)
-        ds = semctl(semid, 0, IPC_STAT)
-        return cls(semid, ds.key, ds.nsems, False)
+        return cls(*cls._open_key(key, lambda k, flags: semget(k, 0, flags)))
 
     # ---- what it is ------------------------------------------------------------------
-
-    @property
-    def id(self) -> int:
-        """The kernel's identifier (semid)."""
-        return self._id
-
-    @property
-    def key(self) -> int:
-        """The key, unsigned as ``ipcs`` prints it (0 for IPC_PRIVATE)."""
-        return self._key
-
-    @property
-    def created(self) -> bool:
-        """True if this object created the set (and so removes it on ``with`` exit)."""
-        return self._created
 
     def __len__(self) -> int:
         if self._nsems is None:
@@ -267,21 +212,8 @@ class SemaphoreSet:
     def __iter__(self) -> Iterator[Semaphore]:
         return (Semaphore(self, i) for i in range(len(self)))
 
-    def __repr__(self) -> str:
-        size = "" if self._nsems is None else f", nsems={self._nsems}"
-        return f"<SemaphoreSet id={self._id} key={self._key:#x}{size}>"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, SemaphoreSet):
-            return self._id == other._id
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._id)
-
-    def __reduce__(self) -> Tuple[Any, Tuple[int]]:
-        # Another process gets the set by id, as one it did not create.
-        return (SemaphoreSet.from_id, (self._id,))
+    def _repr_extra(self) -> str:
+        return "" if self._nsems is None else f" nsems={self._nsems}"
 
     # ---- operations --------------------------------------------------------------------
 
@@ -346,31 +278,6 @@ class SemaphoreSet:
     @values.setter
     def values(self, values: Sequence[int]) -> None:
         semctl(self._id, 0, SETALL, self._checked_values(values, len(self)))
-
-    def stat(self) -> SemidDs:
-        """The set's ``semid_ds`` (IPC_STAT): owner, mode, nsems, last op and change times."""
-        ds: SemidDs = semctl(self._id, 0, IPC_STAT)
-        return ds
-
-    def remove(self) -> None:
-        """Remove the set (IPC_RMID). Processes waiting on it get IdentifierRemovedError."""
-        semctl(self._id, 0, IPC_RMID)
-        self._removed = True
-
-    def __enter__(self) -> SemaphoreSet:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if not self._created or self._removed:
-            return
-        try:
-            self.remove()
-        except IdentifierRemovedError:
-            pass
-        except OSError as e:
-            # Already removed by another process: what this exit wanted is done.
-            if e.errno != EINVAL:
-                raise
 
 
 class Semaphore:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import syscalls
-from .errors import NotSupportedError, OutOfRangeError, TooBigError, syscall_error
+from ._limits import INT_MAX, SEMADJ_MAX, SEMADJ_MIN
+from .errors import OutOfRangeError, SemundoNotSupportedError, TooBigError, gone, syscall_error
 from .syscalls import GETALL, IPC_INFO, IPC_NOWAIT, IPC_STAT, SEM_UNDO
 
 __all__ = [
@@ -39,9 +40,6 @@ Semundo = Dict[int, List[int]]
 
 PathArg = Union[str, "os.PathLike[str]"]
 
-SHRT_MIN = -(2 ** 15)
-SHRT_MAX = 2 ** 15 - 1
-_INT_MAX = 2 ** 31 - 1
 _TOKEN = re.compile(rb"[+-]?[0-9]+")
 # Numbers with more significant digits fit neither a semid nor an adjustment.
 _DIGITS = 40
@@ -51,27 +49,6 @@ _SHOWN = 80
 # GETALL and our semop, the planned order may no longer fit and the call fails
 # without effect. A few fresh attempts make that race practically invisible.
 _ATTEMPTS = 5
-
-
-class SemundoNotSupportedError(NotSupportedError):
-    """ENOSYS: the kernel has no ``/proc/<pid>/semundo`` (no mainline kernel has it).
-
-    Attributes:
-        filename: the path that does not exist.
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__(
-            errno.ENOSYS,
-            "this kernel does not provide /proc/<pid>/semundo (proposed in 2008, never "
-            "merged into mainline); tracked_semundo() tells the undo state this process "
-            "made through ipcbind, and restore_semundo() recreates undo state without "
-            "the file",
-            path,
-        )
-
-    def __reduce__(self) -> Tuple[Any, Tuple[str]]:
-        return type(self), (self.filename,)
 
 
 # ---- the file -----------------------------------------------------------------------
@@ -163,14 +140,14 @@ def _parse(path: str, raw: bytes) -> Semundo:
                 raise bad(f"the {len(tok)}-character number {word[:12]}... is far outside "
                           "any valid range")
         semid, values = _number(tokens[0]), [_number(t) for t in tokens[1:]]
-        if not 0 <= semid <= _INT_MAX:
-            raise bad(f"semid {semid} is not a valid identifier (0..{_INT_MAX})")
+        if not 0 <= semid <= INT_MAX:
+            raise bad(f"semid {semid} is not a valid identifier (0..{INT_MAX})")
         if not values:
             raise bad(f"semid {semid} has no adjustment (one per semaphore is needed)")
         for i, v in enumerate(values):
-            if not SHRT_MIN <= v <= SHRT_MAX:
+            if not SEMADJ_MIN <= v <= SEMADJ_MAX:
                 raise bad(f"adjustment {v} of semaphore {i} is outside the C short range "
-                          f"{SHRT_MIN}..{SHRT_MAX}")
+                          f"{SEMADJ_MIN}..{SEMADJ_MAX}")
         if semid in first_seen:
             raise bad(f"semid {semid} already appeared on line {first_seen[semid]}")
         first_seen[semid] = lineno
@@ -195,8 +172,8 @@ def _check_entries(call: str, entries: Mapping[int, Sequence[int]]) -> Semundo:
         if isinstance(semid, bool) or not isinstance(semid, int):
             raise TypeError(f"{call}: semid must be an int, not {type(semid).__name__} "
                             f"({semid!r})")
-        if not 0 <= semid <= _INT_MAX:
-            raise ValueError(f"{call}: semid {semid} is not a valid identifier (0..{_INT_MAX})")
+        if not 0 <= semid <= INT_MAX:
+            raise ValueError(f"{call}: semid {semid} is not a valid identifier (0..{INT_MAX})")
         if isinstance(adjs, (str, bytes, bytearray)) or not isinstance(adjs, Sequence):
             raise TypeError(f"{call}: set {semid}: adjustments must be a list of int, "
                             f"not {type(adjs).__name__}")
@@ -207,9 +184,9 @@ def _check_entries(call: str, entries: Mapping[int, Sequence[int]]) -> Semundo:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{call}: set {semid}, semaphore {i}: adjustment must be an "
                                 f"int, not {type(v).__name__} ({v!r})")
-            if not SHRT_MIN <= v <= SHRT_MAX:
+            if not SEMADJ_MIN <= v <= SEMADJ_MAX:
                 raise ValueError(f"{call}: set {semid}, semaphore {i}: adjustment {v} is "
-                                 f"outside the C short range {SHRT_MIN}..{SHRT_MAX}")
+                                 f"outside the C short range {SEMADJ_MIN}..{SEMADJ_MAX}")
             values.append(v)
         clean[semid] = values
     return clean
@@ -310,7 +287,7 @@ def _overflowing(semid: int, adjs: List[int], semvmx: int) -> Optional[int]:
     for num, adj in enumerate(adjs):
         if not adj:
             continue
-        probe = _pairs(num, adj, values[num], semvmx) + [(num, SHRT_MIN, IPC_NOWAIT)]
+        probe = _pairs(num, adj, values[num], semvmx) + [(num, SEMADJ_MIN, IPC_NOWAIT)]
         try:
             syscalls.semop(semid, probe)
         except OSError as e:
@@ -335,7 +312,7 @@ def _adjust(call: str, semid: int, adjs: List[int], semvmx: int) -> None:
                     errno.ERANGE,
                     f"{call}: set {semid}, semaphore {num}: the semadj this process holds "
                     f"there plus {adjs[num]} would leave the C short range "
-                    f"{SHRT_MIN}..{SHRT_MAX}; nothing was changed in this set") from e
+                    f"{SEMADJ_MIN}..{SEMADJ_MAX}; nothing was changed in this set") from e
             last = e
     raise syscall_error(err, f"{call}: set {semid}: the semaphore values kept changing "
                              f"under {_ATTEMPTS} attempts; nothing was changed in this "
@@ -347,7 +324,7 @@ def _existing_nsems(call: str, semid: int) -> int:
         return int(syscalls.semctl(semid, 0, IPC_STAT).nsems)
     except OSError as e:
         err = e.errno or 0
-        hint = " (no such semaphore set)" if err in (errno.EINVAL, errno.EIDRM) else ""
+        hint = " (no such semaphore set)" if gone(e) else ""
         raise syscall_error(err, f"{call}: set {semid}{hint}") from e
 
 
@@ -462,7 +439,7 @@ def tracked_semundo() -> Semundo:
         try:
             nsems = syscalls.semctl(semid, 0, IPC_STAT).nsems
         except OSError as e:
-            if e.errno in (errno.EINVAL, errno.EIDRM):
+            if gone(e):
                 syscalls._ledger_drop(semid)
                 continue
             if e.errno not in (errno.EACCES, errno.EPERM):

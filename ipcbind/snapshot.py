@@ -34,10 +34,12 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import (IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set,
-                    Tuple, Union)
+                    Tuple, TypeVar, Union)
 
 from . import syscalls as sc
-from .errors import QueueChangedError
+from ._limits import INT_MAX, SEMVMX, U32_MAX, msgmax
+from .errors import FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError, gone
+from .msg import COPY_ATTEMPTS, copy_all
 from .namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
                         namespace_pids)
 
@@ -67,9 +69,7 @@ FORMAT = "ipcbind-snapshot"
 VERSION = 1
 """The snapshot file format version this ipcbind writes and reads."""
 
-SEMVMX = 32767
 _MTYPE_MAX = 2 ** 63 - 1
-_U32 = 2 ** 32 - 1
 _FREEZE_WAIT = 10.0
 # ASCII digits only: \d would also take other scripts' digits.
 _TAKEN_AT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
@@ -156,34 +156,6 @@ class Restored:
     semaphore_sets: Tuple[int, ...]
 
 
-class SnapshotFormatError(ValueError):
-    """A snapshot file that is damaged, foreign, or of a version this ipcbind cannot read."""
-
-
-class RestoreError(RuntimeError):
-    """A restore failed; everything it had created was removed again.
-
-    ``leftovers`` names what could not be removed (normally empty).
-    """
-
-    def __init__(self, message: str, leftovers: Sequence[str] = ()) -> None:
-        if leftovers:
-            message += "; COULD NOT REMOVE: " + ", ".join(leftovers)
-        super().__init__(message)
-        self.leftovers = tuple(leftovers)
-
-
-class RestoreConflictError(RestoreError):
-    """The namespace already holds an object with an id or key the snapshot needs.
-
-    Nothing was created.
-    """
-
-
-class FreezeError(RuntimeError):
-    """The namespace's processes could not be frozen, or not all could be thawed."""
-
-
 # ---- reading a namespace ------------------------------------------------------------
 
 def _read_int(name: str) -> int:
@@ -214,52 +186,45 @@ def _write_limits(limits: Limits) -> None:
     _write_proc("sem", f"{limits.semmsl} {limits.semmns} {limits.semopm} {limits.semmni}")
 
 
-def _gone(e: OSError) -> bool:
-    """Whether an error says the object was removed meanwhile."""
-    return e.errno in (errno.EINVAL, errno.EIDRM)
-
-
 def _unreadable(kind: str, ident: int, e: PermissionError) -> PermissionError:
     return PermissionError(e.errno, f"snapshot: no read permission on {kind} {ident} "
                            "(reading every object needs root or CAP_IPC_OWNER)")
 
 
+_State = TypeVar("_State")
+
+
+def _read(kind: str, ident: int, read: Callable[[], _State]) -> Optional[_State]:
+    """``read()``, or None if the object went meanwhile; without read permission
+    the error names the object."""
+    try:
+        return read()
+    except PermissionError as e:
+        raise _unreadable(kind, ident, e) from None
+    except OSError as e:
+        if gone(e):
+            return None
+        raise
+
+
 def _read_queue(msqid: int, retries: int) -> Optional[QueueState]:
-    for _ in range(retries):
-        try:
-            ds = sc.msgctl(msqid, sc.IPC_STAT)
-            copied = sc._msgcopy_all(msqid)
-        except PermissionError as e:
-            raise _unreadable("queue", msqid, e) from None
-        except OSError as e:
-            if _gone(e):
-                return None
-            raise
-        if copied is None:
-            continue
-        mtypes, text, ends = copied
-        messages = []
-        start = 0
-        for mtype, end in zip(mtypes, ends):
-            messages.append((mtype, text[start:end]))
-            start = end
-        return QueueState(msqid, ds.key & _U32, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
-                          ds.qbytes, tuple(messages))
-    raise QueueChangedError(msqid, retries)
+    def read() -> QueueState:
+        ds = sc.msgctl(msqid, sc.IPC_STAT)
+        messages = tuple(copy_all(msqid, retries))
+        return QueueState(msqid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode, ds.qbytes,
+                          messages)
+
+    return _read("queue", msqid, read)
 
 
 def _read_semset(semid: int) -> Optional[SemaphoreSetState]:
-    try:
+    def read() -> SemaphoreSetState:
         ds = sc.semctl(semid, 0, sc.IPC_STAT)
-        values = sc.semctl(semid, 0, sc.GETALL)
-    except PermissionError as e:
-        raise _unreadable("semaphore set", semid, e) from None
-    except OSError as e:
-        if _gone(e):
-            return None
-        raise
-    return SemaphoreSetState(semid, ds.key & _U32, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
-                             tuple(values))
+        values = tuple(sc.semctl(semid, 0, sc.GETALL))
+        return SemaphoreSetState(semid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode,
+                                 values)
+
+    return _read("semaphore set", semid, read)
 
 
 def _need_callable(call: str, progress: Optional[Progress]) -> None:
@@ -268,7 +233,7 @@ def _need_callable(call: str, progress: Optional[Progress]) -> None:
                         f"or None, not {type(progress).__name__}")
 
 
-def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 3,
+def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = COPY_ATTEMPTS,
              progress: Optional[Progress] = None) -> Snapshot:
     """Read every queue and semaphore set of a namespace, taking nothing.
 
@@ -585,8 +550,8 @@ class _Restorer:
         self.old_limits: Optional[Limits] = None
 
     def check_conflicts(self) -> None:
-        have_q = {i: ds.key & _U32 for i, ds in list_queues()}
-        have_s = {i: ds.key & _U32 for i, ds in list_semaphore_sets()}
+        have_q = {i: ds.key for i, ds in list_queues()}
+        have_s = {i: ds.key for i, ds in list_semaphore_sets()}
         clashes = []
         for kind, have, wanted in (("queue", have_q, self.snap.queues),
                                    ("semaphore set", have_s, self.snap.semaphore_sets)):
@@ -652,7 +617,7 @@ class _Restorer:
             size = len(q.messages[i][1]) if i < len(q.messages) else 0
             hint = ""
             if e.errno == errno.EINVAL:
-                hint = (f" (larger than msgmax {_read_int('msgmax')}? restore with the "
+                hint = (f" (larger than msgmax {msgmax()}? restore with the "
                         "snapshot's limits)")
             raise OSError(e.errno, f"queue {q.id}: message {i} ({size} bytes): "
                           f"{e.strerror}{hint}") from None
@@ -965,7 +930,7 @@ class _Checker:
         return int(self.text(v, where, r"0[0-7]{3}"), 8)
 
     def owner(self, o: Mapping[str, Any], where: str) -> Tuple[int, int, int, int]:
-        return tuple(self.integer(o[f], f"{where}.{f}", 0, _U32)  # type: ignore[return-value]
+        return tuple(self.integer(o[f], f"{where}.{f}", 0, U32_MAX)  # type: ignore[return-value]
                      for f in ("uid", "gid", "cuid", "cgid"))
 
     def queue(self, v: Any, where: str) -> QueueState:
@@ -976,7 +941,7 @@ class _Checker:
             at = f"{where}.messages[{i}]"
             m = self.obj(m, at, ("type", "size", "data"))
             mtype = self.integer(m["type"], f"{at}.type", 1, _MTYPE_MAX)
-            size = self.integer(m["size"], f"{at}.size", 0, 2 ** 31 - 1)
+            size = self.integer(m["size"], f"{at}.size", 0, INT_MAX)
             encoded = self.text(m["data"], f"{at}.data", r"[A-Za-z0-9+/]*={0,2}")
             try:
                 data = base64.b64decode(encoded, validate=True)
@@ -989,7 +954,7 @@ class _Checker:
             if len(data) != size:
                 raise self.fail(at, f"size says {size} bytes but data holds {len(data)}")
             messages.append((mtype, data))
-        return QueueState(self.integer(o["id"], f"{where}.id", 0, 2 ** 31 - 1),
+        return QueueState(self.integer(o["id"], f"{where}.id", 0, INT_MAX),
                           self.key(o["key"], f"{where}.key"), *self.owner(o, where),
                           self.mode(o["mode"], f"{where}.mode"),
                           self.integer(o["qbytes"], f"{where}.qbytes", 0, 2 ** 63 - 1),
@@ -1001,7 +966,7 @@ class _Checker:
         if not values:
             raise self.fail(f"{where}.values", "a set has at least one semaphore")
         return SemaphoreSetState(
-            self.integer(o["id"], f"{where}.id", 0, 2 ** 31 - 1),
+            self.integer(o["id"], f"{where}.id", 0, INT_MAX),
             self.key(o["key"], f"{where}.key"),
             *self.owner(o, where), self.mode(o["mode"], f"{where}.mode"),
             tuple(self.integer(x, f"{where}.values[{i}]", 0, SEMVMX) for i, x in enumerate(values)))
@@ -1011,9 +976,9 @@ class _Checker:
         sem = self.listof(o["sem"], "limits.sem")
         if len(sem) != 4:
             raise self.fail("limits.sem", f"must hold 4 numbers, not {len(sem)}")
-        return Limits(*(self.integer(o[f], f"limits.{f}", 0, 2 ** 31 - 1)
+        return Limits(*(self.integer(o[f], f"limits.{f}", 0, INT_MAX)
                         for f in ("msgmax", "msgmnb", "msgmni")),
-                      *(self.integer(x, f"limits.sem[{i}]", 0, 2 ** 31 - 1)
+                      *(self.integer(x, f"limits.sem[{i}]", 0, INT_MAX)
                         for i, x in enumerate(sem)))
 
     @staticmethod
@@ -1046,7 +1011,7 @@ class _Checker:
         ns = self.obj(o["namespace"], "namespace", ("inode", "pid"))
         pid = ns["pid"]
         if pid is not None:
-            pid = self.integer(pid, "namespace.pid", 1, 2 ** 31 - 1)
+            pid = self.integer(pid, "namespace.pid", 1, INT_MAX)
         frozen = o["frozen"]
         if frozen is not None:
             frozen = self.text(frozen, "frozen", r"cgroup|sigstop|cgroup\+sigstop")

@@ -28,6 +28,7 @@ except ModuleNotFoundError as e:  # the unbuilt source tree, e.g. python -m from
         f"ipcbind's compiled shim is missing from {__file__.rsplit('/', 1)[0]}: that is the "
         "source tree, not a built copy. Run from another directory to use the installed "
         "ipcbind, or build it in place with 'pip install -e .'") from e
+from ._limits import C_RANGES, INT_MAX, KEY_MASK, unsigned_key
 from .errors import syscall_error, timeout_error
 
 __all__ = [
@@ -77,7 +78,8 @@ Buffer = Union[bytes, bytearray, memoryview, Any]
 
 @dataclass(frozen=True)
 class MsqidDs:
-    """A message queue's ``struct msqid_ds`` (what IPC_STAT returns)."""
+    """A message queue's ``struct msqid_ds`` (what IPC_STAT returns). ``key`` is
+    unsigned (0..2**32-1), as ``ipcs`` prints it."""
 
     __slots__ = ("key", "uid", "gid", "cuid", "cgid", "mode", "qnum", "cbytes", "qbytes",
                  "lspid", "lrpid", "stime", "rtime", "ctime")
@@ -99,7 +101,8 @@ class MsqidDs:
 
 @dataclass(frozen=True)
 class SemidDs:
-    """A semaphore set's ``struct semid_ds`` (what IPC_STAT returns)."""
+    """A semaphore set's ``struct semid_ds`` (what IPC_STAT returns). ``key`` is
+    unsigned (0..2**32-1), as ``ipcs`` prints it."""
 
     __slots__ = ("key", "uid", "gid", "cuid", "cgid", "mode", "nsems", "otime", "ctime")
     key: int
@@ -153,14 +156,14 @@ _PERM_BITS = 0o777
 
 def _msqid_ds(ds: Any) -> MsqidDs:
     p = ds.msg_perm
-    return MsqidDs(p.__key, p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.msg_qnum,
+    return MsqidDs(unsigned_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.msg_qnum,
                    ds.__msg_cbytes, ds.msg_qbytes, ds.msg_lspid, ds.msg_lrpid, ds.msg_stime,
                    ds.msg_rtime, ds.msg_ctime)
 
 
 def _semid_ds(ds: Any) -> SemidDs:
     p = ds.sem_perm
-    return SemidDs(p.__key, p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.sem_nsems,
+    return SemidDs(unsigned_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.sem_nsems,
                    ds.sem_otime, ds.sem_ctime)
 
 
@@ -169,16 +172,6 @@ def _fields(cls: Any, cdata: Any) -> Any:
 
 
 # ---- argument checks (only reached when cffi refused an argument) -----------------
-
-def _limits(ctype: str) -> Tuple[int, int]:
-    bits = 8 * ffi.sizeof(ctype)
-    if ctype.startswith("unsigned") or ctype == "size_t":
-        return 0, 2 ** bits - 1
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-_LIMITS = {c: _limits(c) for c in ("int", "long", "short", "unsigned short", "size_t")}
-
 
 def _index(call: str, name: str, value: Any) -> int:
     """value as a Python int, or TypeError naming the argument."""
@@ -194,7 +187,7 @@ def _index(call: str, name: str, value: Any) -> int:
 def _check_int(call: str, name: str, value: Any, ctype: str) -> None:
     """Raise TypeError or OverflowError, naming the argument, if value can't be a C ctype."""
     value = _index(call, name, value)
-    lo, hi = _LIMITS[ctype]
+    lo, hi = C_RANGES[ctype]
     if not lo <= value <= hi:
         raise OverflowError(f"{call}: {name}={value} does not fit a C {ctype} ({lo}..{hi})")
 
@@ -266,16 +259,26 @@ def _failure(err: int, call: str, timeout: Optional[float]) -> OSError:
 
 # ---- message queues -----------------------------------------------------------------
 
+_PROJ_IDS = range(1, 256)
+
+
 def ftok(path: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"], proj_id: int) -> int:
-    """ftok(3): a System V key from an existing file and a project id (low 8 bits used)."""
+    """ftok(3): a System V key from an existing file and a project id, 1..255.
+
+    ftok uses only the low 8 bits of ``proj_id`` (256 would give the key of 0) and
+    POSIX leaves 0 unspecified, so anything outside 1..255 is refused with
+    ``ValueError`` rather than silently folded onto another key.
+    """
     raw = os.fsencode(path)
     if b"\0" in raw:
         raise ValueError("ftok: path contains a NUL byte")
+    proj = _index("ftok", "proj_id", proj_id)
+    _check_int("ftok", "proj_id", proj, "int")
+    if proj not in _PROJ_IDS:
+        raise ValueError(f"ftok: proj_id must be in 1..255 (ftok keeps only its low 8 bits, "
+                         f"and 0 is unspecified), got {proj}")
     key = ffi.new("key_t *")
-    try:
-        err = lib.ipcb_ftok(raw, proj_id, key)
-    except (TypeError, OverflowError) as e:
-        raise _explain("ftok", e, proj_id=(proj_id, "int")) from None
+    err = lib.ipcb_ftok(raw, proj, key)
     if err:
         raise OSError(err, f"ftok(proj_id={proj_id}): {os.strerror(err)}", os.fsdecode(raw))
     return int(key[0])
@@ -283,8 +286,8 @@ def ftok(path: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"], proj
 
 def _key(call: str, key: int) -> int:
     """key_t is a C int; keys are often written as unsigned hex (ipcs shows 0x8badf00d)."""
-    if isinstance(key, int) and not isinstance(key, bool) and 2 ** 31 <= key < 2 ** 32:
-        return key - 2 ** 32
+    if isinstance(key, int) and not isinstance(key, bool) and INT_MAX < key <= KEY_MASK:
+        return key - (KEY_MASK + 1)
     _check_int(call, "key", key, "int")
     return key
 

@@ -93,6 +93,18 @@ def test_ftok_combines_proj_id_device_and_inode(tmp_path: Path) -> None:
     assert ipc.ftok(f, 0x42) != expect
 
 
+@pytest.mark.parametrize("proj_id", [0, 256, -1, 0x141])
+def test_ftok_refuses_a_proj_id_outside_1_to_255_naming_it_and_its_range(
+        tmp_path: Path, proj_id: int) -> None:
+    with pytest.raises(ValueError, match=r"proj_id must be in 1\.\.255.*got " + str(proj_id)):
+        ipc.ftok(tmp_path, proj_id)
+
+
+def test_ftok_takes_every_proj_id_from_1_to_255(tmp_path: Path) -> None:
+    keys = {ipc.ftok(tmp_path, p) for p in range(1, 256)}
+    assert len(keys) == 255
+
+
 def test_ftok_on_a_missing_path_is_filenotfounderror_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     with pytest.raises(FileNotFoundError) as e:

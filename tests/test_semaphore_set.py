@@ -694,14 +694,16 @@ def test_acquire_without_alter_permission_raises_permission_error(make_set):
 
 
 @needs_root
-def test_from_id_without_read_permission_raises_permission_error(make_set):
+def test_from_id_without_read_permission_wraps_the_set_and_reading_it_raises_permission_error(
+        make_set):
     s = make_set(mode=0o600)
 
     def as_nobody() -> int:
+        other = SemaphoreSet.from_id(s.id)
         try:
-            SemaphoreSet.from_id(s.id)
+            other.values
         except PermissionError:
-            return 0
+            return 0 if other.id == s.id else 2
         return 1
 
     assert run_in_child(as_nobody, uid=NOBODY) == 0
