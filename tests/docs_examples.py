@@ -18,9 +18,11 @@ An HTML comment right before the block says what it needs, ``;``-separated:
 given to the example by the setups of tests/test_docs_examples.py. ``pytest``: the
 block is a test module, run by pytest. ``skip=REASON``: shown, never run.
 
-Run as a script (``python docs_examples.py FILE LINE``, the names of the setups as JSON
-on stdin) it runs the block that starts at LINE of FILE and exits non-zero on a failed
-claim; tests/test_docs_examples.py does that for each block, in a process of its own.
+Run as a script (``python docs_examples.py FILE LINE [--alone]``, the names of the
+setups as JSON on stdin) it runs the block that starts at LINE of FILE and exits
+non-zero on a failed claim; with ``--alone`` (in an IPC namespace of its own) also if
+the block left an object in it. tests/test_docs_examples.py does that for each block,
+in a process of its own.
 """
 
 from __future__ import annotations
@@ -255,10 +257,23 @@ def run(example: Example, names: Dict[str, Any]) -> None:
         raise ClaimFailed(f"{where}: the claims on lines {never} were never reached")
 
 
+def _objects_left() -> List[str]:
+    """The IPC objects of the calling process's namespace, one line of /proc/sysvipc each."""
+    left = []
+    for kind in ("msg", "sem", "shm"):
+        with open(f"/proc/sysvipc/{kind}") as table:
+            left += [f"{kind}: {row.strip()}" for row in table.readlines()[1:]]
+    return left
+
+
 def main(argv: List[str]) -> int:
     path, line = ROOT / argv[1], int(argv[2])
     example = next(e for e in examples(path) if e.line == line)
     run(example, json.loads(sys.stdin.read() or "{}"))
+    left = _objects_left() if "--alone" in argv[3:] else []
+    if left:
+        raise ClaimFailed(f"{example.name} left {len(left)} IPC object(s) behind:\n"
+                          + "\n".join(left))
     return 0
 
 
