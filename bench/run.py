@@ -224,11 +224,77 @@ def case_semaphore(exe: str, cleanup: List[Callable[[], None]]) -> Case:
          "C: semop -1 then +1 with SEM_UNDO"])
 
 
+# ---- shared memory ------------------------------------------------------------------
+
+SHM_SIZES = {"64": 64, "1m": 1 << 20}
+SHM_COPIES = {64: 20000, 1 << 20: 200}  # copies per measurement
+
+
+def compile_shm_copy(workdir: str) -> str:
+    exe = os.path.join(workdir, "shm_copy")
+    if not os.path.exists(exe):
+        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-o", exe,
+                        os.path.join(HERE, "shm_copy.c")], check=True)
+    return exe
+
+
+def case_shm(exe: str, cleanup: List[Callable[[], None]], op: str, size: int) -> Case:
+    """SharedMemory.read or .write of ``size`` bytes at offset 0, against sysv_ipc's
+    and a C memcpy, each on a segment of exactly that size."""
+    shm = ipcbind.SharedMemory.create(size)
+    cleanup.append(shm.remove)
+    mem = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, size=size)
+    cleanup.append(mem.remove)
+    cleanup.append(mem.detach)
+    data = b"x" * size
+    shm.write(data)  # attached, and every page touched, before the clock starts
+    mem.write(data)
+    n = SHM_COPIES[size]
+
+    if op == "read":
+        def ipcbind_loop(n: int) -> None:
+            read = shm.read
+            for _ in range(n):
+                read(size)
+
+        def sysv_loop(n: int) -> None:
+            read = mem.read
+            for _ in range(n):
+                read(size)
+    else:
+        def ipcbind_loop(n: int) -> None:
+            write = shm.write
+            for _ in range(n):
+                write(data)
+
+        def sysv_loop(n: int) -> None:
+            write = mem.write
+            for _ in range(n):
+                write(data)
+
+    shown = f"{size} B" if size < 1024 else f"{size >> 20} MiB"
+    return Case(
+        f"SharedMemory.{op}, {shown}", "copy",
+        {"ipcbind": lambda: timed(ipcbind_loop, n, n),
+         "sysv_ipc": lambda: timed(sysv_loop, n, n),
+         "C": c_loop(compile_shm_copy(os.path.dirname(exe)), op, size, n)},
+        ("ipcbind", "sysv_ipc", 1.0 if size >= 1 << 20 else 1.25),
+        [f"ipcbind: SharedMemory.{op}({'size' if op == 'read' else 'data'}); sysv_ipc: "
+         f"SharedMemory.{op}(...), both attached once; C: memcpy "
+         f"{'out of' if op == 'read' else 'into'} an attached segment "
+         f"{'into' if op == 'read' else 'from'} a buffer made once"
+         + ("; a read makes a new bytes object, as sysv_ipc's does" if op == "read" else "")])
+
+
 CASES = {
     "sndrcv": ("send + receive", case_send_receive, False),
     "batch": ("send_many + receive_many", case_batches, True),
     "peek": ("peek_all", case_peek_all, True),
     "sem": ("acquire + release with undo", case_semaphore, False),
+    **{f"shm{op}{name}": (f"SharedMemory.{op}, {name}",
+                          lambda exe, cleanup, op=op, size=size: case_shm(exe, cleanup, op, size),
+                          False)
+       for op in ("read", "write") for name, size in SHM_SIZES.items()},
 }
 """name -> (title, builder, needs queues larger than the default msgmnb)."""
 

@@ -3,6 +3,9 @@
     python examples/peek.py MSQID        # a queue that exists (ipcs -q lists them)
     python examples/peek.py              # a demo queue of its own, removed afterwards
 
+Exit status: 0 shown, 1 failed, 2 not a queue id, 3 no queue with that id, as
+for the ipcbind peek command.
+
 The messages are copied with MSG_COPY, so the queue, its counts and its last
 receiver stay exactly as they were. If other processes change the queue while it
 is being read, the copy is taken again; if it keeps changing, the tool says so.
@@ -10,6 +13,7 @@ is being read, the copy is taken again; if it keeps changing, the tool says so.
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import List, Optional
 
@@ -49,9 +53,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(args) != 1 or not args[0].isdigit():
         print(__doc__, file=sys.stderr)
         return 2
+    msqid = int(args[0])
     try:
-        return show(MessageQueue.from_id(int(args[0])))
+        return show(MessageQueue.from_id(msqid))
+    except ValueError as e:  # an id no queue can have, such as one above 2**31 - 1
+        print(f"peek: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EIDRM):
+            print(f"peek: no message queue with id {msqid}", file=sys.stderr)
+            return 3
         print(f"peek: {e}", file=sys.stderr)
         return 1
 

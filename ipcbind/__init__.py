@@ -1,8 +1,9 @@
-"""ipcbind: Linux System V IPC (message queues and semaphore sets) through a cffi shim.
+"""ipcbind: Linux System V IPC (message queues, semaphore sets and shared memory) through
+a cffi shim.
 
 The syscall-shaped functions (``msgget``, ``msgsnd``, ``msgrcv``, ``msgctl``, ``semget``,
-``semop``, ``semctl``, ``ftok``) and the constants under their C names are importable
-from here.
+``semop``, ``semctl``, ``shmget``, ``shmat``, ``shmdt``, ``shmctl``, ``ftok``) and the
+constants under their C names are importable from here.
 
 The namespace and snapshot names (``enter_namespace``, ``Snapshot``...) are loaded on
 first use: their modules need json, hashlib, tempfile, datetime and psutil, which a
@@ -60,6 +61,7 @@ _SHIM_ERROR: _typing.Optional[ImportError] = None
 try:
     from .msg import Message, MessageQueue
     from .sem import Semaphore, SemaphoreSet
+    from .shm import SharedMemory
     from .syscalls import (
         GETALL,
         GETNCNT,
@@ -86,10 +88,25 @@ try:
         SEM_UNDO,
         SETALL,
         SETVAL,
+        SHM_EXEC,
+        SHM_HUGETLB,
+        SHM_INFO,
+        SHM_LOCK,
+        SHM_NORESERVE,
+        SHM_RDONLY,
+        SHM_REMAP,
+        SHM_RND,
+        SHM_STAT,
+        SHM_STAT_ANY,
+        SHM_UNLOCK,
+        Attachment,
         MsgInfo,
         MsqidDs,
         SemidDs,
         SemInfo,
+        ShmidDs,
+        ShmInfo,
+        ShmUsage,
         ftok,
         msgctl,
         msgget,
@@ -98,6 +115,10 @@ try:
         semctl,
         semget,
         semop,
+        shmat,
+        shmctl,
+        shmdt,
+        shmget,
     )
     from .semundo import (
         read_semundo,
@@ -131,6 +152,7 @@ __all__ = [
     "shares_namespace",
     "Semaphore",
     "SemaphoreSet",
+    "SharedMemory",
     "FreezeError",
     "RestoreConflictError",
     "RestoreError",
@@ -161,10 +183,25 @@ __all__ = [
     "SEM_UNDO",
     "SETALL",
     "SETVAL",
+    "SHM_EXEC",
+    "SHM_HUGETLB",
+    "SHM_INFO",
+    "SHM_LOCK",
+    "SHM_NORESERVE",
+    "SHM_RDONLY",
+    "SHM_REMAP",
+    "SHM_RND",
+    "SHM_STAT",
+    "SHM_STAT_ANY",
+    "SHM_UNLOCK",
+    "Attachment",
     "MsgInfo",
     "MsqidDs",
     "SemidDs",
     "SemInfo",
+    "ShmidDs",
+    "ShmInfo",
+    "ShmUsage",
     "ftok",
     "msgctl",
     "msgget",
@@ -173,6 +210,10 @@ __all__ = [
     "semctl",
     "semget",
     "semop",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
     "SemundoNotSupportedError",
     "read_semundo",
     "restore_semundo",

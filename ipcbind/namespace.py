@@ -1,6 +1,6 @@
 """IPC namespaces: work inside another process's namespace, and see what it holds.
 
-Every queue and semaphore set lives in an IPC namespace; a container usually has
+Every queue, semaphore set and shared memory segment lives in an IPC namespace; a container usually has
 its own. :func:`enter_namespace` moves the *calling thread* into the namespace of a
 process, given its pid, and always moves it back::
 
@@ -31,7 +31,7 @@ import psutil
 
 from . import syscalls as sc
 from .errors import GONE_ERRNOS, NamespaceReturnError
-from .syscalls import MsqidDs, SemidDs
+from .syscalls import MsqidDs, SemidDs, ShmidDs
 
 __all__ = [
     "NamespaceId",
@@ -39,6 +39,7 @@ __all__ = [
     "enter_namespace",
     "list_queues",
     "list_semaphore_sets",
+    "list_segments",
     "namespace_id",
     "namespace_pids",
     "shares_namespace",
@@ -49,7 +50,7 @@ NamespaceId = Tuple[int, int]
 
 _SELF = "/proc/thread-self/ns/ipc"
 _UNUSED = GONE_ERRNOS  # an index nothing is at (any more)
-_DS = TypeVar("_DS", MsqidDs, SemidDs)
+_DS = TypeVar("_DS", MsqidDs, SemidDs, ShmidDs)
 
 
 def _ns_path(pid: Optional[int]) -> str:
@@ -228,7 +229,22 @@ def list_semaphore_sets() -> List[Tuple[int, SemidDs]]:
                     sc.SEM_STAT_ANY, sc.SEM_STAT)
 
 
-# Per kind ("msg", "sem"): whether *_STAT_ANY is known to work here (True), known to
+def list_segments() -> List[Tuple[int, ShmidDs]]:
+    """Every shared memory segment of the calling thread's namespace: ``[(shmid, ShmidDs)]``
+    by id, those marked for removal but still attached included.
+
+    Uses SHM_STAT_ANY (no read permission needed). A segment removed meanwhile is left
+    out. Without SHM_STAT_ANY (Linux < 4.17, qemu-user), SHM_STAT is used, as
+    :func:`list_queues` does with MSG_STAT.
+    """
+    highest, _ = sc.shmctl(0, sc.SHM_INFO)
+    return _listing("shm", highest, lambda index, cmd: sc.shmctl(index, cmd),
+                    sc.SHM_STAT_ANY, sc.SHM_STAT)
+
+
+_WHAT = {"msg": "queue", "sem": "semaphore set", "shm": "shared memory segment"}
+
+# Per kind ("msg", "sem", "shm"): whether *_STAT_ANY is known to work here (True), known to
 # be refused (False) or not yet seen (absent). The kernel does not change under us.
 _stat_any_works: Dict[str, bool] = {}
 
@@ -267,9 +283,8 @@ def _listing(kind: str, highest: int, stat: _Stat[_DS], stat_any: int,
                 continue  # the object changed meanwhile: left to the next listing to judge
             _stat_any_works[kind] = False
         if isinstance(plain, int):
-            what = "queue" if kind == "msg" else "semaphore set"
             raise PermissionError(
-                plain, f"cannot list the {what} at index {index}: this kernel does not "
+                plain, f"cannot list the {_WHAT[kind]} at index {index}: this kernel does not "
                 f"know {kind.upper()}_STAT_ANY (Linux < 4.17, or an emulator), and "
                 f"{kind.upper()}_STAT needs read permission")
         found.append(plain)

@@ -6,12 +6,14 @@ name ``ipcbind``); nothing needs configuring. Disable it with ``-p no:ipcbind``.
 Fixtures:
     ``ipc_queue``: a fresh private :class:`~ipcbind.MessageQueue`, removed after the test.
     ``ipc_semset``: a fresh private :class:`~ipcbind.SemaphoreSet`, removed after the test.
-    ``ipc_factory``: makes as many queues and sets as a test needs, all removed after it.
+    ``ipc_shm``: a fresh private :class:`~ipcbind.SharedMemory`, removed after the test.
+    ``ipc_factory``: makes as many queues, sets and segments as a test needs, all removed
+    after it.
     ``ipc_namespace``: runs the test in a fresh IPC namespace of its own.
 
 Markers:
     ``ipc_queue(mode=0o600, qbytes=None)``, ``ipc_semset(nsems=1, mode=0o600,
-    values=None)``: options for the fixtures of the same name (indirect
+    values=None)``, ``ipc_shm(size=4096, mode=0o600)``: options for the fixtures of the same name (indirect
     parametrisation with a dict of the same options works too).
     ``ipc_leaks(enabled=True)``: fail this test if it leaves IPC objects behind.
 
@@ -45,6 +47,7 @@ from .errors import gone
 if TYPE_CHECKING:
     from .msg import Message, MessageQueue
     from .sem import SemaphoreSet
+    from .shm import SharedMemory
 
 __all__ = [
     "IpcFactory",
@@ -58,6 +61,8 @@ __all__ = [
 _NS_PATH = "/proc/thread-self/ns/ipc"  # the calling thread's, which is what moves
 _PROC_MSG = "/proc/sysvipc/msg"
 _PROC_SEM = "/proc/sysvipc/sem"
+_PROC_SHM = "/proc/sysvipc/shm"
+_SHM_DEST = 0o1000  # the mode bit of a segment marked for removal, as /proc shows it
 _SETTLE = 0.2  # seconds before a leak suspected by uid alone is looked at again
 # IPC_PRIVATE is the key 0 on every Linux ABI; spelt out so that a default argument
 # below does not need the shim when the plugin is loaded.
@@ -239,16 +244,20 @@ class _NamespaceRef:
 
 @dataclass(frozen=True)
 class IpcObject:
-    """A message queue or semaphore set as listed in ``/proc/sysvipc``.
+    """A message queue, semaphore set or shared memory segment as listed in
+    ``/proc/sysvipc``.
 
     Attributes:
-        kind: ``"queue"`` or ``"semset"``.
-        id: its msqid or semid.
+        kind: ``"queue"``, ``"semset"`` or ``"segment"``.
+        id: its msqid, semid or shmid.
         key: its key, unsigned (0 for IPC_PRIVATE).
         mode: its permission bits.
         cuid: the effective uid of its creator.
-        size: messages queued (a queue) or semaphores (a set).
-        pids: last sender and receiver pids of a queue (0: none yet); empty for a set.
+        size: messages queued (a queue), semaphores (a set) or bytes (a segment).
+        pids: last sender and receiver pids of a queue, creator and last pid of a
+            segment (0: none yet); empty for a set.
+        attached: how many attachments a segment has (0 for the other kinds).
+        dest: a segment marked for removal, which goes with its last detach.
     """
 
     kind: str
@@ -258,19 +267,28 @@ class IpcObject:
     cuid: int
     size: int
     pids: Tuple[int, ...] = ()
+    attached: int = 0
+    dest: bool = False
 
     def describe(self) -> str:
         if self.kind == "queue":
             what = f"message queue {self.id}"
             extra = f"{self.size} message(s)"
-        else:
+        elif self.kind == "semset":
             what = f"semaphore set {self.id}"
             extra = f"{self.size} semaphore(s)"
+        else:
+            what = f"shared memory segment {self.id}"
+            extra = (f"{self.size} bytes, {self.attached} attachment(s)"
+                     f"{', removed but still attached' if self.dest else ''}")
         return (f"{what} (key {self.key:#010x}, mode {self.mode:04o}, "
                 f"creator uid {self.cuid}, {extra})")
 
     def ipcrm(self) -> str:
-        return f"ipcrm -{'q' if self.kind == 'queue' else 's'} {self.id}"
+        return f"ipcrm -{_IPCRM_FLAG[self.kind]} {self.id}"
+
+
+_IPCRM_FLAG = {"queue": "q", "semset": "s", "segment": "m"}
 
 
 def _read_table(path: str) -> List[Dict[str, int]]:
@@ -285,7 +303,7 @@ def _read_table(path: str) -> List[Dict[str, int]]:
 
 
 def _snapshot() -> Dict[Tuple[str, int], IpcObject]:
-    """Every queue and semaphore set in the calling thread's IPC namespace."""
+    """Every queue, semaphore set and segment in the calling thread's IPC namespace."""
     found: Dict[Tuple[str, int], IpcObject] = {}
     for row in _read_table(_PROC_MSG):
         obj = IpcObject("queue", row["msqid"], unsigned_key(row["key"]), row["perms"] & 0o777,
@@ -295,14 +313,20 @@ def _snapshot() -> Dict[Tuple[str, int], IpcObject]:
         obj = IpcObject("semset", row["semid"], unsigned_key(row["key"]), row["perms"] & 0o777,
                         row["cuid"], row["nsems"])
         found[obj.kind, obj.id] = obj
+    for row in _read_table(_PROC_SHM):
+        obj = IpcObject("segment", row["shmid"], unsigned_key(row["key"]), row["perms"] & 0o777,
+                        row["cuid"], row["size"], (row["cpid"], row["lpid"]), row["nattch"],
+                        bool(row["perms"] & _SHM_DEST))
+        found[obj.kind, obj.id] = obj
     return found
 
 
 def _evidence(obj: IpcObject) -> Set[int]:
     """Pids known to have used an object: a queue's last sender and receiver, a
-    set's last operator on each semaphore (where readable, and where the shim can
-    be loaded: the leak check runs for tests that do not use ipcbind too)."""
-    if obj.kind == "queue":
+    segment's creator and last user, a set's last operator on each semaphore (where
+    readable, and where the shim can be loaded: the leak check runs for tests that
+    do not use ipcbind too)."""
+    if obj.kind != "semset":
         return {p for p in obj.pids if p}
     try:
         from . import syscalls as sc
@@ -334,8 +358,8 @@ def _process_tree() -> Set[int]:
 def _attribution(obj: IpcObject, tree: Set[int], uids: Set[int]) -> Optional[str]:
     """Best-effort: why this object (new during the test) is the test's, or None.
 
-    /proc/sysvipc names no creator pid for queues and semaphore sets, so the
-    pids that last used the object decide when they can: one of ours (this
+    /proc/sysvipc names no creator pid for queues and semaphore sets (it does for
+    segments), so the pids that made or last used the object decide when they can: one of ours (this
     process or a living descendant) gives ``"pid"``, only living strangers give
     None. Otherwise (never used, or its users are gone) the creator's uid
     decides, giving ``"uid"``.
@@ -416,8 +440,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ipcbind", "System V IPC (ipcbind)")
     group.addoption(
         "--ipc-leaks", action="store_true", default=None, dest="ipc_leaks",
-        help="fail every test that leaves message queues or semaphore sets behind "
-             "(ini: ipc_leaks)")
+        help="fail every test that leaves message queues, semaphore sets or shared memory "
+             "segments behind (ini: ipc_leaks)")
     group.addoption(
         "--ipc-namespace-fallback", action="store_true", default=None,
         dest="ipc_namespace_fallback",
@@ -425,7 +449,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "run tests using ipc_namespace in the host namespace instead of skipping them "
              "(ini: ipc_namespace_fallback)")
     parser.addini("ipc_leaks", type="bool", default=False,
-                  help="fail every test that leaves message queues or semaphore sets behind")
+                  help="fail every test that leaves message queues, semaphore sets or shared "
+                       "memory segments behind")
     parser.addini("ipc_namespace_fallback", type="bool", default=False,
                   help="run ipc_namespace tests in the host namespace when isolation "
                        "is not possible, instead of skipping them")
@@ -434,12 +459,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "ipc_leaks(enabled=True): fail the test if it leaves System V message "
-                   "queues or semaphore sets behind (False: do not check it)")
+                   "queues, semaphore sets or shared memory segments behind (False: do not "
+                   "check it)")
     config.addinivalue_line(
         "markers", "ipc_queue(mode=0o600, qbytes=None): options for the ipc_queue fixture")
     config.addinivalue_line(
         "markers", "ipc_semset(nsems=1, mode=0o600, values=None): options for the "
                    "ipc_semset fixture")
+    config.addinivalue_line(
+        "markers", "ipc_shm(size=4096, mode=0o600): options for the ipc_shm fixture")
     config.stash[_SETTING_UP] = None
 
 
@@ -536,12 +564,13 @@ def ipc_namespace(request: pytest.FixtureRequest) -> Iterator[IpcNamespace]:
 
 @dataclass
 class _Made:
-    obj: Union[MessageQueue, SemaphoreSet]
+    obj: Union[MessageQueue, SemaphoreSet, SharedMemory]
     ns: _NamespaceRef
 
 
 class IpcFactory:
-    """Makes message queues and semaphore sets for one test, and removes them after it.
+    """Makes message queues, semaphore sets and shared memory segments for one test, and
+    removes them after it.
 
     An object is removed only from the namespace it was made in: one made in a
     namespace the test has left died with that namespace.
@@ -597,6 +626,27 @@ class IpcFactory:
         self._made.append(_Made(s, ns))
         return s
 
+    def segment(self, size: int = 4096, mode: int = 0o600,
+                key: int = _IPC_PRIVATE) -> SharedMemory:
+        """Make a shared memory segment (zeroed).
+
+        Args:
+            size: bytes.
+            mode: permission bits.
+            key: IPC_PRIVATE (the default) or a key; a key that is already in use
+                raises ``FileExistsError``.
+        """
+        from .shm import SharedMemory
+
+        ns = _NamespaceRef()
+        try:
+            m = SharedMemory.create(size, key, mode, exclusive=True)
+        except BaseException:
+            ns.close()
+            raise
+        self._made.append(_Made(m, ns))
+        return m
+
     def _remove_all(self) -> None:
         failures: List[str] = []
         for made in reversed(self._made):
@@ -637,8 +687,9 @@ def _options(request: pytest.FixtureRequest, name: str, allowed: Sequence[str]) 
 
 @pytest.fixture
 def ipc_factory(request: pytest.FixtureRequest) -> Iterator[IpcFactory]:
-    """Makes queues (``.queue(...)``) and semaphore sets (``.semset(...)``) for the
-    test; every one still there is removed after it, whatever the outcome."""
+    """Makes queues (``.queue(...)``), semaphore sets (``.semset(...)``) and shared memory
+    segments (``.segment(...)``) for the test; every one still there is removed after
+    it, whatever the outcome."""
     # Without a loadable shim the test errors here, in setup, with its ImportError.
     from . import syscalls  # noqa: F401
 
@@ -666,3 +717,11 @@ def ipc_semset(request: pytest.FixtureRequest, ipc_factory: IpcFactory) -> Semap
     value 0 unless the ``ipc_semset`` marker or indirect parametrisation says
     otherwise), removed after the test."""
     return ipc_factory.semset(**_options(request, "ipc_semset", ("nsems", "mode", "values")))
+
+
+@pytest.fixture
+def ipc_shm(request: pytest.FixtureRequest, ipc_factory: IpcFactory) -> SharedMemory:
+    """A fresh private :class:`~ipcbind.SharedMemory` (4096 bytes, mode 0600 unless the
+    ``ipc_shm`` marker or indirect parametrisation says otherwise), removed after the
+    test (it goes once every process has detached)."""
+    return ipc_factory.segment(**_options(request, "ipc_shm", ("size", "mode")))

@@ -11,8 +11,11 @@ This is the only module that touches the compiled shim (``ipcbind._ffi``).
 
 from __future__ import annotations
 
+import io
 import math
+import mmap
 import os
+import sys
 import time
 from dataclasses import dataclass
 from errno import EACCES, EAGAIN, EINTR, EINVAL, ETIMEDOUT
@@ -36,8 +39,11 @@ __all__ = [
     "IPC_INFO", "MSG_NOERROR", "MSG_EXCEPT", "MSG_COPY", "MSG_STAT", "MSG_INFO", "MSG_STAT_ANY",
     "SEM_UNDO", "GETPID", "GETVAL", "GETALL", "GETNCNT", "GETZCNT", "SETVAL", "SETALL",
     "SEM_STAT", "SEM_INFO", "SEM_STAT_ANY",
-    "MsqidDs", "SemidDs", "MsgInfo", "SemInfo",
+    "SHM_RDONLY", "SHM_RND", "SHM_EXEC", "SHM_REMAP", "SHM_LOCK", "SHM_UNLOCK", "SHM_STAT",
+    "SHM_INFO", "SHM_STAT_ANY", "SHM_HUGETLB", "SHM_NORESERVE",
+    "MsqidDs", "SemidDs", "ShmidDs", "MsgInfo", "SemInfo", "ShmInfo", "ShmUsage", "Attachment",
     "ftok", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semctl",
+    "shmget", "shmat", "shmdt", "shmctl",
 ]
 
 IPC_PRIVATE: int = lib.IPC_PRIVATE
@@ -65,6 +71,17 @@ SETALL: int = lib.SETALL
 SEM_STAT: int = lib.SEM_STAT
 SEM_INFO: int = lib.SEM_INFO
 SEM_STAT_ANY: int = lib.SEM_STAT_ANY
+SHM_RDONLY: int = lib.SHM_RDONLY
+SHM_RND: int = lib.SHM_RND
+SHM_EXEC: int = lib.SHM_EXEC
+SHM_REMAP: int = lib.SHM_REMAP
+SHM_LOCK: int = lib.SHM_LOCK
+SHM_UNLOCK: int = lib.SHM_UNLOCK
+SHM_STAT: int = lib.SHM_STAT
+SHM_INFO: int = lib.SHM_INFO
+SHM_STAT_ANY: int = lib.SHM_STAT_ANY
+SHM_HUGETLB: int = lib.SHM_HUGETLB
+SHM_NORESERVE: int = lib.SHM_NORESERVE
 CLONE_NEWIPC: int = lib.CLONE_NEWIPC
 
 _ANY_SIZE: int = lib.IPCB_ANY_SIZE
@@ -151,7 +168,65 @@ class SemInfo:
     semaem: int
 
 
+@dataclass(frozen=True)
+class ShmidDs:
+    """A shared memory segment's ``struct shmid_ds`` (what IPC_STAT returns).
+
+    ``mode`` holds the permission bits only; the kernel's SHM_DEST and SHM_LOCKED
+    bits of it are ``dest`` (marked for removal: it goes once the last process
+    detaches, and its key reads IPC_PRIVATE meanwhile) and ``locked`` (SHM_LOCK).
+    """
+
+    __slots__ = ("key", "uid", "gid", "cuid", "cgid", "mode", "segsz", "nattch", "cpid", "lpid",
+                 "atime", "dtime", "ctime", "dest", "locked")
+    key: int
+    uid: int
+    gid: int
+    cuid: int
+    cgid: int
+    mode: int
+    segsz: int
+    nattch: int
+    cpid: int
+    lpid: int
+    atime: int
+    dtime: int
+    ctime: int
+    dest: bool
+    locked: bool
+
+
+@dataclass(frozen=True)
+class ShmInfo:
+    """``struct shminfo``, the limits IPC_INFO gives: largest segment (``shmmax``, bytes),
+    smallest (``shmmin``), most segments (``shmmni``), most attached per process
+    (``shmseg``, not enforced by Linux), and all segments' pages together (``shmall``)."""
+
+    __slots__ = ("shmmax", "shmmin", "shmmni", "shmseg", "shmall")
+    shmmax: int
+    shmmin: int
+    shmmni: int
+    shmseg: int
+    shmall: int
+
+
+@dataclass(frozen=True)
+class ShmUsage:
+    """``struct shm_info``, what SHM_INFO gives: segments in use (``used_ids``), their
+    pages (``shm_tot``), pages resident (``shm_rss``) and swapped (``shm_swp``)."""
+
+    __slots__ = ("used_ids", "shm_tot", "shm_rss", "shm_swp", "swap_attempts", "swap_successes")
+    used_ids: int
+    shm_tot: int
+    shm_rss: int
+    shm_swp: int
+    swap_attempts: int
+    swap_successes: int
+
+
 _PERM_BITS = 0o777
+_SHM_DEST: int = lib.SHM_DEST
+_SHM_LOCKED: int = lib.SHM_LOCKED
 
 
 def _msqid_ds(ds: Any) -> MsqidDs:
@@ -165,6 +240,14 @@ def _semid_ds(ds: Any) -> SemidDs:
     p = ds.sem_perm
     return SemidDs(unsigned_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS, ds.sem_nsems,
                    ds.sem_otime, ds.sem_ctime)
+
+
+def _shmid_ds(ds: Any) -> ShmidDs:
+    p = ds.shm_perm
+    return ShmidDs(unsigned_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS,
+                   ds.shm_segsz, ds.shm_nattch, ds.shm_cpid, ds.shm_lpid, ds.shm_atime,
+                   ds.shm_dtime, ds.shm_ctime, bool(p.mode & _SHM_DEST),
+                   bool(p.mode & _SHM_LOCKED))
 
 
 def _fields(cls: Any, cdata: Any) -> Any:
@@ -297,13 +380,21 @@ def msgget(key: int, flags: int = 0) -> int:
 
     ``key`` may also be given unsigned (0..2**32-1), as ``ipcs`` prints it.
     """
-    k = _key("msgget", key)
+    return _get("msgget", lib.ipcb_msgget, key, flags)
+
+
+def _get(call: str, c_get: Callable[..., int], key: int, flags: int,
+         *size: Tuple[str, int, str]) -> int:
+    """A *get call: ``c_get(key, [size,] flags)``. ``size`` is the (name, value, C type)
+    of the kind's size argument (nsems, size), if it has one."""
+    k = _key(call, key)
     try:
-        r = lib.ipcb_msgget(k, flags)
+        r = c_get(k, *(value for _, value, _ in size), flags)
     except (TypeError, OverflowError) as e:
-        raise _explain("msgget", e, flags=(flags, "int")) from None
+        raise _explain(call, e, **{name: (value, ctype) for name, value, ctype in size},
+                       flags=(flags, "int")) from None
     if r < 0:
-        raise syscall_error(-r, f"msgget(key={key:#x})")
+        raise syscall_error(-r, f"{call}(key={key:#x})")
     return int(r)
 
 
@@ -458,14 +549,22 @@ def msgctl(msqid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any
         _set_msqid_ds(call, ffi.new("struct msqid_ds *"), changes)  # refuses bad values first
         _current(call, msqid, MSG_STAT_ANY, lambda i, c: lib.ipcb_msgctl(i, c, ds))
         _set_msqid_ds(call, ds, changes)
-    r = lib.ipcb_msgctl(msqid, cmd, ds)
+    return _ctl_result(call, lib.ipcb_msgctl(msqid, cmd, ds), cmd, ds, _msqid_ds,
+                       (MSG_STAT, MSG_STAT_ANY), (IPC_SET, IPC_RMID))
+
+
+def _ctl_result(call: str, r: int, cmd: int, ds: Any, convert: Callable[[Any], Any],
+                stat_cmds: Tuple[int, ...], none_cmds: Tuple[int, ...]) -> Any:
+    """What a *ctl call into ``ds`` returned: its structure for IPC_STAT, ``(id, its
+    structure)`` for the ``stat_cmds`` (by index), None for the ``none_cmds``, else the
+    kernel's result; a failure raises."""
     if r < 0:
         raise syscall_error(-r, call)
     if cmd == IPC_STAT:
-        return _msqid_ds(ds)
-    if cmd in (MSG_STAT, MSG_STAT_ANY):
-        return r, _msqid_ds(ds)
-    if cmd in (IPC_SET, IPC_RMID):
+        return convert(ds)
+    if cmd in stat_cmds:
+        return r, convert(ds)
+    if cmd in none_cmds:
         return None
     return r
 
@@ -477,11 +576,11 @@ _INDEX_BITS = (15, 24)
 def _current(call: str, ident: int, stat_any: int, stat: Callable[[int, int], int]) -> None:
     """Fill a struct with the object's current values, even without read permission.
 
-    ``stat(id_or_index, cmd)`` runs msgctl/semctl into that struct (-errno on
+    ``stat(id_or_index, cmd)`` runs msgctl/semctl/shmctl into that struct (-errno on
     failure, as the shim returns it). IPC_STAT needs
     read permission, but IPC_SET needs only ownership and SETALL only write
     permission, so on EACCES the object is read by its index with MSG_STAT_ANY /
-    SEM_STAT_ANY and the call itself is left to the kernel to allow or refuse.
+    SEM_STAT_ANY / SHM_STAT_ANY and the call itself is left to the kernel to allow or refuse.
     """
     r = stat(ident, IPC_STAT)
     if r >= 0:
@@ -497,7 +596,8 @@ def _current(call: str, ident: int, stat_any: int, stat: Callable[[int, int], in
         if refused:
             # Linux < 4.17 and qemu-user answer *_STAT_ANY with EINVAL even for an
             # index in use: without read permission nothing else can read the values.
-            name = "MSG_STAT_ANY" if stat_any == MSG_STAT_ANY else "SEM_STAT_ANY"
+            name = {MSG_STAT_ANY: "MSG_STAT_ANY", SEM_STAT_ANY: "SEM_STAT_ANY",
+                    SHM_STAT_ANY: "SHM_STAT_ANY"}[stat_any]
             raise PermissionError(
                 err, f"{call}: {os.strerror(err)}: needs the current values, and without read "
                 f"permission only {name} can read them, which this kernel refuses "
@@ -537,6 +637,23 @@ def _assign(call: str, perm: Any, changes: Mapping[str, int], *skip: str) -> Non
             _put(call, perm, name, name, value)
 
 
+_PERM_SET_FIELDS = {"uid", "gid", "mode"}
+
+
+def _set_perm(call: str, arg: Any, ds: Any, perm: str, ident: int, stat_any: int,
+              stat: Callable[[int, int], int]) -> None:
+    """IPC_SET of a semaphore set or segment: ``ds`` filled with the object's current
+    values (see :func:`_current`), then with ``arg``'s uid, gid and mode, which are
+    refused first, before any call, if they do not fit."""
+    changes = _settable(call, arg, _PERM_SET_FIELDS)
+    # A field of a struct does not keep the struct alive: the scratch one must stay
+    # referenced while it is written into.
+    scratch = ffi.new(ffi.typeof(ds))
+    _assign(call, getattr(scratch, perm), changes)
+    _current(call, ident, stat_any, stat)
+    _assign(call, getattr(ds, perm), changes)
+
+
 def _set_msqid_ds(call: str, ds: Any, changes: Mapping[str, int]) -> None:
     _assign(call, ds.msg_perm, changes, "qbytes")
     if "qbytes" in changes:
@@ -547,14 +664,7 @@ def _set_msqid_ds(call: str, ds: Any, changes: Mapping[str, int]) -> None:
 
 def semget(key: int, nsems: int, flags: int = 0) -> int:
     """semget(2): the identifier of the semaphore set for ``key`` (IPC_CREAT to create it)."""
-    k = _key("semget", key)
-    try:
-        r = lib.ipcb_semget(k, nsems, flags)
-    except (TypeError, OverflowError) as e:
-        raise _explain("semget", e, nsems=(nsems, "int"), flags=(flags, "int")) from None
-    if r < 0:
-        raise syscall_error(-r, f"semget(key={key:#x})")
-    return int(r)
+    return _get("semget", lib.ipcb_semget, key, flags, ("nsems", nsems, "int"))
 
 
 SemOp = Union[Tuple[int, int], Tuple[int, int, int]]
@@ -603,7 +713,6 @@ def semop(semid: int, ops: Iterable[SemOp], timeout: Optional[float] = None) -> 
         raise _explain("semop", e, semid=(semid, "int")) from None
 
 
-_SEM_SET_FIELDS = {"uid", "gid", "mode"}
 _SEM_INT_CMDS = frozenset((GETVAL, GETPID, GETNCNT, GETZCNT))
 
 
@@ -666,23 +775,218 @@ def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
         return r, _fields(SemInfo, info)
     ds = ffi.new("struct semid_ds *")
     if cmd == IPC_SET:
-        changes = _settable(call, arg, _SEM_SET_FIELDS)
-        # Refuses bad values first. A field of a struct does not keep the struct alive:
-        # the scratch one must stay referenced while it is written into.
-        scratch = ffi.new("struct semid_ds *")
-        _assign(call, scratch.sem_perm, changes)
-        _current(call, semid, SEM_STAT_ANY, lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
-        _assign(call, ds.sem_perm, changes)
-    r = lib.ipcb_semctl_ds(semid, semnum, cmd, ds)
-    if r < 0:
-        raise syscall_error(-r, call)
-    if cmd == IPC_STAT:
-        return _semid_ds(ds)
-    if cmd in (SEM_STAT, SEM_STAT_ANY):
-        return r, _semid_ds(ds)
+        _set_perm(call, arg, ds, "sem_perm", semid, SEM_STAT_ANY,
+                  lambda i, c: lib.ipcb_semctl_ds(i, 0, c, ds))
+    return _ctl_result(call, lib.ipcb_semctl_ds(semid, semnum, cmd, ds), cmd, ds, _semid_ds,
+                       (SEM_STAT, SEM_STAT_ANY), (IPC_SET,))
+
+
+# ---- shared memory ------------------------------------------------------------------
+
+def shmget(key: int, size: int, flags: int = 0) -> int:
+    """shmget(2): the identifier of the segment for ``key`` (IPC_CREAT to create one of
+    ``size`` bytes; opening an existing one needs ``size`` no larger than it, 0 fits)."""
+    return _get("shmget", lib.ipcb_shmget, key, flags, ("size", size, "size_t"))
+
+
+def _plain(arg: Any) -> Any:
+    """An argument of an mmap method as mmap would convert it, converted first."""
+    if type(arg) is slice:
+        return slice(*(None if x is None else _index("attachment", "index", x)
+                       for x in (arg.start, arg.stop, arg.step)))
+    if isinstance(arg, int) or (not isinstance(arg, (bytes, bytearray, memoryview, str))
+                                and hasattr(type(arg), "__index__")):
+        return _index("attachment", "index", arg)
+    return arg
+
+
+def _converting_first(name: str) -> Any:
+    """mmap's method ``name``, given arguments that were converted to int first.
+
+    Before Python 3.11, mmap's methods check that the map is open and only then
+    convert their arguments: an ``__index__`` that detached in between made them
+    read or write through the pointer of a closed map. Converted first, no code of
+    the caller runs inside them."""
+    method = getattr(mmap.mmap, name)
+
+    def converted(self: Attachment, *args: Any) -> Any:
+        return method(self, *map(_plain, args))
+
+    converted.__name__ = name
+    converted.__doc__ = method.__doc__
+    return converted
+
+
+# madvise options that would take the mapping from under the attachment: without it
+# in a forked child, or poisoned, any access kills the process.
+_MADV_REFUSED = frozenset(getattr(mmap, n) for n in
+                          ("MADV_DONTFORK", "MADV_HWPOISON", "MADV_SOFT_OFFLINE")
+                          if hasattr(mmap, n))
+
+
+class Attachment(mmap.mmap):
+    """A shared memory segment attached to this process: what :func:`shmat` returns.
+
+    It is a :class:`mmap.mmap` of the segment, so ``memoryview(att)`` is the whole
+    segment (read-only if attached with SHM_RDONLY), ``len(att)`` its size, and
+    slicing, ``find`` and the file-like methods work on it. ``close()``, ``shmdt(att)``
+    or leaving a ``with`` block detaches it. Memory safety rests on the mmap's own
+    count of exported buffers:
+
+    - detaching while a ``memoryview`` (or any buffer) of it is alive raises
+      ``BufferError`` and leaves it attached: release the views first;
+    - after detaching, every use raises ``ValueError``; the address is never
+      handed to the kernel again, since it may belong to something else by then;
+    - an attachment that is garbage-collected is detached (a live view keeps it);
+    - a forked child inherits the mapping (the kernel counts it in ``nattch``):
+      the attachment works there, and detaching it in the child leaves the
+      parent's attached;
+    - a segment removed (IPC_RMID) while attached stays readable and writable
+      until the last detach: the kernel keeps it.
+
+    Not resizable; ``madvise`` refuses MADV_DONTFORK and the poisoning options.
+    """
+
+    __slots__ = ("_shmid", "_readonly")
+    _shmid: int
+    _readonly: bool
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Attachment:
+        raise TypeError("attachments are made by shmat() or SharedMemory.attach()")
+
+    @property
+    def shmid(self) -> int:
+        """The identifier of the attached segment."""
+        return self._shmid
+
+    @property
+    def readonly(self) -> bool:
+        """Whether it was attached with SHM_RDONLY."""
+        return self._readonly
+
+    def close(self) -> None:
+        """Detach (as shmdt); BufferError while views of it are alive. Again: nothing."""
+        try:
+            super().close()
+        except BufferError:
+            raise BufferError(
+                f"shmdt(shmid={self._shmid}): the attachment has views in use (memoryview "
+                "or other buffers); release them before detaching") from None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def resize(self, newsize: int) -> None:
+        """Refused: a segment's size is fixed when it is created."""
+        raise io.UnsupportedOperation(f"shmid {self._shmid}: a shared memory segment "
+                                      "cannot be resized")
+
+    def madvise(self, option: int, *args: int) -> None:
+        """mmap.madvise, except the options that would unmap or poison the segment."""
+        option = _index("madvise", "option", option)
+        if option in _MADV_REFUSED:
+            raise ValueError(f"madvise: option {option} would take the segment from under "
+                             "the attachment; refused")
+        super().madvise(option, *map(_plain, args))
+
+    # Even in 3.13, flush converts its arguments after its check: then it syncs the
+    # addresses its offset names, and fails with whatever msync says of them.
+    flush = _converting_first("flush")
+    if sys.version_info < (3, 11):
+        __getitem__ = _converting_first("__getitem__")
+        __setitem__ = _converting_first("__setitem__")
+        read = _converting_first("read")
+        find = _converting_first("find")
+        rfind = _converting_first("rfind")
+        seek = _converting_first("seek")
+        move = _converting_first("move")
+        write_byte = _converting_first("write_byte")
+
+    def __repr__(self) -> str:
+        state = "detached" if self.closed else f"{len(self)} bytes"
+        return (f"<Attachment shmid={self._shmid} {state}"
+                f"{' readonly' if self._readonly else ''}>")
+
+
+def _segment_size(call: str, shmid: int) -> int:
+    """The size of a segment this process holds attached (so the id cannot change)."""
+    ds = ffi.new("struct shmid_ds *")
+    _current(call, shmid, SHM_STAT_ANY, lambda i, c: lib.ipcb_shmctl(i, c, ds))
+    return int(ds.shm_segsz)
+
+
+def shmat(shmid: int, flags: int = 0) -> Attachment:
+    """shmat(2) at an address of the kernel's choosing: the segment as an :class:`Attachment`.
+
+    ``flags`` go to the kernel as they are (as ``shmat(shmid, NULL, flags)`` in C):
+    SHM_RDONLY attaches read-only, SHM_EXEC executable, SHM_RND is without effect
+    and SHM_REMAP needs an address, so the kernel refuses it (EINVAL).
+    """
+    call = f"shmat(shmid={shmid})"
+    at = ffi.new("void **")
+    try:
+        err = lib.ipcb_shmat(shmid, flags, at)
+    except (TypeError, OverflowError) as e:
+        raise _explain("shmat", e, shmid=(shmid, "int"), flags=(flags, "int")) from None
+    if err:
+        raise syscall_error(err, call)
+    # The mapping the attachment's mmap holds becomes the segment's, in place: the
+    # segment stays attached at the kernel's address (at[0]) until then, so its id
+    # cannot name another segment meanwhile. Whatever interrupts this, at[0] says
+    # whether that first attachment is still to be detached.
+    try:
+        size = _segment_size(call, shmid)
+        readonly = bool(flags & SHM_RDONLY)
+        att = mmap.mmap.__new__(Attachment, -1, size, lib.MAP_PRIVATE | lib.MAP_NORESERVE,
+                                mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE)
+        att._shmid = shmid
+        att._readonly = readonly
+        with ffi.from_buffer(att) as place:
+            err = lib.ipcb_shmat_move(shmid, flags, at, place)
+    finally:
+        if at[0] != ffi.NULL:
+            lib.ipcb_shmdt(at[0])
+    if err:
+        mmap.mmap.close(att)
+        raise syscall_error(err, call)
+    return att
+
+
+def shmdt(attachment: Attachment) -> None:
+    """shmdt(2): detach. ``BufferError`` while views of it are alive; an attachment
+    detached already raises EINVAL, as the kernel does for an address not attached."""
+    if not isinstance(attachment, Attachment):
+        raise TypeError(f"shmdt: needs an attachment from shmat(), not "
+                        f"{type(attachment).__name__}")
+    if attachment.closed:
+        raise syscall_error(EINVAL, f"shmdt(shmid={attachment.shmid}): already detached")
+    attachment.close()
+
+
+def shmctl(shmid: int, cmd: int, arg: Optional[Mapping[str, int]] = None) -> Any:
+    """shmctl(2).
+
+    IPC_STAT -> :class:`ShmidDs`; IPC_SET (``arg``: a mapping with any of uid, gid, mode)
+    -> None; IPC_RMID, SHM_LOCK, SHM_UNLOCK -> None; SHM_STAT / SHM_STAT_ANY (``shmid``
+    is an index) -> ``(id, ShmidDs)``; IPC_INFO -> ``(highest_index, ShmInfo)``;
+    SHM_INFO -> ``(highest_index, ShmUsage)``. Any other ``cmd`` goes to the kernel
+    as it is and its result is returned.
+    """
+    call = f"shmctl(shmid={shmid})"
+    _check_int("shmctl", "shmid", shmid, "int")
+    _check_int("shmctl", "cmd", cmd, "int")
+    if cmd in (IPC_INFO, SHM_INFO):
+        info = ffi.new("struct shminfo *" if cmd == IPC_INFO else "struct shm_info *")
+        r = lib.ipcb_shmctl(shmid, cmd, ffi.cast("struct shmid_ds *", info))
+        if r < 0:
+            raise syscall_error(-r, call)
+        return r, _fields(ShmInfo if cmd == IPC_INFO else ShmUsage, info)
+    ds = ffi.new("struct shmid_ds *")
     if cmd == IPC_SET:
-        return None
-    return r
+        _set_perm(call, arg, ds, "shm_perm", shmid, SHM_STAT_ANY,
+                  lambda i, c: lib.ipcb_shmctl(i, c, ds))
+    return _ctl_result(call, lib.ipcb_shmctl(shmid, cmd, ds), cmd, ds, _shmid_ds,
+                       (SHM_STAT, SHM_STAT_ANY), (IPC_SET, IPC_RMID, SHM_LOCK, SHM_UNLOCK))
 
 
 # ---- for the layers above: batches in C, the undo ledger, namespaces ---------------

@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 
@@ -39,6 +40,15 @@
 #endif
 #ifndef SEM_STAT_ANY
 #define SEM_STAT_ANY 20
+#endif
+#ifndef SHM_STAT_ANY
+#define SHM_STAT_ANY 15
+#endif
+#ifndef SHM_EXEC
+#define SHM_EXEC 0100000
+#endif
+#ifndef SHM_NORESERVE
+#define SHM_NORESERVE 010000
 #endif
 #ifndef CLONE_NEWIPC
 #define CLONE_NEWIPC 0x08000000
@@ -1159,4 +1169,48 @@ int ipcb_semop_packed(long long packed)
 int ipcb_semop_packed_undo(long long packed)
 {
     return semop_packed(packed, SEM_UNDO);
+}
+
+/* ---- shared memory ------------------------------------------------------------ */
+
+int ipcb_shmget(key_t key, size_t size, int shmflg)
+{
+    int r = shmget(key, size, shmflg);
+    return r < 0 ? -errno : r;
+}
+
+int ipcb_shmat(int shmid, int shmflg, void **at)
+{
+    void *p = shmat(shmid, NULL, shmflg);
+    if (p == (void *)-1)
+        return errno;
+    *at = p;
+    return 0;
+}
+
+/* Puts the segment that ipcb_shmat attached at *from in place of the mapping at
+ * `to`, with the same access, then detaches *from whether or not that worked, and
+ * clears it: the caller can tell, whatever interrupted it, whether it is still to
+ * be detached. Attached at *from, the segment cannot be destroyed in between, so
+ * the one mapped at `to` is that segment and no other: its size, which the caller
+ * read while it was attached, is the size of the mapping it replaces. */
+int ipcb_shmat_move(int shmid, int shmflg, void **from, void *to)
+{
+    int err = 0;
+    if (shmat(shmid, to, (shmflg & (SHM_RDONLY | SHM_EXEC)) | SHM_REMAP) == (void *)-1)
+        err = errno;
+    shmdt(*from);
+    *from = NULL;
+    return err;
+}
+
+int ipcb_shmdt(void *addr)
+{
+    return shmdt(addr) ? errno : 0;
+}
+
+int ipcb_shmctl(int shmid, int cmd, struct shmid_ds *buf)
+{
+    int r = shmctl(shmid, cmd, buf);
+    return r < 0 ? -errno : r;
 }

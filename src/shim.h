@@ -10,6 +10,7 @@ typedef int... time_t;
 typedef int... msgqnum_t;
 typedef int... msglen_t;
 typedef int... __syscall_ulong_t;
+typedef int... shmatt_t;
 
 #define IPC_PRIVATE ...
 #define IPC_CREAT ...
@@ -36,6 +37,22 @@ typedef int... __syscall_ulong_t;
 #define SEM_STAT ...
 #define SEM_INFO ...
 #define SEM_STAT_ANY ...
+#define SHM_RDONLY ...
+#define SHM_RND ...
+#define SHM_EXEC ...
+#define SHM_REMAP ...
+#define SHM_LOCK ...
+#define SHM_UNLOCK ...
+#define SHM_STAT ...
+#define SHM_INFO ...
+#define SHM_STAT_ANY ...
+#define SHM_HUGETLB ...
+#define SHM_NORESERVE ...
+#define SHM_DEST ...
+#define SHM_LOCKED ...
+#define SHMLBA ...
+#define MAP_PRIVATE ...
+#define MAP_NORESERVE ...
 #define CLONE_NEWIPC ...
 #define IPCB_ANY_SIZE ...
 #define IPCB_CHUNK ...
@@ -95,6 +112,37 @@ struct seminfo {
     int semusz;
     int semvmx;
     int semaem;
+    ...;
+};
+
+struct shmid_ds {
+    struct ipc_perm shm_perm;
+    size_t shm_segsz;
+    time_t shm_atime;
+    time_t shm_dtime;
+    time_t shm_ctime;
+    pid_t shm_cpid;
+    pid_t shm_lpid;
+    shmatt_t shm_nattch;
+    ...;
+};
+
+struct shminfo {
+    __syscall_ulong_t shmmax;
+    __syscall_ulong_t shmmin;
+    __syscall_ulong_t shmmni;
+    __syscall_ulong_t shmseg;
+    __syscall_ulong_t shmall;
+    ...;
+};
+
+struct shm_info {
+    int used_ids;
+    __syscall_ulong_t shm_tot;
+    __syscall_ulong_t shm_rss;
+    __syscall_ulong_t shm_swp;
+    __syscall_ulong_t swap_attempts;
+    __syscall_ulong_t swap_successes;
     ...;
 };
 
@@ -170,3 +218,12 @@ int ipcb_wake_signal(void);
 /* One semop without timeout, arguments packed in one integer (see shim.c). */
 int ipcb_semop_packed(long long packed);
 int ipcb_semop_packed_undo(long long packed);
+
+int ipcb_shmget(key_t key, size_t size, int shmflg);
+/* shmat at an address the kernel chooses (*at). */
+int ipcb_shmat(int shmid, int shmflg, void **at);
+/* Moves that attachment onto the mapping at `to`, which it replaces, and clears
+ * *from; see shim.c. */
+int ipcb_shmat_move(int shmid, int shmflg, void **from, void *to);
+int ipcb_shmdt(void *addr);
+int ipcb_shmctl(int shmid, int cmd, struct shmid_ds *buf);

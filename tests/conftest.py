@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import pytest
 
 import ipcbind
-from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, MSG_STAT_ANY, MessageQueue
+from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, MSG_STAT_ANY, MessageQueue, SharedMemory
 
 NOBODY = 65534
 
@@ -158,6 +158,61 @@ def make_semset() -> Iterator[Callable[..., int]]:
 def semset(make_semset: Callable[..., int]) -> int:
     """A fresh private set of one semaphore (mode 0600)."""
     return make_semset()
+
+
+def unused_segment_key() -> int:
+    """A key no segment uses yet, with the high bit set (a key a C int holds negative)."""
+    for k in range(0x8badf00d, 0x8badf00d + 1000):
+        try:
+            ipcbind.shmget(k, 0)
+        except FileNotFoundError:
+            return k
+    raise AssertionError("no free key")
+
+
+@pytest.fixture
+def make_segment() -> Iterator[Callable[..., int]]:
+    """Factory: make_segment(size=4096, mode=0o600, key=IPC_PRIVATE) -> shmid, removed
+    at teardown."""
+    made: List[int] = []
+
+    def make(size: int = 4096, mode: int = 0o600, key: int = IPC_PRIVATE,
+             flags: int = IPC_CREAT) -> int:
+        i = ipcbind.shmget(key, size, flags | mode)
+        made.append(i)
+        return i
+
+    yield make
+    for i in made:
+        try:
+            ipcbind.shmctl(i, IPC_RMID)
+        except OSError:
+            pass  # the test removed it
+
+
+@pytest.fixture
+def seg(make_segment: Callable[..., int]) -> int:
+    """A fresh private segment of 4096 bytes (mode 0600)."""
+    return make_segment()
+
+
+@pytest.fixture
+def make_shm() -> Iterator[Callable[..., SharedMemory]]:
+    """Factory for SharedMemory.create(size=4096, ...); every segment made is removed at
+    teardown."""
+    made: List[SharedMemory] = []
+
+    def make(size: int = 4096, **kwargs: object) -> SharedMemory:
+        s = SharedMemory.create(size, **kwargs)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        try:
+            s.remove()
+        except OSError:
+            pass  # the test removed it
 
 
 def start_child(fn: Callable[[], int], *, uid: int | None = None) -> int:

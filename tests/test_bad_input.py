@@ -32,7 +32,8 @@ from ipcbind import (GETALL, GETVAL, IPC_CREAT, IPC_NOWAIT, IPC_PRIVATE, IPC_SET
                      IPC_STAT, MSG_COPY, SETALL, SETVAL, MessageQueue, SemaphoreSet)
 from ipcbind import syscalls as sc
 from ipcbind.cli import main
-from ipcbind.namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
+from ipcbind.namespace import (enter_namespace, list_queues, list_segments, list_semaphore_sets,
+                               namespace_id,
                                namespace_pids, shares_namespace)
 from ipcbind.pytest_plugin import queue_messages, semaphore_values, wait_for_messages
 from ipcbind.snapshot import (Limits, QueueState, SemaphoreSetState, SnapshotFormatError, _digest,
@@ -130,7 +131,8 @@ def env(isolated: bool, tmp_path: Path) -> Iterator[Env]:
             except OSError:
                 pass
     if isolated:
-        assert list_queues() == [] and list_semaphore_sets() == [], "an IPC object was left behind"
+        assert list_queues() == list_semaphore_sets() == list_segments() == [], \
+            "an IPC object was left behind"
 
 
 class Row(NamedTuple):
@@ -630,6 +632,64 @@ def test_a_refused_op_changes_no_value(env: Env) -> None:
         with pytest.raises((IndexError, OverflowError, TypeError, ipcbind.OutOfRangeError)):
             env.s.op(ops)
     assert env.s.values == [1, 0]
+
+
+# ---- shared memory ----------------------------------------------------------------------
+
+def _on_segment(use: Callable[[ipcbind.SharedMemory], Any]) -> Callable[[Env], Any]:
+    """A row's call on a segment of 4096 bytes made for it and removed after it."""
+    def call(env: Env) -> Any:
+        with ipcbind.SharedMemory.create(4096) as m:
+            return use(m)
+    return call
+
+
+def _gone_segment() -> int:
+    with ipcbind.SharedMemory.create(4096) as m:
+        return m.id
+
+
+SEGMENTS = (
+    Row("create-size-0", lambda e: ipcbind.SharedMemory.create(0), ValueError, "size"),
+    Row("create-size-negative", lambda e: ipcbind.SharedMemory.create(-1), ValueError, "size"),
+    Row("create-size-str", lambda e: ipcbind.SharedMemory.create("1"), TypeError, "size"),
+    Row("create-size-2**64", lambda e: ipcbind.SharedMemory.create(2 ** 64),
+        OverflowError, "size"),
+    Row("create-mode-setuid", lambda e: ipcbind.SharedMemory.create(1, mode=0o4600), ValueError,
+        "mode"),
+    Row("create-key-2**32", lambda e: ipcbind.SharedMemory.create(1, key=2 ** 32), OverflowError,
+        "key"),
+    Row("open-private", lambda e: ipcbind.SharedMemory.open(IPC_PRIVATE), ValueError,
+        "IPC_PRIVATE"),
+    Row("from_id-negative", lambda e: ipcbind.SharedMemory.from_id(-1), ValueError, "id"),
+    Row("from_id-removed", lambda e: ipcbind.SharedMemory.from_id(_gone_segment()), OSError,
+        "no shared memory segment", GONE),
+    Row("read-past-the-end", _on_segment(lambda m: m.read(2, 4095)), ValueError, "past the end"),
+    Row("read-size-None-offset-past", _on_segment(lambda m: m.read(offset=4097)), ValueError,
+        "past the end"),
+    Row("read-offset-str", _on_segment(lambda m: m.read(1, "0")), TypeError, "offset"),
+    Row("write-past-the-end", _on_segment(lambda m: m.write(b"xx", 4095)), ValueError,
+        "nothing written"),
+    Row("write-str", _on_segment(lambda m: m.write("x")), TypeError, "encode"),
+    Row("write-None", _on_segment(lambda m: m.write(None)), TypeError, "bytes-like"),
+    Row("write-closed-mmap", _on_segment(lambda m: m.write(_closed_mmap())), ValueError,
+        "closed"),
+    Row("attach-removed", lambda e: ipcbind.SharedMemory(_gone_segment()).attach(), OSError,
+        r"shmat\(shmid=", GONE),
+    Row("shmget-size-negative-first", lambda e: ipcbind.shmget(IPC_PRIVATE, -1, IPC_CREAT),
+        OverflowError, "size"),
+    Row("shmat-flags-str", lambda e: ipcbind.shmat(_gone_segment(), "0"), TypeError, "flags"),
+    Row("shmdt-not-an-attachment", lambda e: ipcbind.shmdt(b"x"), TypeError, "shmat"),
+    Row("shmctl-set-qbytes-first", lambda e: ipcbind.shmctl(_gone_segment(), IPC_SET,
+                                                             {"qbytes": 1}), ValueError, "qbytes"),
+    Row("shmctl-removed", lambda e: ipcbind.shmctl(_gone_segment(), IPC_STAT), OSError,
+        r"shmctl\(shmid=", GONE),
+)
+
+
+@rows(*SEGMENTS)
+def test_shared_memory_refuses(row: Row, env: Env) -> None:
+    check(row, env)
 
 
 # ---- semundo -------------------------------------------------------------------------

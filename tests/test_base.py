@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 import ipcbind
-from ipcbind import IPC_PRIVATE, MessageQueue, SemaphoreSet
+from ipcbind import IPC_PRIVATE, MessageQueue, SemaphoreSet, SharedMemory
 from ipcbind._base import IpcObject
 
 from conftest import run_in_child
@@ -43,6 +43,8 @@ KINDS = [
          _exists(lambda i: ipcbind.msgctl(i, ipcbind.IPC_STAT))),
     Kind("semaphore set", SemaphoreSet, lambda **kw: SemaphoreSet.create(1, **kw),
          _exists(lambda i: ipcbind.semctl(i, 0, ipcbind.IPC_STAT))),
+    Kind("shared memory", SharedMemory, lambda **kw: SharedMemory.create(4096, **kw),
+         _exists(lambda i: ipcbind.shmctl(i, ipcbind.IPC_STAT))),
 ]
 
 

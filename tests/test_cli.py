@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
 import pty
 import subprocess
 import sys
-from typing import Any, List, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 import psutil
 import pytest
@@ -16,8 +18,9 @@ import pytest
 from conftest import NOBODY, needs_root, run_in_child
 from nschild import needs_ns_root, ns_child
 
+import ipcbind
 from ipcbind import syscalls as sc
-from ipcbind.cli import main
+from ipcbind.cli import EXIT_CODES, build_parser, main
 from ipcbind.namespace import enter_namespace, list_queues
 from ipcbind.snapshot import Limits, QueueState, Snapshot, dump, load, loads, snapshot
 
@@ -99,6 +102,9 @@ def test_peek_index_past_the_end_exits_3(msq: int, capsys: Any) -> None:
 
 
 @pytest.mark.parametrize("argv", [[], ["frob"], ["peek"], ["peek", "x"], ["ls", "--pid", "0"],
+                                  ["ls", "-i", "0"], ["ls", "-q", "-s"],
+                                  ["ls", "-q", "-i", "2147483648"],
+                                  ["ls", "--time-format", "long"],
                                   ["peek", "1", "--index", "-1"], ["dump", "--retries", "0"],
                                   ["ls", "--bogus"]])
 def test_bad_command_lines_exit_2_without_traceback(argv: List[str], capsys: Any) -> None:
@@ -199,11 +205,13 @@ def test_ls_pid_shows_that_namespaces_objects_and_not_ours(msq: int) -> None:
     assert [(s["id"], s["nsems"], s["values"]) for s in doc["semaphore_sets"]] == [
         (made["s"], 2, [4, 5])]
     assert doc["pid"] == pid and doc["version"] == 1
-    assert set(q) == {"id", "key", "uid", "gid", "owner", "cuid", "cgid", "mode", "cbytes",
-                      "qnum", "qbytes", "lspid", "lrpid", "last_sender", "last_receiver",
-                      "stime", "rtime", "ctime"}
+    assert set(q) == {"id", "key", "uid", "gid", "owner", "group", "cuid", "cgid", "cuser",
+                      "cgroup", "mode", "cbytes", "qnum", "qbytes", "lspid", "lrpid",
+                      "last_sender", "last_receiver", "stime", "stime_iso", "rtime",
+                      "rtime_iso", "ctime", "ctime_iso"}
     assert "0x00001234" in out and f"{pid}({q['last_sender']})" in out and "4 5" in out
-    assert f"  {msq}  " not in out
+    queue_rows = out.split("\n\n")[0].splitlines()[2:]
+    assert [row.split()[:2] for row in queue_rows] == [["0x00001234", str(made["q"])]]
 
 
 @needs_ns_root
@@ -308,3 +316,103 @@ def test_demo_runs_inside_the_namespace_given_by_pid() -> None:
     assert code == 0 and left == []
     assert out.splitlines()[-1] == f"removed queue {made}"
     assert made == 777  # the id armed in that namespace only
+
+
+def test_version_prints_the_package_version() -> None:
+    r = subprocess.run([sys.executable, "-m", "ipcbind", "--version"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"ipcbind {ipcbind.__version__}\n"
+
+
+def test_help_has_no_markup_and_no_internal_names(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "``" not in shown and ":data:" not in shown and "EXIT_CODES" not in shown
+    assert "exit codes:\n  0    success\n" in shown
+
+
+def test_peek_of_an_empty_queue_says_it_is_empty(msq: int) -> None:
+    assert run("peek", msq) == (0, f"queue {msq} is empty\n")
+    assert run("peek", msq, "--format", "hex") == (0, f"queue {msq} is empty\n")
+    assert json.loads(run("peek", msq, "--json")[1])["messages"] == []
+
+
+@pytest.mark.parametrize("fmt", ["text", "hex"])
+def test_peek_json_with_another_format_is_refused(msq: int, fmt: str, capsys: Any) -> None:
+    sc.msgsnd(msq, 1, b"x")
+    assert run("peek", msq, "--json", "--format", fmt) == (2, "")
+    assert f"--json and --format {fmt} conflict" in capsys.readouterr().err
+
+
+def test_peek_json_with_format_json_agree(msq: int) -> None:
+    sc.msgsnd(msq, 1, b"x")
+    assert run("peek", msq, "--json", "--format", "json") == run("peek", msq, "--json")
+
+
+def test_semundo_help_says_which_pid_is_which(capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        main(["semundo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "[--pid PID]" in shown and shown.count(" PROCESS") >= 2
+    assert "--pid PID only chooses the IPC namespace" in shown
+
+
+def test_ls_i_of_a_missing_object_exits_3(msq: int, semset: int, capsys: Any) -> None:
+    sc.msgctl(msq, sc.IPC_RMID)
+    sc.semctl(semset, 0, sc.IPC_RMID)
+    assert run("ls", "-q", "-i", msq) == (3, "")
+    assert run("ls", "-s", "-i", semset) == (3, "")
+    err = capsys.readouterr().err
+    assert err == (f"ipcbind: error: no message queue with id {msq}\n"
+                   f"ipcbind: error: no semaphore set with id {semset}\n")
+
+
+def test_ls_q_lists_only_queues_and_s_only_sets(msq: int, semset: int) -> None:
+    queues, sets = (json.loads(run("ls", kind, "--json")[1]) for kind in ("-q", "-s"))
+    assert "semaphore_sets" not in queues and msq in [q["id"] for q in queues["queues"]]
+    assert "queues" not in sets and semset in [s["id"] for s in sets["semaphore_sets"]]
+    assert "Semaphore" not in run("ls", "-q")[1] and "Message" not in run("ls", "-s")[1]
+
+
+def test_ls_times_never_set_are_a_dash_and_null(semset: int) -> None:
+    doc = json.loads(run("ls", "-s", "-i", semset, "--json")[1])
+    assert (doc["otime"], doc["otime_iso"]) == (0, None) and doc["ctime"] > 0
+    assert "last op:       -\n" in run("ls", "-s", "-i", semset)[1]
+
+
+def test_ls_c_adds_the_group_and_the_creators_user_and_group(msq: int) -> None:
+    head = run("ls", "-q", "-c")[1].splitlines()[1].split()
+    assert head[:6] == ["key", "msqid", "owner", "group", "cuser", "cgroup"]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = sub
+                found.update({f"{name} {k}": v for k, v in _subparsers(sub).items()})
+    return found
+
+
+def test_docs_cli_md_names_every_command_option_and_exit_code() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    table = docs.split("| command | what it does |")[1].split("\n\n")[0]
+    codes = docs.split("| code | meaning |")[1].split("\n\n")[0]
+    commands = _subparsers(build_parser())
+    for name, sub in commands.items():
+        rows = [r for r in table.splitlines() if r.startswith(f"| `{name}")]
+        assert rows, f"docs/cli.md has no row for {name}"
+        for action in sub._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help", "--pid", "--json"):
+                    assert any(option in r for r in rows), f"{name} {option} is not in docs"
+    assert [int(line.split("|")[1]) for line in codes.splitlines()[2:]] == list(EXIT_CODES)
+
+
+def test_every_commands_help_formats_without_markup() -> None:
+    for name, sub in _subparsers(build_parser()).items():
+        shown = sub.format_help()
+        assert shown.startswith(f"usage: ipcbind {name}") and "``" not in shown, name

@@ -1,4 +1,4 @@
-"""msgget/semget with keys, ftok, and the exceptions failing calls raise."""
+"""msgget/semget/shmget with keys, ftok, and the exceptions failing calls raise."""
 
 from __future__ import annotations
 
@@ -17,22 +17,23 @@ from ipcbind.errors import syscall_error
 
 @pytest.fixture
 def fresh_key() -> Iterator[int]:
-    """A key no queue or set uses now; whatever a test creates with it is removed."""
+    """A key no queue, set or segment uses now; whatever a test creates with it is removed."""
+    def in_use(get: Callable[[int], int], key: int) -> bool:
+        try:
+            get(key)
+        except FileNotFoundError:
+            return False
+        return True
+
     while True:
         key = random.randrange(1, 2 ** 31)
-        try:
-            ipc.msgget(key)
-            continue
-        except FileNotFoundError:
-            pass
-        try:
-            ipc.semget(key, 0)
-            continue
-        except FileNotFoundError:
+        if not any(in_use(get, key) for get in (ipc.msgget, lambda k: ipc.semget(k, 0),
+                                                 lambda k: ipc.shmget(k, 0))):
             break
     yield key
     for remove in (lambda: ipc.msgctl(ipc.msgget(key), IPC_RMID),
-                   lambda: ipc.semctl(ipc.semget(key, 0), 0, IPC_RMID)):
+                   lambda: ipc.semctl(ipc.semget(key, 0), 0, IPC_RMID),
+                   lambda: ipc.shmctl(ipc.shmget(key, 0), IPC_RMID)):
         try:
             remove()
         except FileNotFoundError:
@@ -42,6 +43,7 @@ def fresh_key() -> Iterator[int]:
 GETS: List[Tuple[str, Callable[[int, int], int]]] = [
     ("msgget", lambda key, flags: ipc.msgget(key, flags)),
     ("semget", lambda key, flags: ipc.semget(key, 1, flags)),
+    ("shmget", lambda key, flags: ipc.shmget(key, 4096, flags)),
 ]
 
 

@@ -7,7 +7,8 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Callable, Dict, List, Tuple
+import time
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -234,3 +235,157 @@ def test_ipcs_s_i_agrees_with_semctl(make_semset: Callable[..., int]) -> None:
         [1, 0, 1, 0, os.getpid()],
         [2, 8, 0, 0, os.getpid()],
     ]
+
+
+# ---- shared memory ---------------------------------------------------------------------------
+
+SHM_WRITER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/shm.h>
+
+int main(int argc, char **argv)
+{
+    int id = atoi(argv[1]);
+    size_t size = (size_t)atol(argv[2]), i;
+    unsigned char *p = shmat(id, NULL, 0);
+    if (p == (void *)-1) { perror("shmat"); return 1; }
+    for (i = 0; i < size; i++) p[i] = (unsigned char)((i * 31 + 7) & 0xff);
+    memcpy(p, "from C\0", 7);
+    if (shmdt(p)) { perror("shmdt"); return 1; }
+    return 0;
+}
+"""
+
+SHM_READER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/shm.h>
+
+int main(int argc, char **argv)
+{
+    int id = atoi(argv[1]);
+    size_t n = (size_t)atol(argv[2]), i;
+    const unsigned char *p = shmat(id, NULL, SHM_RDONLY);
+    if (p == (void *)-1) { perror("shmat"); return 1; }
+    for (i = 0; i < n; i++) printf("%02x", p[i]);
+    printf("\n");
+    return shmdt(p) ? 1 : 0;
+}
+"""
+
+SHM_HOLDER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/shm.h>
+
+int main(int argc, char **argv)
+{
+    void *p = shmat(atoi(argv[1]), NULL, 0);
+    char c;
+    if (p == (void *)-1) { perror("shmat"); return 1; }
+    printf("attached\n");
+    fflush(stdout);
+    return read(0, &c, 1) < 0;   /* attached until stdin closes */
+}
+"""
+
+
+def pattern(size: int) -> bytes:
+    return b"from C\0" + bytes((i * 31 + 7) & 0xFF for i in range(7, size))
+
+
+@pytest.fixture
+def shm_segment() -> Iterator[ipc.SharedMemory]:
+    with ipc.SharedMemory.create(3 * 4096 + 5, mode=0o640) as s:
+        yield s
+
+
+@needs_cc
+def test_bytes_written_by_c_are_read_back_exactly(shm_segment: ipc.SharedMemory,
+                                                  build: Callable[[str, str], str]) -> None:
+    run(build("shm_writer", SHM_WRITER_C), shm_segment.id, shm_segment.size)
+    assert shm_segment.read() == pattern(shm_segment.size)
+    with shm_segment.attach(readonly=True) as att, memoryview(att) as view:
+        assert view.tobytes() == pattern(shm_segment.size)
+
+
+@needs_cc
+def test_bytes_written_by_python_are_read_exactly_by_c(shm_segment: ipc.SharedMemory,
+                                                       build: Callable[[str, str], str]) -> None:
+    data = bytes(range(256)) * 40 + b"\0end"
+    shm_segment.write(data)
+    with shm_segment.attach() as att, memoryview(att) as view:
+        view[-5:] = b"tail!"
+    out = run(build("shm_reader", SHM_READER_C), shm_segment.id, shm_segment.size).strip()
+    assert bytes.fromhex(out) == data + bytes(shm_segment.size - len(data) - 5) + b"tail!"
+
+
+def _c_holding(build: Callable[[str, str], str], shmid: int) -> "subprocess.Popen[str]":
+    holder = subprocess.Popen([build("shm_holder", SHM_HOLDER_C), str(shmid)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline() == "attached\n"
+    return holder
+
+
+def _let_go(holder: "subprocess.Popen[str]") -> None:
+    assert holder.stdin is not None
+    holder.stdin.close()
+    assert holder.wait(timeout=30) == 0
+
+
+@needs_cc
+@needs_ipcs
+def test_ipcs_m_i_agrees_with_shmctl(shm_segment: ipc.SharedMemory,
+                                     build: Callable[[str, str], str]) -> None:
+    holder = _c_holding(build, shm_segment.id)
+    try:
+        shm_segment.write(b"x")  # attached here too: nattch 2
+        out = run(IPCS, "-m", "-i", shm_segment.id)
+        ds = shm_segment.stat()
+    finally:
+        _let_go(holder)
+    f = fields(out)
+    assert int(f["shmid"]) == shm_segment.id
+    assert (int(f["uid"]), int(f["gid"]), int(f["cuid"]), int(f["cgid"])) == (
+        ds.uid, ds.gid, ds.cuid, ds.cgid)
+    assert int(f["access_perms"], 8) == ds.mode == 0o640
+    assert (int(f["bytes"]), int(f["nattch"])) == (ds.segsz, ds.nattch) == (shm_segment.size, 2)
+    assert (int(f["cpid"]), int(f["lpid"])) == (ds.cpid, ds.lpid) == (os.getpid(), os.getpid())
+    for name, t in (("att_time", ds.atime), ("change_time", ds.ctime)):
+        shown = re.search(rf"{name}=(.*\S)", out)
+        assert shown is not None and shown.group(1) == time.ctime(t)
+
+
+@needs_cc
+@needs_ipcs
+def test_ipcs_m_row_shows_a_segment_removed_while_attached_as_dest(
+        shm_segment: ipc.SharedMemory, build: Callable[[str, str], str]) -> None:
+    holder = _c_holding(build, shm_segment.id)
+    try:
+        ipc.shmctl(shm_segment.id, ipc.IPC_RMID)
+        rows = [line.split() for line in run(IPCS, "-m").splitlines()]
+        ds = shm_segment.stat()
+        mode = fields(run(IPCS, "-m", "-i", shm_segment.id))["mode"]
+    finally:
+        _let_go(holder)
+    row = next(r for r in rows if len(r) >= 6 and r[1] == str(shm_segment.id))
+    assert int(row[0], 16) == ds.key == 0
+    assert (int(row[3], 8), int(row[4]), int(row[5])) == (ds.mode, ds.segsz, ds.nattch)
+    assert row[6:] == ["dest"] and ds.dest
+    assert int(mode, 8) == 0o1000 | ds.mode  # SHM_DEST, which ShmidDs.dest reads
+
+
+@needs_ipcs
+def test_a_segment_made_by_ipcmk_is_read_by_from_id() -> None:
+    out = run(shutil.which("ipcmk") or pytest.skip("needs util-linux's ipcmk"), "-M", "1000",
+              "-p", "0600")
+    shmid = int(re.findall(r"\d+", out)[-1])
+    s = ipc.SharedMemory.from_id(shmid)
+    try:
+        assert (s.size, s.read(), s.created) == (1000, bytes(1000), False)
+        assert ipc.SharedMemory.open(s.key) == s
+    finally:
+        s.remove()

@@ -17,7 +17,8 @@ import pytest
 
 from ipcbind.syscalls import ffi
 
-STRUCTS = ["ipc_perm", "msqid_ds", "semid_ds", "sembuf", "msginfo", "seminfo"]
+STRUCTS = ["ipc_perm", "msqid_ds", "semid_ds", "sembuf", "msginfo", "seminfo", "shmid_ds",
+           "shminfo", "shm_info"]
 
 Layout = Dict[str, Tuple[int, ...]]
 """'struct' -> (size,); 'struct.field' -> (offset, size, is_signed), where is_signed is
@@ -41,7 +42,7 @@ def _fields(struct: str) -> List[Tuple[str, bool]]:
 def _c_program() -> str:
     lines = ["#include <stddef.h>", "#include <stdio.h>", "#include <sys/types.h>",
              "#include <sys/ipc.h>", "#include <sys/msg.h>", "#include <sys/sem.h>",
-             "int main(void) {"]
+             "#include <sys/shm.h>", "int main(void) {"]
     for struct in STRUCTS:
         lines.append(f'    printf("{struct} %zu\\n", sizeof(struct {struct}));')
         for name, integer in _fields(struct):

@@ -37,6 +37,21 @@ def test_peek_example_without_a_number_prints_usage() -> None:
     assert r.returncode == 2 and "MSQID" in r.stderr
 
 
+def test_peek_example_of_an_id_beyond_a_c_int_says_so_without_a_traceback() -> None:
+    r = run(str(EXAMPLES / "peek.py"), "99999999999999999999")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("peek: ") and r.stderr.count("\n") == 1
+    assert "between 0 and 2147483647, got 99999999999999999999" in r.stderr
+
+
+def test_peek_example_of_a_missing_queue_says_so_as_the_command_line_does() -> None:
+    q = MessageQueue.create()
+    q.remove()
+    r = run(str(EXAMPLES / "peek.py"), str(q.id))
+    assert r.returncode == 3
+    assert r.stderr == f"peek: no message queue with id {q.id}\n"
+
+
 def test_producer_consumer_example_receives_everything() -> None:
     r = run(str(EXAMPLES / "producer_consumer.py"))
     assert r.returncode == 0, r.stderr

@@ -19,6 +19,7 @@ from ipcbind.namespace import (
     NamespaceReturnError,
     enter_namespace,
     list_queues,
+    list_segments,
     list_semaphore_sets,
     namespace_id,
     namespace_pids,
@@ -290,4 +291,61 @@ def test_listing_without_stat_any_raises_permission_error_for_an_unreadable_obje
         return 3
 
     with ns_child(_make_objects) as (pid, _):
+        assert run_in_child(lambda: child(pid)) == 0
+
+
+_HELD: List[sc.Attachment] = []  # in the namespace child: attachments that outlive setup
+
+
+def _make_segments() -> Dict[str, int]:
+    kept = sc.shmget(0x9ABC, 5000, sc.IPC_CREAT | 0o640)
+    dest = sc.shmget(0x9ABD, 4096, sc.IPC_CREAT | 0o600)
+    _HELD.append(sc.shmat(dest))
+    sc.shmctl(dest, sc.IPC_RMID)
+    return {"kept": kept, "dest": dest}
+
+
+@needs_ns_root
+def test_list_segments_shows_that_namespaces_segments_marked_ones_included() -> None:
+    with ns_child(_make_segments) as (pid, made):
+        with enter_namespace(pid):
+            segments = dict(list_segments())
+        assert sorted(segments) == sorted(made.values())
+        kept, dest = segments[made["kept"]], segments[made["dest"]]
+        assert (kept.key, kept.mode, kept.segsz, kept.nattch, kept.dest) == (
+            0x9ABC, 0o640, 5000, 0, False)
+        assert (dest.key, dest.nattch, dest.dest, dest.cpid) == (0, 1, True, pid)
+
+
+@needs_ns_root
+def test_list_segments_reads_with_plain_shm_stat_where_shm_stat_any_is_refused() -> None:
+    def child(pid: int) -> int:
+        with enter_namespace(pid):
+            want = list_segments()
+            ns_module._stat_any_works["shm"] = False
+            got = list_segments()
+        return 0 if got == want and len(got) == 2 else 1
+
+    with ns_child(_make_segments) as (pid, _):
+        assert run_in_child(lambda: child(pid)) == 0
+
+
+@needs_ns_root
+@needs_stat_any
+def test_list_segments_without_stat_any_raises_permission_error_for_an_unreadable_one() -> None:
+    def child(pid: int) -> int:
+        sc._setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        if len(list_segments()) != 2:  # SHM_STAT_ANY lists root's segments of mode 0600
+            return 1
+        ns_module._stat_any_works["shm"] = False
+        try:
+            list_segments()
+        except PermissionError as e:
+            return 0 if "shared memory segment at index" in str(e) else 2
+        return 3
+
+    with ns_child(_make_segments) as (pid, _):
         assert run_in_child(lambda: child(pid)) == 0

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -47,22 +47,20 @@ def _ns_inode() -> int:
     return os.stat("/proc/thread-self/ns/ipc").st_ino
 
 
-def _queue_exists(msqid: int) -> bool:
-    try:
-        ipcbind.msgctl(msqid, IPC_STAT)
-    except OSError as e:
-        assert e.errno in (errno.EINVAL, errno.EIDRM)
-        return False
-    return True
+def _exists(stat: Callable[[int], object]) -> Callable[[int], bool]:
+    def exists(ident: int) -> bool:
+        try:
+            stat(ident)
+        except OSError as e:
+            assert e.errno in (errno.EINVAL, errno.EIDRM)
+            return False
+        return True
+    return exists
 
 
-def _semset_exists(semid: int) -> bool:
-    try:
-        ipcbind.semctl(semid, 0, IPC_STAT)
-    except OSError as e:
-        assert e.errno in (errno.EINVAL, errno.EIDRM)
-        return False
-    return True
+_queue_exists = _exists(lambda i: ipcbind.msgctl(i, IPC_STAT))
+_semset_exists = _exists(lambda i: ipcbind.semctl(i, 0, IPC_STAT))
+_segment_exists = _exists(lambda i: ipcbind.shmctl(i, IPC_STAT))
 
 
 def _run_alone(pytester: pytest.Pytester, *args: str, prelude: str = "") -> pytest.RunResult:
@@ -92,6 +90,8 @@ def recorded(pytester: pytest.Pytester) -> Iterator[Path]:
         try:
             if kind == "q":
                 ipcbind.msgctl(ident, IPC_RMID)
+            elif kind == "m":
+                ipcbind.shmctl(ident, IPC_RMID)
             else:
                 ipcbind.semctl(ident, 0, IPC_RMID)
         except OSError:
@@ -224,6 +224,43 @@ def test_unknown_fixture_option_is_an_error_naming_it(pytester: pytest.Pytester)
     result.stdout.fnmatch_lines(["*unknown option(s) size*"])
 
 
+def test_shm_fixture_removes_the_segment_after_a_failing_test(
+        pytester: pytest.Pytester, recorded: Path) -> None:
+    pytester.makepyfile(RECORD.format(path=str(recorded)) + """
+def test_fails(ipc_shm):
+    record("m", ipc_shm.id)
+    ipc_shm.write(b"kept attached by the fixture's segment")
+    assert ipc_shm.stat().nattch == 1
+    assert False
+""")
+    pytester.runpytest_inprocess().assert_outcomes(failed=1)
+    [shmid] = _recorded(recorded, "m")
+    assert not _segment_exists(shmid)
+
+
+def test_shm_marker_sets_size_and_mode(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.ipc_shm(size=10000, mode=0o640)
+        def test_marked(ipc_shm):
+            assert (ipc_shm.size, ipc_shm.stat().mode, ipc_shm.read(3)) == (10000, 0o640, bytes(3))
+    """)
+    pytester.runpytest_inprocess().assert_outcomes(passed=1)
+
+
+def test_factory_makes_segments_and_removes_them(pytester: pytest.Pytester,
+                                                 recorded: Path) -> None:
+    pytester.makepyfile(RECORD.format(path=str(recorded)) + """
+def test_makes(ipc_factory):
+    for size in (1, 5000):
+        record("m", ipc_factory.segment(size).id)
+""")
+    pytester.runpytest_inprocess().assert_outcomes(passed=1)
+    made = _recorded(recorded, "m")
+    assert len(made) == 2 and not any(_segment_exists(i) for i in made)
+
+
 def test_factory_refuses_a_key_already_in_use(ipc_factory: IpcFactory) -> None:
     key = 0x1BC0FFEE ^ os.getpid()
     ipc_factory.queue(key=key)
@@ -248,6 +285,32 @@ def test_leak_check_fails_a_leaky_test_and_names_the_object(
     result.assert_outcomes(passed=1, errors=1)
     [msqid] = _recorded(recorded, "q")
     result.stdout.fnmatch_lines([f"*message queue {msqid} *ipcrm -q {msqid}*"])
+
+
+def test_leak_check_names_a_leaked_segment_with_its_ipcrm(
+        pytester: pytest.Pytester, recorded: Path) -> None:
+    pytester.makepyfile(RECORD.format(path=str(recorded)) + """
+import ipcbind
+
+def test_leaks_a_segment():
+    record("m", ipcbind.shmget(ipcbind.IPC_PRIVATE, 5000, ipcbind.IPC_CREAT | 0o600))
+""")
+    result = _run_alone(pytester, "--ipc-leaks")
+    result.assert_outcomes(passed=1, errors=1)
+    [shmid] = _recorded(recorded, "m")
+    result.stdout.fnmatch_lines([f"*shared memory segment {shmid} *5000 bytes*ipcrm -m {shmid}*"])
+
+
+def test_leak_check_passes_a_segment_removed_and_detached(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import ipcbind
+
+        def test_cleans_up(ipc_shm):
+            with ipcbind.SharedMemory.create(4096) as s, s.attach() as att:
+                att[0] = 1
+            ipc_shm.write(b"x")
+    """)
+    _run_alone(pytester, "--ipc-leaks").assert_outcomes(passed=1)
 
 
 def test_leak_check_is_off_without_option_or_marker(
