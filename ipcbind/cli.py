@@ -17,6 +17,7 @@ import os
 import pwd
 import sys
 import textwrap
+import warnings
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -31,8 +32,9 @@ from .msg import COPY_ATTEMPTS, MessageQueue, copy_all
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_segments, list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
-from .snapshot import (FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError,
-                       dump, dumps, load, loads, restore, snapshot)
+from .snapshot import (FreezeError, FreezeWarning, RestoreConflictError, RestoreError,
+                       SnapshotFormatError, blocked_semops, dump, dumps, load, loads, restore,
+                       snapshot)
 from .syscalls import MsqidDs, SemidDs, ShmidDs
 
 JSON_VERSION = 1
@@ -43,8 +45,8 @@ JSON_VERSION = 1
 EXIT_CODES = {
     OK: "success",
     FAILED: "the operation failed (a restore that was rolled back, a queue that kept "
-            "changing, a freeze that failed, a malformed semundo file, any other system "
-            "error)",
+            "changing, a freeze that failed or was refused, a malformed semundo file, any "
+            "other system error)",
     USAGE: "bad command line (unknown command or option, bad number, --freeze without "
            "the --pid of another namespace)",
     NOT_FOUND: "no such queue, semaphore set, segment, key, message index, semaphore, "
@@ -582,8 +584,21 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
         raise CliError("--freeze needs the --pid of a process in another IPC namespace "
                        "(freezing our own would stop this process and the whole system)",
                        USAGE)
-    snap = snapshot(args.pid, freeze=args.freeze, retries=args.retries,
-                    progress=_progress(sys.stderr))
+    if args.interrupt_blocked_semops:
+        if not args.freeze:
+            raise CliError("--interrupt-blocked-semops goes with --freeze", USAGE)
+        for b in blocked_semops(args.pid):
+            print(f"ipcbind: freezing anyway: {b} fails with EINTR", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FreezeWarning)
+        snap = snapshot(args.pid, freeze=args.freeze, retries=args.retries,
+                        progress=_progress(sys.stderr),
+                        interrupt_blocked_semops=args.interrupt_blocked_semops)
+    for w in caught:
+        if issubclass(w.category, FreezeWarning):
+            print(f"ipcbind: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if args.output in (None, "-"):
         out.write(dumps(snap))
         return OK
@@ -1005,7 +1020,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     p.add_argument("--freeze", action="store_true",
                    help="hold the namespace's processes still while reading (needs --pid "
-                        "of a process in another namespace)")
+                        "of a process in another namespace); refused if a process is in "
+                        "semop or semtimedop, which freezing would make fail with EINTR")
+    p.add_argument("--interrupt-blocked-semops", action="store_true",
+                   help="with --freeze: freeze even processes in semop or semtimedop; "
+                        "their call fails with EINTR (each is named on stderr)")
     p.add_argument("--retries", type=_positive, default=COPY_ATTEMPTS,
                    help="reads of a queue that changed meanwhile before giving up "
                         f"(default {COPY_ATTEMPTS})")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "RestoreError",
     "RestoreConflictError",
     "FreezeError",
+    "FreezeRefusedError",
+    "FreezeWarning",
+    "BlockedCall",
     "CliError",
     "GONE_ERRNOS",
     "gone",
@@ -251,6 +255,44 @@ class RestoreConflictError(RestoreError):
 
 class FreezeError(RuntimeError, IpcbindError):
     """The namespace's processes could not be frozen, or not all could be thawed."""
+
+
+@dataclass(frozen=True)
+class BlockedCall:
+    """A thread in a semaphore call that freezing would end with EINTR."""
+
+    pid: int
+    tid: int
+    name: str
+    call: str
+    """``"semop"``, ``"semtimedop"``, or why it could not be told."""
+
+    def __str__(self) -> str:
+        thread = "" if self.tid == self.pid else f" thread {self.tid}"
+        return f"pid {self.pid} ({self.name}){thread} in {self.call}"
+
+
+class FreezeRefusedError(FreezeError):
+    """Freezing would make a semop or semtimedop fail with EINTR in a process that
+    does not expect it; ``blocked`` names each such thread. Nothing was frozen."""
+
+    def __init__(self, blocked: Sequence[BlockedCall]) -> None:
+        self.blocked = tuple(blocked)
+        super().__init__(
+            "freeze refused: every way of holding a process (SIGSTOP, the cgroup "
+            "freezers, ptrace) makes a blocked semop or semtimedop fail with EINTR, "
+            "and a program that does not retry then fails: "
+            + "; ".join(map(str, self.blocked))
+            + ". Freeze anyway with interrupt_blocked_semops=True "
+              "(ipcbind dump --freeze --interrupt-blocked-semops), or dump without freezing")
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return type(self), (self.blocked,)
+
+
+class FreezeWarning(RuntimeWarning, IpcbindError):
+    """A thread was found in semop or semtimedop after it was stopped: it may have been
+    waiting there, and then its call fails with EINTR."""
 
 
 class CliError(IpcbindError):

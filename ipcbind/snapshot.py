@@ -24,10 +24,11 @@ import errno
 import hashlib
 import json
 import os
+import platform
 import re
-import signal
 import stat
 import tempfile
+import warnings
 from functools import partial
 import time
 from contextlib import contextmanager, nullcontext
@@ -36,9 +37,12 @@ from datetime import datetime, timezone
 from typing import (IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set,
                     Tuple, TypeVar, Union)
 
+import psutil
+
 from . import syscalls as sc
 from ._limits import INT_MAX, SEMVMX, U32_MAX, msgmax
-from .errors import FreezeError, RestoreConflictError, RestoreError, SnapshotFormatError, gone
+from .errors import (BlockedCall, FreezeError, FreezeRefusedError, FreezeWarning,
+                     RestoreConflictError, RestoreError, SnapshotFormatError, gone)
 from .msg import COPY_ATTEMPTS, copy_all
 from .namespace import (enter_namespace, list_queues, list_semaphore_sets, namespace_id,
                         namespace_pids)
@@ -55,6 +59,10 @@ __all__ = [
     "RestoreError",
     "RestoreConflictError",
     "FreezeError",
+    "FreezeRefusedError",
+    "FreezeWarning",
+    "BlockedCall",
+    "blocked_semops",
     "snapshot",
     "restore",
     "freeze_namespace",
@@ -234,7 +242,8 @@ def _need_callable(call: str, progress: Optional[Progress]) -> None:
 
 
 def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = COPY_ATTEMPTS,
-             progress: Optional[Progress] = None) -> Snapshot:
+             progress: Optional[Progress] = None,
+             interrupt_blocked_semops: bool = False) -> Snapshot:
     """Read every queue and semaphore set of a namespace, taking nothing.
 
     Args:
@@ -244,6 +253,8 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
             needs ``pid`` in another namespace than ours.
         retries: how many times a queue that changed while it was read is read again.
         progress: called as ``progress(done, total, what)`` before each object.
+        interrupt_blocked_semops: freeze even processes in semop or semtimedop, which
+            then fail with EINTR (see :func:`freeze_namespace`).
 
     Returns:
         The :class:`Snapshot`. Objects removed while it is taken are left out.
@@ -252,6 +263,7 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
         QueueChangedError: a queue changed during each of ``retries`` reads.
         PermissionError: an object is not readable, or the namespace cannot be entered.
         NotSupportedError: the kernel has no MSG_COPY (no CONFIG_CHECKPOINT_RESTORE).
+        FreezeRefusedError: ``freeze`` would interrupt a blocked semop or semtimedop.
         FreezeError: ``freeze`` could not stop the processes.
     """
     if isinstance(retries, bool) or not isinstance(retries, int):
@@ -259,7 +271,8 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
     if retries < 1:
         raise ValueError(f"snapshot: retries must be >= 1, got {retries}")
     _need_callable("snapshot", progress)
-    holder = freeze_namespace(pid) if freeze else nullcontext(None)
+    holder = (freeze_namespace(pid, interrupt_blocked_semops=interrupt_blocked_semops)
+              if freeze else nullcontext(None))
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
     with holder as frozen, inside:
         ns = namespace_id()[1]
@@ -343,13 +356,83 @@ def _in_frozen_cgroup(pid: int) -> bool:
         return False
 
 
-def _state(pid: int) -> str:
-    """The one-letter state of /proc/PID/stat ('' if the process is gone)."""
+_HELD_OR_GONE = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP,
+                           psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
+
+
+def _held_or_gone(proc: psutil.Process) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+        return proc.status() in _HELD_OR_GONE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# The System V semaphore calls by syscall number, where the number is known. glibc's
+# semop is the semtimedop syscall without a timeout.
+_SEM_SYSCALLS_BY_MACHINE: Dict[str, Dict[int, str]] = {
+    "x86_64": {65: "semop", 220: "semtimedop"},
+    "aarch64": {193: "semop", 192: "semtimedop"},
+}
+_SEM_SYSCALLS = _SEM_SYSCALLS_BY_MACHINE.get(platform.machine(), {})
+
+
+def _sem_call(pid: int, tid: int) -> Optional[str]:
+    """The semaphore call thread ``tid`` of ``pid`` is in (asleep, stopped or frozen
+    in it), or None."""
+    task = f"/proc/{pid}/task/{tid}"
+    try:
+        with open(f"{task}/syscall") as f:
+            fields = f.read().split()
+    except FileNotFoundError:
+        return None  # the thread has exited
+    except OSError as e:
+        unreadable = f"a call that cannot be seen ({task}/syscall: {e.strerror})"
+    else:
+        if fields and fields[0].isdigit() and _SEM_SYSCALLS:
+            call = _SEM_SYSCALLS.get(int(fields[0]))
+            if call == "semtimedop" and len(fields) > 4 and int(fields[4], 16) == 0:
+                return "semop"
+            return call
+        unreadable = ""
+    try:
+        # Without a known syscall number the kernel function it sleeps in tells.
+        with open(f"{task}/wchan") as f:
+            if "semtimedop" in f.read():
+                return "semop or semtimedop"
+    except OSError:
+        pass
+    return unreadable or None
+
+
+_ASLEEP = frozenset({psutil.STATUS_SLEEPING, psutil.STATUS_DISK_SLEEP})
+
+
+def _blocked_in(pids: Sequence[int], asleep: bool = True) -> List[BlockedCall]:
+    """The threads of ``pids`` in a semaphore call: only those asleep in it if
+    ``asleep`` (one stopped by someone else was interrupted already, not by us)."""
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            name, tids = proc.name(), sorted(t.id for t in proc.threads())
+        except psutil.NoSuchProcess:
+            continue
+        for tid in tids:
+            try:
+                if asleep and psutil.Process(tid).status() not in _ASLEEP:
+                    continue
+            except psutil.NoSuchProcess:
+                continue
+            call = _sem_call(pid, tid)
+            if call is not None:
+                found.append(BlockedCall(pid, tid, name, call))
+    return found
+
+
+def blocked_semops(pid: Optional[int]) -> List[BlockedCall]:
+    """The threads of the namespace of ``pid`` (None: ours) now in semop or semtimedop,
+    which freezing would make fail with EINTR (docs/snapshots.md has the measurements)."""
+    return _blocked_in([p for p in namespace_pids(pid) if p != os.getpid()])
 
 
 def _wait_for(ready: Callable[[], bool], what: str) -> None:
@@ -363,10 +446,12 @@ def _wait_for(ready: Callable[[], bool], what: str) -> None:
 class _Holder:
     """Stops processes and remembers exactly what it stopped, to let it go again."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, interrupt_blocked_semops: bool) -> None:
         self.pid = pid
+        self.interrupt = interrupt_blocked_semops
         self.cgroups: List[str] = []
-        self.stopped: List[int] = []
+        self.stopped: List[psutil.Process] = []
+        self.held: List[int] = []
 
     def method(self) -> Optional[str]:
         used = [m for m, on in (("cgroup", self.cgroups), ("sigstop", self.stopped)) if on]
@@ -401,11 +486,12 @@ class _Holder:
             usable[path] = ps
         return usable
 
-    def freeze_cgroup(self, path: str) -> None:
+    def freeze_cgroup(self, path: str, pids: Sequence[int]) -> None:
         with open(os.path.join(path, "cgroup.freeze")) as f:
             if f.read().strip() == "1":
                 return  # frozen by someone else: theirs to thaw
         self.cgroups.append(path)
+        self.held.extend(pids)
         with open(os.path.join(path, "cgroup.freeze"), "w") as f:
             f.write("1")
 
@@ -416,14 +502,22 @@ class _Holder:
         _wait_for(frozen, f"cgroup {path}")
 
     def stop(self, pid: int) -> None:
-        if _state(pid) in ("", "T", "t", "Z", "X"):
-            return  # gone, a zombie, or stopped by someone else: theirs to continue
-        self.stopped.append(pid)
         try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess:
             return
-        _wait_for(lambda: _state(pid) in ("", "T", "t", "Z", "X"), f"pid {pid}")
+        if _held_or_gone(proc):
+            return  # gone, a zombie, or stopped by someone else: theirs to continue
+        self.stopped.append(proc)
+        try:
+            proc.suspend()
+        except psutil.NoSuchProcess:
+            return
+        except psutil.AccessDenied:
+            self.stopped.pop()
+            raise _denied("SIGSTOP", pid) from None
+        self.held.append(pid)
+        _wait_for(lambda: _held_or_gone(proc), f"pid {pid}")
 
     def hold(self) -> None:
         handled: Set[int] = set()
@@ -432,14 +526,26 @@ class _Holder:
             current = [p for p in namespace_pids(self.pid) if p != os.getpid()]
             new = [p for p in current if p not in handled]
             if not new:
-                return
+                break
+            if not self.interrupt:
+                blocked = _blocked_in(new)
+                if blocked:
+                    raise FreezeRefusedError(blocked)
             for path, ps in self.freezable(new, current).items():
-                self.freeze_cgroup(path)
+                self.freeze_cgroup(path, ps)
                 handled.update(ps)
             for p in new:
                 if p not in handled and not _in_frozen_cgroup(p):
                     self.stop(p)
                 handled.add(p)
+        if not self.interrupt:
+            # A thread may have entered a semop between the look and its stop; found
+            # stopped in one, it either was about to return from it or was woken out
+            # of it and fails with EINTR now. Which, nothing here can tell: say so.
+            for b in _blocked_in(self.held, asleep=False):
+                warnings.warn(FreezeWarning(
+                    f"{b} when it was stopped: if it was waiting there, the call fails "
+                    "with EINTR"), stacklevel=4)
 
     def release(self) -> None:
         failures: List[str] = []
@@ -460,6 +566,7 @@ class _Holder:
                     break
         self.cgroups.clear()
         self.stopped.clear()
+        self.held.clear()
         if interrupted is not None:
             raise interrupted
         if failures:
@@ -474,15 +581,23 @@ def _thaw_cgroup(path: str) -> None:
         pass  # the cgroup is gone, and its processes with it
 
 
-def _continue(pid: int) -> None:
+def _denied(what: str, pid: int) -> PermissionError:
+    return PermissionError(errno.EPERM, f"{what} to pid {pid}: {os.strerror(errno.EPERM)} "
+                           "(it needs the same user, or CAP_KILL)")
+
+
+def _continue(proc: psutil.Process) -> None:
     try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
+        proc.resume()
+    except psutil.NoSuchProcess:
         pass
+    except psutil.AccessDenied:
+        raise _denied("SIGCONT", proc.pid) from None
 
 
 @contextmanager
-def freeze_namespace(pid: Optional[int]) -> Iterator[Optional[str]]:
+def freeze_namespace(pid: Optional[int], *,
+                     interrupt_blocked_semops: bool = False) -> Iterator[Optional[str]]:
     """Hold every process of the IPC namespace of ``pid`` still, and always let it go.
 
     Processes whose cgroup (v2) holds only processes of that namespace are frozen
@@ -494,15 +609,27 @@ def freeze_namespace(pid: Optional[int]) -> Iterator[Optional[str]]:
     A SIGSTOP is visible: a parent waiting with WUNTRACED, or a shell, sees the
     process stop and continue.
 
+    Every way of holding a process (SIGSTOP, the cgroup v1 and v2 freezers, ptrace
+    interrupt) makes a semop or semtimedop it is blocked in fail with EINTR. So unless
+    ``interrupt_blocked_semops`` is true, a namespace with a thread in one is not
+    frozen at all: :class:`FreezeRefusedError` names them (see :func:`blocked_semops`).
+
     Raises:
         ValueError: ``pid`` shares our namespace (that would stop every process of
             this system, this one included).
+        FreezeRefusedError: a thread is in semop or semtimedop (nothing was frozen).
         FreezeError: a process did not stop in time, or could not be let go.
+
+    Warns:
+        FreezeWarning: a thread entered a semop between the look and its stop.
     """
+    if not isinstance(interrupt_blocked_semops, bool):
+        raise TypeError("freeze: interrupt_blocked_semops must be a bool, not "
+                        f"{type(interrupt_blocked_semops).__name__}")
     if pid is None or namespace_id(pid) == namespace_id():
         raise ValueError("freeze: refusing to stop the processes of our own IPC namespace; "
                          "give the pid of a process in another namespace")
-    holder = _Holder(pid)
+    holder = _Holder(pid, interrupt_blocked_semops)
     try:
         holder.hold()
         yield holder.method()

@@ -4,10 +4,12 @@ the test fails, and no test touches an object it did not make."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -15,6 +17,27 @@ import ipcbind
 from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, MSG_STAT_ANY, MessageQueue, SharedMemory
 
 NOBODY = 65534
+CC = shutil.which("gcc") or shutil.which("cc")
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], str]:
+    """build(name, source) -> path of a program compiled from C source."""
+    if CC is None:
+        pytest.skip("needs a C compiler (gcc or cc)")
+    d = tmp_path_factory.mktemp("c")
+    built: Dict[str, str] = {}
+
+    def make(name: str, source: str) -> str:
+        if name not in built:
+            src = d / f"{name}.c"
+            src.write_text(source)
+            exe = str(d / name)
+            subprocess.run([CC, "-O1", "-o", exe, str(src)], check=True,
+                           capture_output=True)
+            built[name] = exe
+        return built[name]
+    return make
 
 
 def index_of(ident: int, stat: Callable[[int, int], Tuple[int, Any]],

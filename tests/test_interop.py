@@ -14,10 +14,9 @@ import pytest
 
 import ipcbind as ipc
 from ipcbind import GETALL, GETNCNT, GETPID, GETZCNT, IPC_NOWAIT, IPC_STAT, MSG_COPY
-from conftest import qemu_reads_lrpid_as_0, reap, start_child
+from conftest import CC, qemu_reads_lrpid_as_0, reap, start_child
 from sysv_helpers import semop_then_exit, wait_until
 
-CC = shutil.which("gcc") or shutil.which("cc")
 IPCS = shutil.which("ipcs")
 needs_cc = pytest.mark.skipif(CC is None, reason="needs a C compiler (gcc or cc)")
 needs_ipcs = pytest.mark.skipif(IPCS is None, reason="needs util-linux's ipcs")
@@ -98,26 +97,6 @@ int main(int argc, char **argv)
     return 0;
 }
 """
-
-
-@pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], str]:
-    """build(name, source) -> path of a program compiled from C source."""
-    if CC is None:
-        pytest.skip("needs a C compiler (gcc or cc)")
-    d = tmp_path_factory.mktemp("c")
-    built: Dict[str, str] = {}
-
-    def make(name: str, source: str) -> str:
-        if name not in built:
-            src = d / f"{name}.c"
-            src.write_text(source)
-            exe = str(d / name)
-            subprocess.run([CC, "-O1", "-o", exe, str(src)], check=True,
-                           capture_output=True)
-            built[name] = exe
-        return built[name]
-    return make
 
 
 def run(*argv: object) -> str:

@@ -9,6 +9,7 @@ import errno
 import os
 import pickle
 import random
+import select
 import threading
 import time
 from typing import Callable, List
@@ -25,6 +26,7 @@ from ipcbind import (
     TooBigError,
 )
 from conftest import needs_root, run_in_child
+from sysv_helpers import wait_blocked
 
 MSGMAX = ipcbind.msgctl(0, ipcbind.IPC_INFO)[1].msgmax
 
@@ -244,8 +246,10 @@ def test_remove_removes_and_a_second_remove_raises(q: MessageQueue) -> None:
     assert e.value.errno == errno.EINVAL
 
 
-def caught_when_removed(q: MessageQueue, wait: Callable[[], object]) -> List[BaseException]:
-    """What ``wait()``, blocked in a thread, raises when ``q`` is removed under it."""
+def caught_when_removed(q: MessageQueue, wait: Callable[[], object], call: str
+                        ) -> List[BaseException]:
+    """What ``wait()``, blocked in ``call`` in a thread, raises when ``q`` is removed
+    under it."""
     caught: List[BaseException] = []
 
     def run() -> None:
@@ -256,7 +260,8 @@ def caught_when_removed(q: MessageQueue, wait: Callable[[], object]) -> List[Bas
 
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(0.2)
+    assert t.native_id is not None
+    wait_blocked(f"/proc/self/task/{t.native_id}", call)
     q.remove()
     t.join(10)
     assert not t.is_alive()
@@ -264,13 +269,13 @@ def caught_when_removed(q: MessageQueue, wait: Callable[[], object]) -> List[Bas
 
 
 def test_remove_wakes_a_waiting_receiver_with_identifier_removed(q: MessageQueue) -> None:
-    caught = caught_when_removed(q, q.receive)
+    caught = caught_when_removed(q, q.receive, "msgrcv")
     assert len(caught) == 1 and isinstance(caught[0], IdentifierRemovedError)
 
 
 def test_remove_wakes_a_waiting_sender_with_identifier_removed(q: MessageQueue) -> None:
     fill(q)
-    caught = caught_when_removed(q, lambda: q.send(b"no room"))
+    caught = caught_when_removed(q, lambda: q.send(b"no room"), "msgsnd")
     assert len(caught) == 1 and isinstance(caught[0], IdentifierRemovedError)
 
 
@@ -596,10 +601,18 @@ def test_peek_all_during_rotation_is_consistent_or_raises_queue_changed(
     for n in range(depth):
         q.send(n.to_bytes(4, "big") + b"." * n)
 
+    # Halfway the rotator says so and waits: one copy is then taken of a still
+    # queue, however the two processes are scheduled.
+    paused_r, paused_w = os.pipe()
+    go_r, go_w = os.pipe()
+
     def rotate() -> int:
         for n in range(depth, last):
             q.receive()
             q.send(n.to_bytes(4, "big") + b"." * n)
+            if n == last // 2:
+                os.write(paused_w, b"p")
+                os.read(go_r, 1)
             if n % 4 == 0:
                 time.sleep(0.001)
         return 0
@@ -621,9 +634,11 @@ def test_peek_all_during_rotation_is_consistent_or_raises_queue_changed(
                 status = os.waitstatus_to_exitcode(st)
                 break
             assert time.monotonic() < end, "the rotating child did not finish"
+            paused = bool(select.select([paused_r], [], [], 0)[0])
             try:
                 got = q.peek_all(attempts=1)
             except QueueChangedError as e:
+                assert not paused, "a copy of the still queue was refused"
                 assert e.msqid == q.id and e.attempts == 1
                 changed += 1
                 continue
@@ -632,10 +647,15 @@ def test_peek_all_during_rotation_is_consistent_or_raises_queue_changed(
             assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
             assert len(numbers) in (depth - 1, depth)
             consistent += 1
+            if paused:
+                assert os.read(paused_r, 1) == b"p" and len(numbers) == depth
+                os.write(go_w, b"g")
     finally:
         if status is None:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
+        for fd in (paused_r, paused_w, go_r, go_w):
+            os.close(fd)
     print(f"{consistent} consistent lists, {changed} changes detected")
     assert status == 0
     assert consistent > 0

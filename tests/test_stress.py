@@ -18,6 +18,7 @@ import fcntl
 import mmap
 import os
 import random
+import select
 import signal
 import struct
 import time
@@ -29,6 +30,7 @@ import pytest
 
 from ipcbind import (
     IdentifierRemovedError,
+    Message,
     MessageQueue,
     QueueChangedError,
     SemaphoreSet,
@@ -144,42 +146,48 @@ def consume(msqid: int, mtype: int, style: int, pause: float, report: Path) -> N
             time.sleep(pause * len(batch))
 
 
-def peek_while_open(msqid: int, stop_fd: int, stop_w: int, report: Path) -> None:
+def peek_while_open(msqid: int, stop_fd: int, stop_w: int, ready_w: int, report: Path) -> None:
     """Copies the whole queue over and over until stop_fd reaches end of file (or
-    the queue is gone); checks every copied message and that each producer's
-    messages in one copy are consecutive. Writes down: copies, QueueChangedError
-    count, messages checked, damaged messages, gaps."""
+    the queue is gone), and says on ready_w that the first copy was tried; checks
+    every copied message and that each producer's messages in one copy are
+    consecutive. Writes down: copies, QueueChangedError count, messages checked,
+    damaged messages, gaps."""
     os.close(stop_w)  # the parent's copy alone must keep the pipe open
     q = MessageQueue.from_id(msqid)
     fcntl.fcntl(stop_fd, fcntl.F_SETFL, fcntl.fcntl(stop_fd, fcntl.F_GETFL) | os.O_NONBLOCK)
     copies = changed = checked = torn = gaps = 0
     while True:
+        msgs: Optional[List[Message]] = None
+        try:
+            msgs = q.peek_all()
+        except QueueChangedError:
+            changed += 1
+        except IdentifierRemovedError:
+            break
+        if ready_w >= 0:
+            os.write(ready_w, b"!")
+            os.close(ready_w)
+            ready_w = -1
+        if msgs is not None:
+            copies += 1
+            last: Dict[int, int] = {}
+            for m in msgs:
+                if not m.data:
+                    continue  # a sentinel
+                checked += 1
+                ok = check_message(m.mtype, m.data)
+                if ok is None:
+                    torn += 1
+                    continue
+                producer, seq = ok
+                if producer in last and seq != last[producer] + 1:
+                    gaps += 1
+                last[producer] = seq
         try:
             if os.read(stop_fd, 1) == b"":
                 break
         except BlockingIOError:
             pass
-        try:
-            msgs = q.peek_all()
-        except QueueChangedError:
-            changed += 1
-            continue
-        except IdentifierRemovedError:
-            break
-        copies += 1
-        last: Dict[int, int] = {}
-        for m in msgs:
-            if not m.data:
-                continue  # a sentinel
-            checked += 1
-            ok = check_message(m.mtype, m.data)
-            if ok is None:
-                torn += 1
-                continue
-            producer, seq = ok
-            if producer in last and seq != last[producer] + 1:
-                gaps += 1
-            last[producer] = seq
     report.write_bytes(array.array("q", [copies, changed, checked, torn, gaps]).tobytes())
 
 
@@ -275,11 +283,17 @@ def test_peek_all_during_traffic_never_returns_a_torn_message(
     producers, per_producer = sizes(stress)
     report = tmp_path / "peeker"
     stop_r, stop_w = os.pipe()
+    ready_r, ready_w = os.pipe()
     try:
         with Children() as children:
-            peeker = children.start(peek_while_open, msq, stop_r, stop_w, report)
+            peeker = children.start(peek_while_open, msq, stop_r, stop_w, ready_w, report)
             os.close(stop_r)
             stop_r = -1
+            os.close(ready_w)
+            ready_w = -1
+            # The traffic starts once the peeker runs, however late it is scheduled.
+            assert select.select([ready_r], [], [], CHILD_TIMEOUT)[0], "no peeker"
+            assert os.read(ready_r, 1) == b"!", "the peeker failed before its first copy"
             try:
                 received = move_messages(msq, tmp_path, producers, per_producer,
                                          [0, 0, 0], children, pause=PEEK_PAUSE)
@@ -288,7 +302,7 @@ def test_peek_all_during_traffic_never_returns_a_torn_message(
                 stop_w = -1
             assert children.wait(peeker) == 0, "peek_all failed in the peeking process"
     finally:
-        for fd in (stop_r, stop_w):
+        for fd in (stop_r, stop_w, ready_r, ready_w):
             if fd >= 0:
                 os.close(fd)
     assert_each_exactly_once(received, producers, per_producer)
