@@ -1,4 +1,5 @@
-"""Builds ipcbind._ffi, the compiled shim, from src/shim.h (what cffi sees) and src/shim.c."""
+"""Builds ipcbind._ffi, the compiled shim, from src/shim.h (what cffi sees), src/shim.c and
+src/calls.h (the table of its functions that the optional accelerator, src/accel.c, calls)."""
 from pathlib import Path
 
 from cffi import FFI
@@ -11,6 +12,7 @@ ffibuilder.set_source(
     "ipcbind._ffi",
     (SRC / "shim.c").read_text(),
     define_macros=[("_GNU_SOURCE", "1")],
+    include_dirs=[str(SRC)],
     libraries=["rt"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
 )

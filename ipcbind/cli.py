@@ -15,8 +15,10 @@ import grp
 import json
 import os
 import pwd
+import signal
 import sys
 import textwrap
+import threading
 import warnings
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
@@ -32,26 +34,27 @@ from .msg import COPY_ATTEMPTS, MessageQueue, copy_all
 from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_segments, list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
-from .snapshot import (FreezeError, FreezeWarning, RestoreConflictError, RestoreError,
-                       SnapshotFormatError, blocked_semops, dump, dumps, load, loads, restore,
-                       snapshot)
+from .snapshot import (DEFAULT_MAX_SIZE, FreezeError, FreezeWarning, RestoreConflictError,
+                       RestoreError, SnapshotFormatError, _copy_limited, blocked_semops, dump,
+                       dumps, load, restore, snapshot)
 from .syscalls import MsqidDs, SemidDs, ShmidDs
 
 JSON_VERSION = 1
 """The ``version`` field of every JSON document the commands print."""
 
 (OK, FAILED, USAGE, NOT_FOUND, NO_PERMISSION, BAD_FILE, CONFLICT, UNSUPPORTED, WOULD_WAIT,
- INTERRUPTED) = (0, 1, 2, 3, 4, 5, 6, 7, 8, 130)
+ INTERRUPTED, TERMINATED) = (0, 1, 2, 3, 4, 5, 6, 7, 8, 130, 143)
 EXIT_CODES = {
     OK: "success",
-    FAILED: "the operation failed (a restore that was rolled back, a queue that kept "
-            "changing, a freeze that failed or was refused, a malformed semundo file, any "
-            "other system error)",
+    FAILED: "the operation failed (a restore that was rolled back, unless for a missing "
+            "privilege, which is 4; a queue that kept changing, a freeze that failed or was "
+            "refused, a malformed semundo file, any other system error)",
     USAGE: "bad command line (unknown command or option, bad number, --freeze without "
            "the --pid of another namespace)",
     NOT_FOUND: "no such queue, semaphore set, segment, key, message index, semaphore, "
                "process or file",
-    NO_PERMISSION: "permission denied (the message says which privilege is missing)",
+    NO_PERMISSION: "permission denied, also a restore rolled back for a missing privilege "
+                   "(the message says which privilege is missing)",
     BAD_FILE: "the snapshot file is damaged, foreign or of an unknown version",
     CONFLICT: "refused: the namespace already has an object with that id or key (restore, "
               "mk --key)",
@@ -61,6 +64,7 @@ EXIT_CODES = {
                 "could not proceed, or its --timeout expired; send with --nowait found the "
                 "queue full",
     INTERRUPTED: "interrupted (Ctrl-C); anything frozen was thawed, a restore was undone",
+    TERMINATED: "terminated (SIGTERM), handled as Ctrl-C",
 }
 
 
@@ -453,17 +457,24 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 def _peek(msqid: int, index: Optional[int]) -> List[Dict[str, Any]]:
     with _about("queue", msqid):
         sc.msgctl(msqid, sc.IPC_STAT)
-    if index is not None:
-        try:
-            mtype, data = sc.msgrcv(msqid, None, index, sc.MSG_COPY | sc.IPC_NOWAIT)
-        except OSError as e:
-            if e.errno == errno.ENOMSG:
-                raise CliError(f"queue {msqid} has no message at index {index} (it holds "
-                               f"{sc.msgctl(msqid, sc.IPC_STAT).qnum})", NOT_FOUND) from None
+    try:
+        if index is not None:
+            try:
+                mtype, data = sc.msgrcv(msqid, None, index, sc.MSG_COPY | sc.IPC_NOWAIT)
+            except OSError as e:
+                if e.errno == errno.ENOMSG:
+                    raise CliError(f"queue {msqid} has no message at index {index} (it "
+                                   f"holds {sc.msgctl(msqid, sc.IPC_STAT).qnum})",
+                                   NOT_FOUND) from None
+                raise
+            return [{"index": index, "type": mtype, "data": data}]
+        return [{"index": i, "type": mtype, "data": data}
+                for i, (mtype, data) in enumerate(copy_all(msqid))]
+    except OSError as e:
+        better = _copy_limited(msqid, e)
+        if better is e:
             raise
-        return [{"index": index, "type": mtype, "data": data}]
-    return [{"index": i, "type": mtype, "data": data}
-            for i, (mtype, data) in enumerate(copy_all(msqid))]
+        raise better from None
 
 
 def _message_doc(index: Optional[int], mtype: int, data: bytes) -> Dict[str, Any]:
@@ -578,6 +589,14 @@ def _counts(snap: Any) -> Dict[str, int]:
             "messages": sum(len(q.messages) for q in snap.queues)}
 
 
+def _is_stdout(path: str) -> bool:
+    try:
+        st, ours = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
     """``dump``: a snapshot of the namespace, to a file or stdout."""
     if args.freeze and (args.pid is None or shares_namespace(args.pid)):
@@ -603,6 +622,8 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
         out.write(dumps(snap))
         return OK
     dump(snap, args.output)
+    if _is_stdout(args.output):
+        out = sys.stderr  # the summary must not land in the snapshot file
     n = _counts(snap)
     if args.json:
         _print_json({"pid": args.pid, "file": args.output, "frozen": snap.frozen, **n}, out)
@@ -613,19 +634,54 @@ def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
     return OK
 
 
+@contextmanager
+def _signals_blocked(for_good: bool) -> Iterator[List[int]]:
+    """SIGINT and SIGTERM blocked in the block; the list gets those that came meanwhile.
+
+    They are taken off the pending set at the end, so that one that came as a restore
+    was completing or being undone is reported, not delivered. ``for_good``: they stay
+    blocked after the block, as the process is about to exit (a signal as it exits
+    would kill it without a word, and with an exit status that says the restore failed).
+    """
+    held = {signal.SIGINT, signal.SIGTERM}
+    came: List[int] = []
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield came
+    finally:
+        while signal.sigpending() & held:
+            came.append(signal.sigwait(signal.sigpending() & held))
+        if not for_good:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
     """``restore FILE``: recreate a snapshot file's objects, all or nothing."""
-    if args.file == "-":
-        snap = loads(sys.stdin.buffer.read())
-    else:
-        snap = load(args.file)
-    done = restore(snap, args.pid, set_limits=args.limits, progress=_progress(sys.stderr))
-    if args.json:
-        _print_json({"pid": args.pid, "queues": list(done.queues),
-                     "semaphore_sets": list(done.semaphore_sets)}, out)
-    else:
-        out.write(f"restored {len(done.queues)} queue(s) {list(done.queues)} and "
-                  f"{len(done.semaphore_sets)} semaphore set(s) {list(done.semaphore_sets)}\n")
+    if (args.pid is None) == (not args.own_namespace):
+        raise CliError("restore needs exactly one target: --pid PID (the IPC namespace of "
+                       "that process) or --own-namespace (this process's own, often the "
+                       "host's)", USAGE)
+    snap = load(sys.stdin.buffer if args.file == "-" else args.file, max_size=args.max_size)
+    inode = namespace_id(args.pid)[1]
+    where = (f"the IPC namespace of pid {args.pid}" if args.pid is not None
+             else "this process's own IPC namespace") + f" (ipc:[{inode}])"
+    with _signals_blocked(args.exits_after) as late:
+        done = restore(snap, args.pid, set_limits=args.limits, progress=_progress(sys.stderr))
+        if args.json:
+            _print_json({"pid": args.pid, "namespace": inode, "queues": list(done.queues),
+                         "semaphore_sets": list(done.semaphore_sets),
+                         "cleaned": list(done.cleaned)}, out)
+        else:
+            if done.cleaned:
+                out.write(f"cleaned up after a killed restore: removed "
+                          f"{', '.join(done.cleaned)}\n")
+            out.write(f"restored into {where}: {len(done.queues)} queue(s) "
+                      f"{list(done.queues)} and {len(done.semaphore_sets)} semaphore set(s) "
+                      f"{list(done.semaphore_sets)}\n")
+        out.flush()
+    for sig in dict.fromkeys(late):
+        print(f"ipcbind: {signal.Signals(sig).name} came after the restore had completed; "
+              "the restored objects stay", file=sys.stderr)
     return OK
 
 
@@ -1034,6 +1090,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recreate a snapshot file's queues and sets, same ids, all or "
                             "nothing")
     p.add_argument("file", help="the snapshot file ('-': stdin)")
+    p.add_argument("--own-namespace", action="store_true",
+                   help="restore into this process's own IPC namespace (often the host's); "
+                        "without it, --pid must name the target")
+    p.add_argument("--max-size", type=_positive, default=DEFAULT_MAX_SIZE, metavar="BYTES",
+                   help=f"refuse a file larger than this (default {DEFAULT_MAX_SIZE})")
     p.add_argument("--limits", action="store_true",
                    help="first set the namespace's limits (msgmax, msgmnb, msgmni, sem) "
                         "from the file")
@@ -1172,20 +1233,39 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+class _Terminated(KeyboardInterrupt):
+    signum = signal.SIGTERM
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM is handled as Ctrl-C is: frozen processes are let go, a restore undone."""
+    raise _Terminated()
+
+
 def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int:
-    """Run the command line; returns the exit code (one of ``EXIT_CODES``)."""
+    """Run the command line; returns the exit code (see :data:`EXIT_CODES`).
+
+    ``argv`` None: the process's own arguments, and the process exits when this
+    returns (a restore then leaves SIGINT and SIGTERM blocked, see _signals_blocked).
+    """
     out = out or sys.stdout
+    terminate = None
+    if threading.current_thread() is threading.main_thread():
+        terminate = signal.signal(signal.SIGTERM, _terminated)
     try:
         args = _parse(build_parser(), argv)
         if not hasattr(args, "json"):
             args.json = False
+        args.exits_after = argv is None
         return int(args.run(args, out))
     except CliError as e:
         print(f"ipcbind: error: {e}", file=sys.stderr)
         return e.code
-    except KeyboardInterrupt:
-        print("ipcbind: interrupted", file=sys.stderr)
-        return INTERRUPTED
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"ipcbind: {str(e) or 'interrupted by ' + signal.Signals(signum).name}",
+              file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         # The reader went away (ipcbind ls | head): nothing left to tell it.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -1195,6 +1275,9 @@ def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int
             NamespaceReturnError) as e:
         print(f"ipcbind: error: {_message(e)}", file=sys.stderr)
         return _code_for(e)
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":

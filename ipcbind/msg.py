@@ -36,16 +36,8 @@ from .syscalls import (
     MSG_NOERROR,
     Buffer,
     MsqidDs,
-    _ARENA,
-    _CHUNK_MASK,
-    _GIVE_BACK,
-    _RECV_NOWAIT,
-    _TEXT,
-    _msgrcv1,
-    _msgsnd1,
     _msgsnd_failed,
-    _receive_rare,
-    _recv_packed,
+    _receive,
     _send,
 )
 
@@ -92,6 +84,24 @@ def _send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException
         return ValueError(f"{call}: a message of {size} bytes is longer than the system's "
                           f"limit of {limit} (msgmax, /proc/sys/kernel/msgmax)")
     return exc
+
+
+def _better_send_error(call: str, exc: OSError, mtype: Any, data: Any) -> BaseException:
+    """What to raise for ``exc``, raised by a send: :func:`_send_error`'s clearer
+    exception, chained to ``exc``, or ``exc`` itself."""
+    better = _send_error(call, exc, mtype, data)
+    if better is not exc:
+        better.__cause__ = exc
+    return better
+
+
+def _send_failed(err: int, msqid: int, mtype: int, data: bytes, flags: int) -> None:
+    """Raise what :meth:`MessageQueue.send` raises for the error ``err`` of a send;
+    after EINTR (the signal handlers have run by now, per PEP 475), send again."""
+    try:
+        _msgsnd_failed(err, msqid, mtype, data, flags)
+    except OSError as e:
+        raise _better_send_error("send", e, mtype, data)
 
 
 def _messages(mtypes: List[int], text: bytes, ends: List[int]) -> List[Message]:
@@ -194,23 +204,21 @@ class MessageQueue(IpcObject[MsqidDs]):
         """
         if timeout is None:
             flags = 0 if block else IPC_NOWAIT
-            try:
-                if type(data) is not bytes:
-                    return _msgsnd1(self._id, mtype, data, flags)
+            if type(data) is bytes:
                 # The shim straight from here, as the semaphore methods do: a Python
                 # call costs about 0.1 us.
                 try:
                     err = _send(self._id, mtype, data, len(data), flags)
-                except (TypeError, OverflowError):  # _msgsnd1 raises, naming the argument
-                    return _msgsnd1(self._id, mtype, data, flags)
-                if err:
-                    _msgsnd_failed(err, self._id, mtype, data, flags)
-                return None
+                except (TypeError, OverflowError):  # msgsnd raises, naming the argument
+                    pass
+                else:
+                    if err:
+                        _send_failed(err, self._id, mtype, data, flags)
+                    return None
+            try:
+                return _sc.msgsnd(self._id, mtype, data, flags)
             except OSError as e:
-                better = _send_error("send", e, mtype, data)
-                if better is e:
-                    raise
-                raise better from e
+                raise _better_send_error("send", e, mtype, data)
         self._send_timed(data, mtype, block, timeout)
 
     def _send_timed(self, data: Buffer, mtype: int, block: bool, timeout: float) -> None:
@@ -226,10 +234,7 @@ class MessageQueue(IpcObject[MsqidDs]):
             else:
                 _sc.msgsnd(self._id, mtype, data, 0, timeout=timeout)
         except OSError as e:
-            better = _send_error("send", e, mtype, data)
-            if better is e:
-                raise
-            raise better from e
+            raise _better_send_error("send", e, mtype, data)
 
     def send_many(self, messages: Iterable[Tuple[int, Buffer]], block: bool = True,
                   timeout: Optional[float] = None) -> int:
@@ -313,23 +318,7 @@ class MessageQueue(IpcObject[MsqidDs]):
             The message.
         """
         if timeout is None and maxsize is None and not except_type and not truncate:
-            nowait = 0 if block else _RECV_NOWAIT
-            if type(mtype) is int:  # another type's << might not be an int's
-                # The shim straight from here, as for send; syscalls._recv_packed
-                # describes the result.
-                try:
-                    r = _recv_packed(mtype << 32 | self._id | nowait)
-                except OverflowError:  # mtype beyond a C int: the general path
-                    pass
-                else:
-                    if r >= 0:
-                        chunk = r & _CHUNK_MASK
-                        text = _ARENA[chunk + _TEXT:r & 0xFFFFFFFF]
-                        _ARENA[chunk] = _GIVE_BACK
-                        return _new(Message, (r >> 32, text))
-                    msg: Message = _receive_rare(r, self._id, mtype, nowait, Message)
-                    return msg
-            msg = _msgrcv1(self._id, mtype, IPC_NOWAIT if nowait else 0, Message)
+            msg: Message = _receive(self._id, mtype, not block, Message)
             return msg
         flags = _receive_flags("receive", mtype, except_type, maxsize, truncate)
         if timeout is None:
@@ -608,3 +597,6 @@ def _bad_pair(pairs: Any) -> Exception:
             return TypeError(f"send_many: message {i}: data must be bytes-like, "
                              f"not {type(data).__name__}")
     return TypeError("send_many: messages must be (mtype, data) pairs")
+
+
+_sc._accelerate_queue(MessageQueue, Message, _send_failed)

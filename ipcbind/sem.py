@@ -39,6 +39,7 @@ from .syscalls import (
     SETVAL,
     SemidDs,
     SemOp,
+    _accelerate_semaphore,
     _semop1,
     _semop_pack,
     _semop_packed,
@@ -447,3 +448,6 @@ class Semaphore:
 
     def __reduce__(self) -> Tuple[Any, Tuple[SemaphoreSet, int]]:
         return (operator.getitem, (self._set, self._num))
+
+
+_accelerate_semaphore(Semaphore)

@@ -26,8 +26,11 @@ import json
 import os
 import platform
 import re
+import signal
 import stat
+import sys
 import tempfile
+import threading
 import warnings
 from functools import partial
 import time
@@ -58,6 +61,7 @@ __all__ = [
     "SnapshotFormatError",
     "RestoreError",
     "RestoreConflictError",
+    "RestoreInterrupted",
     "FreezeError",
     "FreezeRefusedError",
     "FreezeWarning",
@@ -70,6 +74,7 @@ __all__ = [
     "dump",
     "loads",
     "load",
+    "DEFAULT_MAX_SIZE",
 ]
 
 FORMAT = "ipcbind-snapshot"
@@ -158,10 +163,12 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Restored:
-    """What :func:`restore` created: the ids of the queues and of the semaphore sets."""
+    """What :func:`restore` created: the ids of the queues and of the semaphore sets;
+    ``cleaned`` names what a killed restore had left and this one removed first."""
 
     queues: Tuple[int, ...]
     semaphore_sets: Tuple[int, ...]
+    cleaned: Tuple[str, ...] = ()
 
 
 # ---- reading a namespace ------------------------------------------------------------
@@ -187,16 +194,49 @@ def _read_limits() -> Limits:
                   semmsl, semmns, semopm, semmni)
 
 
-def _write_limits(limits: Limits) -> None:
-    _write_proc("msgmax", str(limits.msgmax))
-    _write_proc("msgmnb", str(limits.msgmnb))
-    _write_proc("msgmni", str(limits.msgmni))
-    _write_proc("sem", f"{limits.semmsl} {limits.semmns} {limits.semopm} {limits.semmni}")
+def _write_limits(limits: Limits) -> bool:
+    """Write the limits that differ from the namespace's; whether any did.
+
+    Only those: a limit never changed needs no putting back (and no privilege)."""
+    now = _read_limits()
+    changed = False
+    for name in ("msgmax", "msgmnb", "msgmni"):
+        if getattr(now, name) != getattr(limits, name):
+            _write_proc(name, str(getattr(limits, name)))
+            changed = True
+    sem = (limits.semmsl, limits.semmns, limits.semopm, limits.semmni)
+    if (now.semmsl, now.semmns, now.semopm, now.semmni) != sem:
+        _write_proc("sem", " ".join(map(str, sem)))
+        changed = True
+    return changed
 
 
 def _unreadable(kind: str, ident: int, e: PermissionError) -> PermissionError:
     return PermissionError(e.errno, f"snapshot: no read permission on {kind} {ident} "
                            "(reading every object needs root or CAP_IPC_OWNER)")
+
+
+def _copy_limited(msqid: int, e: OSError) -> OSError:
+    """The error to raise for an E2BIG from MSG_COPY on queue ``msqid``: it holds a
+    message longer than the current msgmax, and MSG_COPY copies at most msgmax bytes
+    (the kernel's copy buffer is capped there) whatever buffer it is given. Any
+    other error is returned as it is.
+
+    A copy of every message meets it as EINVAL instead (MSG_NOERROR with a short
+    buffer, a kernel quirk), which also means a queue removed meanwhile: only a queue
+    that still exists is explained."""
+    if e.errno not in (errno.E2BIG, errno.EINVAL):
+        return e
+    if e.errno == errno.EINVAL:
+        try:
+            sc.msgctl(msqid, sc.IPC_STAT)
+        except OSError:
+            return e
+    return OSError(errno.E2BIG, f"queue {msqid} holds a message longer than msgmax "
+                   f"({msgmax()} bytes now; it was raised when the message was "
+                   "sent), and MSG_COPY copies at most msgmax bytes: raise "
+                   "/proc/sys/kernel/msgmax in that namespace (root in a namespace you "
+                   "own) to the longest message, then read it again")
 
 
 _State = TypeVar("_State")
@@ -218,7 +258,13 @@ def _read(kind: str, ident: int, read: Callable[[], _State]) -> Optional[_State]
 def _read_queue(msqid: int, retries: int) -> Optional[QueueState]:
     def read() -> QueueState:
         ds = sc.msgctl(msqid, sc.IPC_STAT)
-        messages = tuple(copy_all(msqid, retries))
+        try:
+            messages = tuple(copy_all(msqid, retries))
+        except OSError as e:
+            better = _copy_limited(msqid, e)
+            if better is e:
+                raise
+            raise better from None
         return QueueState(msqid, ds.key, ds.uid, ds.gid, ds.cuid, ds.cgid, ds.mode, ds.qbytes,
                           messages)
 
@@ -277,18 +323,19 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
     with holder as frozen, inside:
         ns = namespace_id()[1]
         limits = _read_limits()
-        queue_ids = [i for i, _ in list_queues()]
+        listed = list_queues()
         semset_ids = [i for i, _ in list_semaphore_sets()]
-        total = len(queue_ids) + len(semset_ids)
+        total = len(listed) + len(semset_ids)
+        counts = _Counts(sum(ds.qnum for _, ds in listed), sum(ds.cbytes for _, ds in listed))
         queues = []
-        for n, msqid in enumerate(queue_ids):
+        for n, (msqid, ds) in enumerate(listed):
             if progress:
-                progress(n, total, f"queue {msqid}")
+                progress(n, total, f"queue {msqid}{counts.next(ds.qnum, ds.cbytes)}")
             q = _read_queue(msqid, retries)
             if q is not None:
                 queues.append(q)
         sets = []
-        for n, semid in enumerate(semset_ids, len(queue_ids)):
+        for n, semid in enumerate(semset_ids, len(listed)):
             if progress:
                 progress(n, total, f"semaphore set {semid}")
             s = _read_semset(semid)
@@ -639,6 +686,84 @@ def freeze_namespace(pid: Optional[int], *,
 
 # ---- restoring --------------------------------------------------------------------------
 
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A staging marker is a queue of mode 0000 whose key is one of 16 from "ipcb" in
+# ASCII (set at creation, so even one killed before its message was sent is known),
+# holding one message of type "ipcbrest" whose text begins with _MARK_HEAD.
+_MARK_KEYS = range(0x69706362, 0x69706362 + 16)
+_MARK_TYPE = 0x6970636272657374
+_MARK_HEAD = "ipcbind-restore 1"
+# A namespace holds one object per index, an id's low bits (15 on a kernel booted
+# without ipcmni_extend): ids 0 and 32768 cannot both exist.
+_INDEX_MASK = (1 << sc._INDEX_BITS[0]) - 1
+
+
+class RestoreInterrupted(KeyboardInterrupt):
+    """A restore undone because SIGINT or SIGTERM came (``signum`` says which).
+
+    A KeyboardInterrupt, so that Ctrl-C goes on as it would have, and for that reason
+    neither an IpcbindError nor in ipcbind.errors: ``except Exception`` must not
+    swallow a Ctrl-C. ``leftovers`` as for :class:`RestoreError`.
+    """
+
+    def __init__(self, signum: int, message: str, leftovers: Sequence[str] = ()) -> None:
+        super().__init__(str(RestoreError(message, leftovers)))
+        self.signum = signum
+        self.leftovers = tuple(leftovers)
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Held:
+    """SIGINT and SIGTERM held off while a restore works and while it is undone.
+
+    In the main thread their handlers are replaced by one that only records the
+    signal; a signal the caller blocks (pthread_sigmask) shows as pending instead.
+    :meth:`arrived` tells the first that came, at the points where stopping is safe.
+    On leaving, the handlers are put back and a recorded signal goes on to the handler
+    it was meant for (the default Ctrl-C handler excepted when the restore raises
+    :class:`RestoreInterrupted`, which already is its KeyboardInterrupt).
+    """
+
+    def __init__(self) -> None:
+        self.old: Dict[int, Any] = {}
+        self.got: List[int] = []
+
+    def __enter__(self) -> "_Held":
+        if threading.current_thread() is threading.main_thread():
+            for sig in _HELD_SIGNALS:
+                old = signal.getsignal(sig)
+                if old not in (signal.SIG_IGN, None):
+                    self.old[sig] = old
+                    signal.signal(sig, self.record)
+        return self
+
+    def record(self, signum: int, frame: Any) -> None:
+        self.got.append(signum)
+
+    def arrived(self) -> Optional[int]:
+        if self.got:
+            return self.got[0]
+        pending = signal.sigpending() & set(_HELD_SIGNALS)
+        return min(pending) if pending else None
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        for sig in dict.fromkeys(self.got):
+            old = self.old[sig]
+            if old is signal.default_int_handler and kind is RestoreInterrupted:
+                continue
+            if callable(old):
+                old(sig, None)
+            else:
+                os.kill(os.getpid(), sig)  # SIG_DFL: what the signal would have done
+
+
 def _set_next_id(kind: str, ident: int) -> None:
     try:
         _write_proc(f"{kind}_next_id", str(ident))
@@ -649,43 +774,196 @@ def _set_next_id(kind: str, ident: int) -> None:
                               "namespace that owns it)") from None
 
 
+def _throwaway(kind: str) -> None:
+    if kind == "msg":
+        sc.msgctl(sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600), sc.IPC_RMID)
+    else:
+        sc.semctl(sc.semget(sc.IPC_PRIVATE, 1, sc.IPC_CREAT | 0o600), 0, sc.IPC_RMID)
+
+
+@contextmanager
+def _room_for_one(kind: str) -> Iterator[None]:
+    """The namespace's limits widened for one more object of ``kind`` (one queue, or a
+    set of one semaphore), then put back."""
+    if kind == "msg":
+        name, old = "msgmni", str(_read_int("msgmni"))
+        wide = str(int(old) + 1)
+    else:
+        name = "sem"
+        with open("/proc/sys/kernel/sem") as f:
+            old = f.read().strip()
+        semmsl, semmns, semopm, semmni = (int(v) for v in old.split())
+        wide = f"{max(semmsl, 1)} {semmns + 1} {semopm} {semmni + 1}"
+    _write_proc(name, wide)
+    try:
+        yield
+    finally:
+        _write_proc(name, old)
+
+
 def _clear_next_id(kind: str) -> None:
     """Disarm next_id after a *get that failed before allocating (EEXIST, ENOSPC,
     EINVAL), so that no later object, anyone's, takes the id.
 
     The kernel refuses -1 there (EINVAL), but disarms it at every allocation: a
-    throwaway private object consumes it. Where even that fails (no room for one
-    more object), the id stays armed and the *get's own error is what counts.
+    throwaway private object consumes it. Where a limit leaves no room for it (the
+    failed *get's reason, often), the limit is widened for the throwaway alone. If
+    even that fails, the id stays armed (the restore's undo names it) and the *get's
+    own error is what counts.
     """
     if _read_int(f"{kind}_next_id") == -1:
         return
     try:
-        if kind == "msg":
-            sc.msgctl(sc.msgget(sc.IPC_PRIVATE, sc.IPC_CREAT | 0o600), sc.IPC_RMID)
-        else:
-            sc.semctl(sc.semget(sc.IPC_PRIVATE, 1, sc.IPC_CREAT | 0o600), 0, sc.IPC_RMID)
+        _throwaway(kind)
     except OSError:
-        pass
+        try:
+            with _room_for_one(kind):
+                _throwaway(kind)
+        except OSError:
+            pass
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` (field 22 of /proc/PID/stat), None if gone:
+    with the pid, it names one process, as a reused pid gets a new start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _fingerprint(snap: Snapshot) -> str:
+    """What a staging marker remembers of a snapshot: its objects' kinds, ids and keys."""
+    objs = ([["q", q.id, q.key] for q in snap.queues]
+            + [["s", s.id, s.key] for s in snap.semaphore_sets])
+    return hashlib.sha256(json.dumps(objs).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class _Marker:
+    msqid: int
+    since: int  # the marker's ctime: every object the restore made is as new or newer
+    pid: int
+    start: str
+    fingerprint: str
+    limits: Optional[Limits]
+
+
+def _read_marker(msqid: int, ds: Any) -> Optional[_Marker]:
+    """The staging marker queue ``msqid`` (IPC_STAT ``ds``) stands for; None if it is
+    none, or one whose maker was killed before it wrote it (it holds nothing)."""
+    if ds.qnum != 1 or ds.cbytes > 512:
+        return None
+    try:
+        mtype, data = sc.msgrcv(msqid, None, 0, sc.MSG_COPY | sc.IPC_NOWAIT)
+    except OSError:
+        return None
+    fields = data.decode("ascii", "replace").split()
+    if mtype != _MARK_TYPE or " ".join(fields[:2]) != _MARK_HEAD or len(fields) != 6:
+        return None
+    try:
+        limits = None if fields[5] == "-" else Limits(*(int(v) for v in fields[5].split(",")))
+        return _Marker(msqid, ds.ctime, int(fields[2]), fields[3], fields[4], limits)
+    except (TypeError, ValueError):
+        return None
 
 
 class _Restorer:
-    def __init__(self, snap: Snapshot, set_limits: bool) -> None:
+    """One restore: what it made, in order, so that :meth:`undo` removes exactly that.
+
+    Every object goes into its list in the statement after the *get that made it,
+    with SIGINT and SIGTERM held off (see :class:`_Held`), so nothing falls between.
+    A staging marker (a private queue holding one message that names this process
+    and the namespace's previous limits) exists from before the first change to
+    after the last: a restore killed with SIGKILL leaves it, and the next restore of
+    the same objects finds it and cleans up first (:meth:`recover`).
+    """
+
+    def __init__(self, snap: Snapshot, set_limits: bool, held: _Held) -> None:
         self.snap = snap
         self.set_limits = set_limits
+        self.held = held
+        self.fingerprint = _fingerprint(snap)
         self.queues: List[int] = []
         self.sets: List[int] = []
         self.old_limits: Optional[Limits] = None
+        self.marker: Optional[int] = None
+
+    def step(self) -> None:
+        """A point where stopping is safe: stop here if a signal came."""
+        sig = self.held.arrived()
+        if sig is not None:
+            raise _Interrupted(sig)
+
+    def recover(self) -> List[str]:
+        """Clean up after a restore of the same objects that was killed; what was removed.
+
+        Raises RestoreConflictError if a restore is under way here, or if a killed
+        one was restoring other objects.
+        """
+        cleaned: List[str] = []
+        for msqid, ds in list_queues():
+            if ds.key not in _MARK_KEYS or ds.mode & 0o777:
+                continue
+            mark = _read_marker(msqid, ds)
+            if mark is None:
+                if ds.qnum == 0:  # killed before anything else was changed
+                    sc.msgctl(msqid, sc.IPC_RMID)
+                    cleaned.append(f"an unwritten staging marker (queue {msqid})")
+                continue
+            if _proc_start(mark.pid) == mark.start:
+                raise RestoreConflictError(f"restore refused: process {mark.pid} is restoring "
+                                           f"into this namespace (queue {msqid} is its "
+                                           "staging marker)")
+            if mark.fingerprint != self.fingerprint:
+                raise RestoreConflictError(
+                    f"restore refused: a restore by process {mark.pid}, of other objects, was "
+                    f"killed here before it finished (queue {msqid} is its staging marker); "
+                    "restore that snapshot again to clean up, or remove its objects and "
+                    f"queue {msqid} with ipcrm")
+            cleaned += self.clean(mark)
+        return cleaned
+
+    def clean(self, mark: _Marker) -> List[str]:
+        cleaned = []
+        ctl: Callable[[int, int], Any]
+        for kind, ids, ctl in (
+                ("queue", [q.id for q in self.snap.queues], sc.msgctl),
+                ("semaphore set", [s.id for s in self.snap.semaphore_sets],
+                 lambda i, cmd: sc.semctl(i, 0, cmd))):
+            for ident in ids:
+                try:
+                    # As new as the marker: made by that restore (or given the id it
+                    # left armed); older objects with these ids it would have refused.
+                    if ctl(ident, sc.IPC_STAT).ctime >= mark.since:
+                        ctl(ident, sc.IPC_RMID)
+                        cleaned.append(f"{kind} {ident}")
+                except OSError as e:
+                    if not gone(e):
+                        raise
+        if mark.limits is not None and _write_limits(mark.limits):
+            cleaned.append("the limits it had changed")
+        for kind in ("msg", "sem"):
+            _clear_next_id(kind)
+        sc.msgctl(mark.msqid, sc.IPC_RMID)
+        cleaned.append(f"its staging marker (queue {mark.msqid})")
+        return cleaned
 
     def check_conflicts(self) -> None:
-        have_q = {i: ds.key for i, ds in list_queues()}
-        have_s = {i: ds.key for i, ds in list_semaphore_sets()}
         clashes = []
-        for kind, have, wanted in (("queue", have_q, self.snap.queues),
-                                   ("semaphore set", have_s, self.snap.semaphore_sets)):
-            keys = {k: i for i, k in have.items() if k}
+        for kind, have, wanted in (
+                ("queue", list_queues(), self.snap.queues),
+                ("semaphore set", list_semaphore_sets(), self.snap.semaphore_sets)):
+            ids = {i & _INDEX_MASK: i for i, _ in have}
+            keys = {ds.key: i for i, ds in have if ds.key}
             for obj in wanted:
-                if obj.id in have:
+                same = ids.get(obj.id & _INDEX_MASK)
+                if same == obj.id:
                     clashes.append(f"{kind} id {obj.id} exists")
+                elif same is not None:
+                    clashes.append(f"{kind} id {obj.id} has the index of {kind} {same}, which "
+                                   f"exists (one object per id modulo {_INDEX_MASK + 1})")
                 elif obj.key and obj.key in keys:
                     clashes.append(f"{kind} key {obj.key:#010x} exists (id {keys[obj.key]})")
         if clashes:
@@ -693,41 +971,75 @@ class _Restorer:
             raise RestoreConflictError("restore refused, it would clobber existing objects: "
                                        + "; ".join(clashes[:5]) + more)
 
+    def make_marker(self) -> None:
+        taken = {i & _INDEX_MASK for i, _ in list_queues()}
+        taken |= {q.id & _INDEX_MASK for q in self.snap.queues}
+        # From the top, away from the indices the kernel and the snapshot use most.
+        index = next(i for i in range(_INDEX_MASK, -1, -1) if i not in taken)
+        used = {ds.key for _, ds in list_queues()} | {q.key for q in self.snap.queues}
+        key = next((k for k in _MARK_KEYS if k not in used), None)
+        if key is None:
+            raise RestoreError(f"restore: no key free for the staging marker (the keys "
+                               f"{_MARK_KEYS[0]:#x} to {_MARK_KEYS[-1]:#x} are all taken)")
+        lim = self.old_limits
+        limits = "-" if lim is None else ",".join(str(getattr(lim, f))
+                                                  for f in Limits.__annotations__)
+        text = (f"{_MARK_HEAD} {os.getpid()} {_proc_start(os.getpid())} {self.fingerprint} "
+                f"{limits}").encode()
+        _set_next_id("msg", index)
+        try:
+            # Mode 0000: only root (CAP_IPC_OWNER), who makes it, can use it.
+            self.marker = sc.msgget(key, sc.IPC_CREAT | sc.IPC_EXCL | 0o000)
+        finally:
+            _clear_next_id("msg")
+        try:
+            sc.msgsnd(self.marker, _MARK_TYPE, text, sc.IPC_NOWAIT)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write the restore's staging marker (queue "
+                          f"{self.marker}, {len(text)} bytes): {e.strerror}") from None
+
     def queue(self, q: QueueState) -> None:
         where = f"queue {q.id}"
+        # Room to send every message: a queue can hold more than its qbytes (lowered
+        # after the messages came), and the kernel counts each message as a byte too.
+        room = max(q.qbytes, sum(len(d) for _, d in q.messages), len(q.messages))
         msgmnb = _read_int("msgmnb")
-        raise_mnb = self.set_limits and q.qbytes > msgmnb
+        # Without CAP_SYS_RESOURCE the kernel refuses every IPC_SET of a queue whose
+        # qbytes is above msgmnb, the last one (owner and mode) included: msgmnb
+        # stays raised until the queue is complete.
+        raise_mnb = self.set_limits and room > msgmnb
         if raise_mnb:
-            _write_proc("msgmnb", str(q.qbytes))
+            _write_proc("msgmnb", str(room))
         try:
-            _set_next_id("msg", q.id)
-            try:
-                msqid = sc.msgget(q.key, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
-            finally:
-                _clear_next_id("msg")
+            self.create_queue(q)
+            created = sc.msgctl(q.id, sc.IPC_STAT).qbytes
+            if room > created:
+                try:
+                    sc.msgctl(q.id, sc.IPC_SET, {"qbytes": room})
+                except PermissionError:
+                    raise PermissionError(
+                        errno.EPERM, f"{where}: holding it needs qbytes {room}, above this "
+                        f"namespace's msgmnb {created}, and raising it needs "
+                        "CAP_SYS_RESOURCE; restore with the snapshot's limits "
+                        "(set_limits=True, --limits) into a namespace you own") from None
+            if q.messages:
+                self.send(q.id, q)
+            sc.msgctl(q.id, sc.IPC_SET, {"uid": q.uid, "gid": q.gid, "mode": q.mode,
+                                         "qbytes": q.qbytes})
         finally:
             if raise_mnb:
                 _write_proc("msgmnb", str(msgmnb))
+
+    def create_queue(self, q: QueueState) -> None:
+        _set_next_id("msg", q.id)
+        try:
+            msqid = sc.msgget(q.key, sc.IPC_CREAT | sc.IPC_EXCL | 0o600)
+        finally:
+            _clear_next_id("msg")
         self.queues.append(msqid)
         if msqid != q.id:
-            raise RestoreError(f"{where}: the kernel gave id {msqid} instead (another process "
-                               "created an object at the same time?)")
-        created = sc.msgctl(msqid, sc.IPC_STAT).qbytes
-        if q.qbytes > created:
-            try:
-                sc.msgctl(msqid, sc.IPC_SET, {"qbytes": q.qbytes})
-            except PermissionError:
-                raise PermissionError(
-                    errno.EPERM, f"{where}: qbytes {q.qbytes} is above this namespace's "
-                    f"msgmnb {created} and raising it needs CAP_SYS_RESOURCE; restore with "
-                    "the snapshot's limits (set_limits=True, --limits) into a namespace "
-                    "you own") from None
-        if q.messages:
-            self.send(msqid, q)
-        change: Dict[str, int] = {"uid": q.uid, "gid": q.gid, "mode": q.mode}
-        if q.qbytes != sc.msgctl(msqid, sc.IPC_STAT).qbytes:
-            change["qbytes"] = q.qbytes
-        sc.msgctl(msqid, sc.IPC_SET, change)
+            raise RestoreError(f"queue {q.id}: the kernel gave id {msqid} instead (another "
+                               "process created an object at the same time?)")
 
     def send(self, msqid: int, q: QueueState) -> None:
         mtypes = [m for m, _ in q.messages]
@@ -766,25 +1078,38 @@ class _Restorer:
         sc.semctl(semid, 0, sc.IPC_SET, {"uid": s.uid, "gid": s.gid, "mode": s.mode})
 
     def run(self, progress: Optional[Progress]) -> Restored:
+        cleaned = self.recover()
         self.check_conflicts()
-        total = len(self.snap.queues) + len(self.snap.semaphore_sets)
+        snap = self.snap
+        if not (snap.queues or snap.semaphore_sets or self.set_limits):
+            return Restored((), (), tuple(cleaned))
+        self.old_limits = _read_limits()
+        self.make_marker()
         if self.set_limits:
-            self.old_limits = _read_limits()
-            _write_limits(self.snap.limits)
-        n = 0
-        for q in self.snap.queues:
+            _write_limits(snap.limits)
+        total = len(snap.queues) + len(snap.semaphore_sets)
+        sizes = [sum(len(d) for _, d in q.messages) for q in snap.queues]
+        counts = _Counts(sum(len(q.messages) for q in snap.queues), sum(sizes))
+        for n, q in enumerate(snap.queues):
+            self.step()
             if progress:
-                progress(n, total, f"queue {q.id}")
+                progress(n, total, f"queue {q.id}{counts.next(len(q.messages), sizes[n])}")
             self.queue(q)
-            n += 1
-        for s in self.snap.semaphore_sets:
+        for n, s in enumerate(snap.semaphore_sets, len(snap.queues)):
+            self.step()
             if progress:
                 progress(n, total, f"semaphore set {s.id}")
             self.semset(s)
-            n += 1
+        self.step()
+        self.remove_marker()
         if progress:
             progress(total, total, "done")
-        return Restored(tuple(self.queues), tuple(self.sets))
+        return Restored(tuple(self.queues), tuple(self.sets), tuple(cleaned))
+
+    def remove_marker(self) -> None:
+        if self.marker is not None:
+            sc.msgctl(self.marker, sc.IPC_RMID)
+            self.marker = None
 
     def undo(self) -> List[str]:
         """Remove what was created and put the limits back; what could not be undone."""
@@ -797,20 +1122,46 @@ class _Restorer:
         if self.old_limits is not None:
             old = self.old_limits
             steps.append(("the namespace's previous limits", lambda: _write_limits(old)))
-        interrupted: Optional[BaseException] = None
+        for kind in ("msg", "sem"):
+            steps.append((f"{kind}_next_id", partial(_clear_next_id, kind)))
+        steps.append(("the staging marker", self.remove_marker))
         for what, step in steps:
-            while True:
-                try:
-                    step()
-                    break
-                except KeyboardInterrupt as e:
-                    interrupted = e
-                except OSError as e:
-                    left.append(f"{what} ({e.strerror})")
-                    break
-        if interrupted is not None:
-            raise interrupted
+            try:
+                step()
+            except OSError as e:
+                left.append(f"{what} ({e.strerror})")
+        for kind in ("msg", "sem"):
+            armed = _read_int(f"{kind}_next_id")
+            if armed != -1:
+                left.append(f"{kind}_next_id (still armed with {armed})")
+        self.queues.clear()
+        self.sets.clear()
         return left
+
+
+class _Counts:
+    """Messages and bytes done so far out of all, for progress (``what`` of a queue)."""
+
+    def __init__(self, messages: int, size: int) -> None:
+        self.messages = messages
+        self.bytes = size
+        self.done_messages = self.done_bytes = 0
+
+    def next(self, messages: int, size: int) -> str:
+        """The text for the queue about to be read or made, which holds these."""
+        text = (f" ({messages} messages, {_size(size)}): {self.done_messages}/{self.messages}"
+                f" messages, {_size(self.done_bytes)}/{_size(self.bytes)} done")
+        self.done_messages += messages
+        self.done_bytes += size
+        return text
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"
 
 
 def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = False,
@@ -820,7 +1171,10 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
     Each object gets its id through ``/proc/sys/kernel/msg_next_id`` / ``sem_next_id``,
     then its key, its messages in order (or values), and last its owner, mode and
     qbytes. Setting the ids needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) over
-    the namespace.
+    the namespace. SIGINT and SIGTERM are held off while it works (in the main
+    thread): one that comes makes it stop at the next object and undo everything.
+    A restore killed outright (SIGKILL) leaves a staging marker, and the next restore
+    of the same snapshot into that namespace removes what it left first.
 
     Args:
         snap: what to recreate.
@@ -831,25 +1185,34 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
         progress: called as ``progress(done, total, what)`` before each object.
 
     Returns:
-        :class:`Restored`, the ids created.
+        :class:`Restored`, the ids created, and what it cleaned up first.
 
     Raises:
-        RestoreConflictError: an object with one of the ids or keys exists; nothing
-            was created.
+        RestoreConflictError: an object with one of the ids (or of their indices) or
+            keys exists, or another restore is under way there; nothing was created.
         RestoreError: a step failed; everything created was removed (and the limits
             put back) before it was raised. Its ``__cause__`` is the failure.
-        KeyboardInterrupt: as for RestoreError, removed first, then re-raised.
+        RestoreInterrupted: SIGINT or SIGTERM came; as for RestoreError, everything
+            was removed first. A KeyboardInterrupt.
     """
     if not isinstance(snap, Snapshot):
         raise TypeError(f"restore: needs a Snapshot, not {type(snap).__name__}")
     _need_callable("restore", progress)
     inside = enter_namespace(pid) if pid is not None else nullcontext(None)
-    with inside:
-        r = _Restorer(snap, set_limits)
+    with inside, _Held() as held:
+        r = _Restorer(snap, set_limits, held)
         try:
-            return r.run(progress)
+            done = r.run(progress)
+            r.step()
+            return done
         except RestoreConflictError:
             raise
+        except _Interrupted as e:
+            made = len(r.queues) + len(r.sets)
+            left = r.undo()
+            name = signal.Signals(e.signum).name
+            raise RestoreInterrupted(e.signum, f"restore interrupted by {name}; removed the "
+                                     f"{made} object(s) it had created", left) from None
         except KeyboardInterrupt:
             r.undo()
             raise
@@ -941,14 +1304,17 @@ def dumps(snap: Snapshot) -> str:
 def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
     """Write the snapshot to a path or an open text file.
 
-    A path that names a regular file, or nothing yet, is replaced atomically (a new
-    file, renamed over it); one that names a device or a FIFO (``/dev/stdout``, a
-    named pipe, also the pipe or socket ``/dev/stdout`` leads to) is written into, and
-    stays what it is. A symbolic link is followed:
-    its target is written (created if the link dangles, as a shell's ``>`` would)
-    and the link stays a link. A new file is readable by its owner only (mode 0600:
-    it holds the messages, which the queues' permissions may have kept private); a
-    file replaced keeps its permission bits.
+    A path that leads to one of our descriptors (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``) is written into that descriptor as it is open (appending
+    after ``>>``, into a pipe). A path that names a regular file, or nothing yet, is
+    replaced atomically (a new file, renamed over it); one that names a device or a
+    FIFO is written into, and stays what it is. A symbolic link is followed: its
+    target is written (created if the link dangles, as a shell's ``>`` would) and the
+    link stays a link. A new file is readable by its owner only (mode 0600: it holds
+    the messages, which the queues' permissions may have kept private); a file
+    replaced keeps its owner and group (or, where they cannot be kept, is left alone
+    and PermissionError raised) and its permission bits, but never setuid, setgid or
+    sticky. A directory is refused, naming the path given.
     """
     _need_snapshot("dump", snap)
     if not isinstance(file, (str, os.PathLike)):
@@ -959,6 +1325,10 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         return
     text = dumps(snap)
     path = os.fspath(file)
+    fd = _own_descriptor(path)
+    if fd is not None:
+        _write_all(fd, text.encode())
+        return
     # The rename must land on the link's target, in the target's directory: renamed
     # over the link itself, the new file would replace the link.
     target = os.path.realpath(path)
@@ -966,14 +1336,16 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         st = None  # nothing there yet, or a dangling link: its target is created
-    # What the path opens decides, not its resolved name: a link in /proc, such as
-    # /dev/stdout, can point to a pipe or a deleted file, whose "target" (pipe:[1234])
-    # is no path. Anything realpath does not reach is written into, as a device is.
-    if st is not None and not (stat.S_ISDIR(st.st_mode) or _same_file(st, target)):
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    # What the path opens decides, not its resolved name: a link in /proc can point
+    # to a pipe or a deleted file, whose "target" (pipe:[1234]) is no path. Anything
+    # realpath does not reach is written into, as a device is.
+    if st is not None and not _same_file(st, target):
         with open(path, "w") as f:
             f.write(text)
         return
-    keep = stat.S_IMODE(st.st_mode) if st is not None and stat.S_ISREG(st.st_mode) else None
+    replaced = st if st is not None and stat.S_ISREG(st.st_mode) else None
     try:
         # mkstemp: a fresh name (O_EXCL, so nothing planted there is followed), mode 0600.
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".",
@@ -983,8 +1355,9 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         raise type(e)(e.errno, e.strerror, path) from None
     try:
         with open(fd, "w") as f:
-            if keep is not None:
-                os.fchmod(fd, keep)  # a file replaced keeps its permissions
+            if replaced is not None:
+                _keep_owner(fd, replaced, path)
+                os.fchmod(fd, stat.S_IMODE(replaced.st_mode) & 0o777)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -995,6 +1368,46 @@ def dump(snap: Snapshot, file: Union[str, "os.PathLike[str]", IO[str]]) -> None:
         except OSError:
             pass
         raise
+
+
+def _keep_owner(fd: int, st: os.stat_result, path: str) -> None:
+    if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
+        return
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    except PermissionError:
+        raise PermissionError(errno.EPERM, f"dump: {path} belongs to uid {st.st_uid}, gid "
+                              f"{st.st_gid}, which a replacement made by uid {os.geteuid()} "
+                              "cannot keep; left as it is (remove it first, or dump as its "
+                              "owner)") from None
+
+
+def _own_descriptor(path: str) -> Optional[int]:
+    """The descriptor of this process that ``path`` leads to through /proc/self/fd or
+    /dev/fd (where /dev/stdout leads), None if it leads elsewhere."""
+    ours = {f"/proc/{os.getpid()}/fd",
+            f"/proc/{os.getpid()}/task/{threading.get_native_id()}/fd"}
+    p = os.path.abspath(path)
+    for _ in range(40):  # as many links as the kernel follows
+        parent, name = os.path.split(p)
+        if name.isdigit() and os.path.realpath(parent) in ours:
+            return int(name)
+        if not os.path.islink(p):
+            return None
+        p = os.path.abspath(os.path.join(parent, os.readlink(p)))
+    return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _same_file(st: os.stat_result, path: str) -> bool:
@@ -1110,14 +1523,19 @@ class _Checker:
 
     @staticmethod
     def unique(objs: Sequence[Any], where: str) -> None:
-        ids: Set[int] = set()
+        ids: Dict[int, int] = {}
         keys: Set[int] = set()
         for o in objs:
-            if o.id in ids:
+            same = ids.get(o.id & _INDEX_MASK)
+            if same == o.id:
                 raise _Checker.fail(where, f"id {o.id} appears twice")
+            if same is not None:
+                raise _Checker.fail(where, f"ids {same} and {o.id} share index "
+                                    f"{o.id & _INDEX_MASK} (id modulo {_INDEX_MASK + 1}): no "
+                                    "namespace holds both")
             if o.key and o.key in keys:
                 raise _Checker.fail(where, f"key {o.key:#010x} appears twice")
-            ids.add(o.id)
+            ids[o.id & _INDEX_MASK] = o.id
             keys.add(o.key)
 
     def snapshot(self, doc: Any) -> Snapshot:
@@ -1169,7 +1587,8 @@ def loads(text: Union[str, bytes]) -> Snapshot:
     if not isinstance(text, str):
         raise TypeError(f"loads: needs str or bytes, not {type(text).__name__}")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+        return _Checker().snapshot(doc)
     except json.JSONDecodeError as e:
         raise SnapshotFormatError(f"snapshot file: not JSON ({e.msg} at line {e.lineno}, "
                                   f"column {e.colno})") from None
@@ -1177,22 +1596,81 @@ def loads(text: Union[str, bytes]) -> Snapshot:
         raise SnapshotFormatError("snapshot file: not a snapshot (nested too deeply)") from None
     except ValueError as e:
         # Python's limit on the digits of an int it reads (sys.get_int_max_str_digits).
+        if isinstance(e, SnapshotFormatError):
+            raise
         raise SnapshotFormatError(f"snapshot file: not a snapshot "
                                   f"({str(e).split(';')[0]})") from None
-    return _Checker().snapshot(doc)
 
 
-def load(file: Union[str, "os.PathLike[str]", IO[Any]]) -> Snapshot:
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object whose every member name is given once: a second one would be read
+    in place of the first (or the other way round by another reader)."""
+    obj: Dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj:
+            raise SnapshotFormatError(f"snapshot file: {json.dumps(name)[:40]} given twice "
+                                      "in one object")
+        obj[name] = value
+    return obj
+
+
+DEFAULT_MAX_SIZE = 1 << 30
+"""The largest snapshot file :func:`load` reads unless told otherwise (1 GiB)."""
+_CHUNK = 1 << 20
+
+
+def load(file: Union[str, "os.PathLike[str]", IO[Any]], *,
+         max_size: int = DEFAULT_MAX_SIZE) -> Snapshot:
     """Read a snapshot from a path or an open file (see :func:`loads`).
+
+    At most ``max_size`` bytes are read: a longer file, or a stream that does not end
+    (``/dev/zero``, an endless pipe), is refused; so is one that does not begin as a
+    JSON object, as soon as its first bytes are read.
 
     Raises:
         OSError: the file cannot be read.
-        SnapshotFormatError: as for :func:`loads`.
+        SnapshotFormatError: as for :func:`loads`, or the file is larger than ``max_size``.
     """
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as f:
-            return loads(f.read())
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size > max_size:
+                raise _too_large(max_size)
+            return loads(_read_bounded(f, max_size))
     if not hasattr(file, "read"):
         raise TypeError(f"load: needs a path or an open file, not {type(file).__name__}")
-    data = file.read()
-    return loads(data)
+    return loads(_read_bounded(file, max_size))
+
+
+def _too_large(max_size: int) -> SnapshotFormatError:
+    return SnapshotFormatError(f"snapshot file: larger than {max_size} bytes (the limit "
+                               "of what is read; raise it with max_size, --max-size)")
+
+
+def _read_bounded(f: IO[Any], max_size: int) -> Union[str, bytes]:
+    """At most max_size bytes of f (more: refused); a stream that is not a regular
+    file is refused as soon as it shows it does not begin as a JSON object (a regular
+    file is read whole, for the full reason)."""
+    try:
+        stream = not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        stream = True
+    parts: List[Any] = []
+    size = 0
+    while True:
+        chunk = f.read(min(_CHUNK, max_size + 1 - size))
+        if not chunk:
+            break
+        if stream and (not parts or not parts[0].strip()):
+            start = (b"".join(parts) if isinstance(chunk, bytes) else "".join(parts)) + chunk
+            head = start.lstrip()[:1]
+            if head and head not in (b"{", "{"):
+                raise SnapshotFormatError(f"snapshot file: not a snapshot (it begins with "
+                                          f"{head!r}, not {{)")
+            parts = [start]
+        else:
+            parts.append(chunk)
+        size += len(chunk)
+        if size > max_size:
+            raise _too_large(max_size)
+    return b"".join(parts) if not parts or isinstance(parts[0], bytes) else "".join(parts)

@@ -11,6 +11,7 @@ This is the only module that touches the compiled shim (``ipcbind._ffi``).
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import mmap
@@ -399,7 +400,6 @@ def _get(call: str, c_get: Callable[..., int], key: int, flags: int,
 
 
 _send = lib.ipcb_send
-_recv = lib.ipcb_recv
 _unpack = ffi.unpack
 _tuple_new = tuple.__new__
 
@@ -411,25 +411,9 @@ def msgsnd(msqid: int, mtype: int, data: Buffer, flags: int = 0, *,
     With IPC_NOWAIT a full queue raises ``BlockingIOError`` (EAGAIN). ``timeout``
     (seconds) bounds the wait for room on a full queue and raises ``TimeoutError``.
     """
-    if timeout is None:
-        return _msgsnd1(msqid, mtype, data, flags)
     if type(data) is not bytes:
         data = _as_buffer("msgsnd", data)
-    _msgsnd_wait(msqid, mtype, data, flags, timeout)
-
-
-def _msgsnd1(msqid: int, mtype: int, data: Buffer, flags: int) -> None:
-    """msgsnd without a timeout in as few steps as possible; after EINTR it goes on
-    in :func:`_msgsnd_wait`, which retries."""
-    if type(data) is not bytes:
-        data = _as_buffer("msgsnd", data)
-    try:
-        err = _send(msqid, mtype, data, len(data), flags)
-    except (TypeError, OverflowError) as e:
-        raise _explain("msgsnd", e, msqid=(msqid, "int"), mtype=(mtype, "long"),
-                       flags=(flags, "int")) from None
-    if err:
-        _msgsnd_failed(err, msqid, mtype, data, flags)
+    _msgsnd(msqid, mtype, data, flags, timeout)
 
 
 def _msgsnd_failed(err: int, msqid: int, mtype: int, data: Any, flags: int) -> None:
@@ -437,12 +421,12 @@ def _msgsnd_failed(err: int, msqid: int, mtype: int, data: Any, flags: int) -> N
     have run by now, per PEP 475), send again."""
     if err != EINTR:
         raise syscall_error(err, f"msgsnd(msqid={msqid})")
-    _msgsnd_wait(msqid, mtype, data, flags, None)
+    _msgsnd(msqid, mtype, data, flags, None)
 
 
-def _msgsnd_wait(msqid: int, mtype: int, data: Any, flags: int,
-                 timeout: Optional[float]) -> None:
-    """msgsnd after EINTR, or with a timeout: the PEP 475 retry loop."""
+def _msgsnd(msqid: int, mtype: int, data: Any, flags: int, timeout: Optional[float]) -> None:
+    """msgsnd of ``data`` (bytes, or what :func:`_as_buffer` made) with the PEP 475
+    retry loop."""
     deadline = _deadline("msgsnd", timeout)
     try:
         while True:
@@ -467,46 +451,31 @@ def msgrcv(msqid: int, maxsize: Optional[int] = None, msgtyp: int = 0, flags: in
     MSG_COPY (and IPC_NOWAIT) ``msgtyp`` is a 0-based index and the message stays.
     ``timeout`` (seconds) bounds the wait and raises ``TimeoutError``.
     """
-    if maxsize is None and timeout is None:
-        got: Tuple[int, bytes] = _msgrcv1(msqid, msgtyp, flags, tuple)
-    else:
-        got = _msgrcv_wait(msqid, maxsize, msgtyp, flags, timeout, tuple)
+    got: Tuple[int, bytes] = _msgrcv(msqid, maxsize, msgtyp, flags, timeout, tuple)
     return got
 
 
-def _msgrcv1(msqid: int, msgtyp: int, flags: int, cls: Any) -> Any:
-    """msgrcv of a message of any size, without a timeout, in as few steps as
-    possible. Returns ``(mtype, data)`` as an instance of ``cls``, a tuple or a
-    subclass of it, built with ``tuple.__new__`` (``cls.__new__`` is not called).
-    After EINTR it goes on in :func:`_msgrcv_wait`, which retries."""
-    try:
-        m = _recv(msqid, msgtyp, flags)
-    except (TypeError, OverflowError) as e:
-        raise _explain("msgrcv", e, msqid=(msqid, "int"), msgtyp=(msgtyp, "long"),
-                       flags=(flags, "int")) from None
-    # _lent_message written out: a call would cost about 0.1 us on every receive.
-    err = m.err
-    if not err:
-        got = _tuple_new(cls, (m.mtype, _unpack(m.mtext, m.len)))
-        m.lent = 0
-        return got
-    m.lent = 0
-    if err != EINTR:
-        raise syscall_error(err, f"msgrcv(msqid={msqid})")
-    return _msgrcv_wait(msqid, None, msgtyp, flags, None, cls)
-
-
 def _lent_message(m: Any, cls: Any) -> Any:
-    """The message in the lent receive buffer ``m``, as ``(mtype, data)`` in a ``cls``;
-    the buffer is given back once it is copied."""
+    """The message in the lent receive buffer ``m``, as ``(mtype, data)`` in a ``cls``
+    (a tuple or a subclass, built with ``tuple.__new__``: ``cls.__new__`` is not
+    called); the buffer is given back once it is copied."""
     got = _tuple_new(cls, (m.mtype, _unpack(m.mtext, m.len)))
     m.lent = 0
     return got
 
 
-def _msgrcv_wait(msqid: int, maxsize: Optional[int], msgtyp: int, flags: int,
-                 timeout: Optional[float], cls: Any) -> Any:
-    """msgrcv after EINTR, or with a maxsize or a timeout: the PEP 475 retry loop."""
+def _msgrcv_failed(err: int, msqid: int, msgtyp: int, flags: int, cls: Any) -> Any:
+    """Raise the error ``err`` of a receive of any size without a timeout; after
+    EINTR (the signal handlers have run by now, per PEP 475), receive again."""
+    if err != EINTR:
+        raise syscall_error(err, f"msgrcv(msqid={msqid})")
+    return _msgrcv(msqid, None, msgtyp, flags, None, cls)
+
+
+def _msgrcv(msqid: int, maxsize: Optional[int], msgtyp: int, flags: int,
+            timeout: Optional[float], cls: Any) -> Any:
+    """msgrcv with the PEP 475 retry loop; ``(mtype, data)`` in a ``cls``, as
+    :func:`_lent_message` makes it."""
     size = _size("msgrcv", maxsize)
     deadline = _deadline("msgrcv", timeout)
     try:
@@ -1170,21 +1139,16 @@ def _semop_packed_failed(err: int, semid: int, num: int, op: int, flg: int) -> N
     _semop1(semid, num, op, flg, None)
 
 
-# MessageQueue.receive's common case calls the shim straight from the method, as
-# the semaphore methods do (a Python call costs about 0.1 us), with one integer
-# each way. _recv_packed(msgtyp << 32 | msqid | nowait), for msgtyp in the range
-# of a C int (else cffi raises OverflowError), msqid a queue id (0 to INT_MAX) and
-# nowait 0 or _RECV_NOWAIT, returns r:
-#   r >= 0: the message is in a chunk of the shim's arena of receive buffers, lent:
-#     mtype is r >> 32 and the text is _ARENA[chunk + _TEXT:r & 0xFFFFFFFF], where
-#     chunk = r & _CHUNK_MASK; _ARENA[chunk] = _GIVE_BACK gives the chunk back, once
-#     the text is copied (a signal handler receiving in between takes another one).
-#   anything else: hand it to _receive_rare, which raises or reads the message.
+# MessageQueue.receive's common case without the accelerator: one integer each way
+# through ipcb_recv_packed, whose layout src/shim.c states; the message is read from
+# one view of the shim's arena of receive buffers.
 _recv_packed = lib.ipcb_recv_packed
-_RECV_NOWAIT = 1 << 31
+_RECV_NOWAIT: int = lib.IPCB_RECV_NOWAIT
 _RECV_RARE: int = lib.IPCB_RECV_RARE
+_SHIFT: int = lib.IPCB_PACK_SHIFT
+_LOW = (1 << _SHIFT) - 1
 _TEXT: int = ffi.offsetof("struct ipcb_rmsg", "mtext")
-_CHUNK_MASK = 0xFFFFFFFF & -lib.IPCB_CHUNK
+_CHUNK_MASK = _LOW & -lib.IPCB_CHUNK
 _GIVE_BACK = b"\0"  # a chunk's first byte is its lent flag
 
 
@@ -1198,13 +1162,66 @@ def _arena() -> Any:
 _ARENA = _arena()
 
 
-def _receive_rare(r: int, msqid: int, msgtyp: int, nowait: int, cls: Any) -> Any:
-    """What a ``_recv_packed`` result other than a message in the arena means: an
-    errno (raised; after EINTR the receive is made again, per PEP 475), or a message
-    to read from its slot, returned as ``(mtype, data)`` in a ``cls`` as
-    :func:`_msgrcv1` does."""
-    if r <= _RECV_RARE:
-        return _lent_message(lib.ipcb_rslot(_RECV_RARE - r), cls)
-    if r != -EINTR:
-        raise syscall_error(-r, f"msgrcv(msqid={msqid})")
-    return _msgrcv_wait(msqid, None, msgtyp, IPC_NOWAIT if nowait else 0, None, cls)
+def _receive(msqid: int, msgtyp: int, nowait: bool, cls: Any) -> Any:
+    """msgrcv of a message of any size without a timeout, as ``(mtype, data)`` in a
+    ``cls`` (see :func:`_lent_message`); IPC_NOWAIT if ``nowait``."""
+    if type(msgtyp) is int:  # another type's << might not be an int's
+        try:
+            r = _recv_packed(msgtyp << _SHIFT | msqid | (_RECV_NOWAIT if nowait else 0))
+        except OverflowError:  # msgtyp beyond a C int
+            pass
+        else:
+            if r >= 0:
+                chunk = r & _CHUNK_MASK
+                text = _ARENA[chunk + _TEXT:r & _LOW]
+                _ARENA[chunk] = _GIVE_BACK
+                return _tuple_new(cls, (r >> _SHIFT, text))
+            if r <= _RECV_RARE:
+                return _lent_message(lib.ipcb_rslot(_RECV_RARE - r), cls)
+            return _msgrcv_failed(-r, msqid, msgtyp, IPC_NOWAIT if nowait else 0, cls)
+    return _msgrcv(msqid, None, msgtyp, IPC_NOWAIT if nowait else 0, None, cls)
+
+
+# ---- the optional accelerator (src/accel.c) -------------------------------------------
+# C methods that replace MessageQueue.send/receive and Semaphore.acquire/release
+# (and the Semaphore's with) and hand every case but the common one to the Python
+# methods they replace. They call the shim's own functions, through the table
+# whose address it gives here: one shim, one set of receive buffers, one ledger.
+
+ACCELERATOR_VARIABLE = "IPCBIND_ACCELERATOR"
+
+
+def _load_accelerator() -> Any:
+    """ipcbind._accel bound to this shim; None where it is not built (PyPy,
+    free-threaded builds, a failed build) or IPCBIND_ACCELERATOR=0 turns it off."""
+    if os.environ.get(ACCELERATOR_VARIABLE) == "0":
+        return None
+    try:
+        accel = importlib.import_module(f"{__package__}._accel")
+    except ImportError:
+        return None
+    try:
+        accel.bind(int(ffi.cast("uintptr_t", lib.ipcb_calls())))
+    except ImportError as e:  # built from other sources than the shim: left unused
+        import warnings
+
+        warnings.warn(f"{e}; ipcbind runs without its accelerator", RuntimeWarning, stacklevel=2)
+        return None
+    return accel
+
+
+_ACCEL = _load_accelerator()
+
+
+def _accelerate_queue(queue_cls: type, message_cls: type,
+                      send_failed: Callable[[int, int, int, Any, int], None]) -> None:
+    """Give ``queue_cls`` the accelerator's send and receive, which return ``message_cls``;
+    ``send_failed(err, msqid, mtype, data, flags)`` raises what a failed send raises."""
+    if _ACCEL is not None:
+        _ACCEL.accelerate_queue(queue_cls, message_cls, send_failed, _msgrcv_failed)
+
+
+def _accelerate_semaphore(cls: type) -> None:
+    """Give ``cls`` the accelerator's acquire, release, __enter__ and __exit__."""
+    if _ACCEL is not None:
+        _ACCEL.accelerate_semaphore(cls, _semop_packed_failed)

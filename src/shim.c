@@ -28,6 +28,8 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 
+#include "calls.h"
+
 /* glibc defines these only with _GNU_SOURCE, or not at all when it is old. */
 #ifndef MSG_EXCEPT
 #define MSG_EXCEPT 020000
@@ -57,26 +59,17 @@
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
-/* maxsize meaning "whatever size the message has". */
-#define IPCB_ANY_SIZE ((size_t)-1)
-
 /* Bytes of text in a receive slot's fixed buffer; see ipcb_recv_packed. */
 #define IPCB_FIRST_RCAP 8192
 #define IPCB_RECV_RARE (-4096LL)
+#define IPCB_RECV_NOWAIT (1ULL << 31)
+#define IPCB_PACK_SHIFT 32
 
 /* semctl's fourth argument; the caller must define it (semctl(2)). */
 union ipcb_semun {
     int val;
     struct semid_ds *buf;
     unsigned short *array;
-};
-
-struct ipcb_rmsg {
-    unsigned char lent; /* set when returned; the caller clears it once it has copied */
-    int err;       /* 0, or the errno of a failed call (then len is -1) */
-    ssize_t len;
-    long mtype;    /* mtype and mtext are the struct msgbuf the kernel fills */
-    char mtext[];
 };
 
 struct ipcb_batch {
@@ -490,24 +483,46 @@ int ipcb_msgget(key_t key, int msgflg)
     return r < 0 ? -errno : r;
 }
 
+static long read_msgmax(void);
+
+/* A send buffer larger than this is freed after its send, not kept for the thread. */
+#define IPCB_SBUF_KEEP (1 << 20)
+
 int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
                 long long timeout_ns)
 {
     struct ipcb_tls *t = tls();
     struct deadline d;
-    int r;
-    if (!t || grow((void **)&t->sbuf, &t->scap, len, 1, sizeof(long)))
+    int r, err;
+    if (!t)
         return errno;
+    if (len > t->scap || !t->sbuf) {
+        /* msgsnd refuses a text longer than msgmax (EINVAL) before anything else:
+         * refuse it before copying it into a buffer of that size. */
+        long msgmax = read_msgmax();
+        if (msgmax >= 0 && len > (size_t)msgmax)
+            return EINVAL;
+        if (grow((void **)&t->sbuf, &t->scap, len, 1, sizeof(long)))
+            return errno;
+    }
     memcpy(t->sbuf, &mtype, sizeof mtype);
     if (len)
         memcpy(t->sbuf + sizeof mtype, data, len);
-    if (timeout_ns < 0)
-        return msgsnd(msqid, t->sbuf, len, flags) ? errno : 0;
-    if (deadline_start(&d, timeout_ns))
-        return errno;
-    r = msgsnd(msqid, t->sbuf, len, flags);
-    deadline_stop(&d, r < 0);
-    return r ? errno : 0;
+    if (timeout_ns < 0) {
+        r = msgsnd(msqid, t->sbuf, len, flags);
+    } else {
+        if (deadline_start(&d, timeout_ns))
+            return errno;
+        r = msgsnd(msqid, t->sbuf, len, flags);
+        deadline_stop(&d, r < 0);
+    }
+    err = r ? errno : 0;
+    if (t->scap > IPCB_SBUF_KEEP) {
+        free(t->sbuf);
+        t->sbuf = NULL;
+        t->scap = 0;
+    }
+    return err;
 }
 static long read_msgmax(void)
 {
@@ -623,33 +638,26 @@ struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
     return lend(s, recv_timed(s, msqid, maxsize, msgtyp, flags, timeout_ns));
 }
 
-/* The common cases, with fewer arguments for cffi to convert: no timeout, and
- * (for receiving) room for a message of any size. */
+/* The common case, with fewer arguments for cffi to convert: no timeout. */
 int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags)
 {
     return ipcb_msgsnd(msqid, mtype, data, len, flags, -1);
 }
 
-struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags)
-{
-    struct ipcb_tls *t = tls();
-    struct rslot *s;
-    if (!t || !(s = take_rslot(t)))
-        return &no_memory;
-    return lend(s, recv_one(s, msqid, IPCB_ANY_SIZE, msgtyp, flags));
-}
-
-/* ipcb_recv without MSG_NOERROR, MSG_EXCEPT or MSG_COPY, for msgtyp in the range of
- * a C int, in one integer each way: cffi calls a function of one integer argument
- * without building an argument tuple, and Python splits an integer result with
- * a few operators where it would read each field of a struct through cffi.
- * arg: bits 0-30 msqid (never negative for a live queue), bit 31 IPC_NOWAIT,
- * bits 32-63 msgtyp (signed).
+/* ipcb_msgrcv of a message of any size without a timeout, MSG_NOERROR, MSG_EXCEPT
+ * or MSG_COPY, for msgtyp in the range of a C int, in one integer each way: cffi
+ * calls a function of one integer argument without building an argument tuple,
+ * and Python splits an integer result with a few operators where it would read
+ * each field of a struct through cffi. The layout, stated here only (Python takes
+ * the constants from the shim):
+ * arg: bits 0-30 msqid (never negative for a live queue), IPCB_RECV_NOWAIT (bit 31)
+ * for IPC_NOWAIT, msgtyp (signed) shifted left by IPCB_PACK_SHIFT.
  * The result, r:
- *   r >= 0: the message is in a chunk of the arena, lent: mtype is r >> 32, and
- *     r & 0xffffffff is the arena offset where its text ends. The chunk starts at
- *     offset r & 0xffffffff & -IPCB_CHUNK with a struct ipcb_rmsg: the text starts
- *     at its mtext, and clearing its lent (the chunk's first byte) gives it back.
+ *   r >= 0: the message is in a chunk of the arena, lent: mtype is
+ *     r >> IPCB_PACK_SHIFT, and the low IPCB_PACK_SHIFT bits are the arena offset
+ *     where its text ends. The chunk starts at that offset rounded down to a
+ *     multiple of IPCB_CHUNK, with a struct ipcb_rmsg: the text starts at its
+ *     mtext, and clearing its lent (the chunk's first byte) gives it back.
  *   IPCB_RECV_RARE - r >= 0: the message is in the calling thread's slot
  *     IPCB_RECV_RARE - r, lent, but does not fit the above (a buffer outside the
  *     arena, a longer message, an mtype >= 2**31): read it from ipcb_rslot().
@@ -657,20 +665,20 @@ struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags)
 long long ipcb_recv_packed(long long arg)
 {
     unsigned long long bits = (unsigned long long)arg;
-    int msqid = (int)(bits & 0x7fffffffULL);
-    long msgtyp = (int)(unsigned int)(bits >> 32);
+    int msqid = (int)(bits & (IPCB_RECV_NOWAIT - 1));
+    long msgtyp = (int)(unsigned int)(bits >> IPCB_PACK_SHIFT);
     struct ipcb_tls *t = tls();
     struct rslot *s;
     struct ipcb_rmsg *m;
     if (!t || !(s = take_rslot(t)))
         return -ENOMEM;
-    m = recv_one(s, msqid, IPCB_ANY_SIZE, msgtyp, (bits >> 31) & 1 ? IPC_NOWAIT : 0);
+    m = recv_one(s, msqid, IPCB_ANY_SIZE, msgtyp, bits & IPCB_RECV_NOWAIT ? IPC_NOWAIT : 0);
     if (!m)
         return -(long long)errno;
     m->err = 0;
     m->lent = 1;
     if (m == s->m && in_arena(m) && m->mtype <= 0x7fffffffL)
-        return (long long)m->mtype << 32 |
+        return (long long)m->mtype << IPCB_PACK_SHIFT |
                (long long)((char *)m->mtext - arena + m->len);
     return IPCB_RECV_RARE - (long long)(s - t->r);
 }
@@ -1213,4 +1221,15 @@ int ipcb_shmctl(int shmid, int cmd, struct shmid_ds *buf)
 {
     int r = shmctl(shmid, cmd, buf);
     return r < 0 ? -errno : r;
+}
+
+/* ---- the table for ipcbind._accel (calls.h) ------------------------------------ */
+
+static const struct ipcb_calls_table calls = {
+    sizeof(struct ipcb_calls_table), ipcb_msgsnd, ipcb_msgrcv, ipcb_semop1,
+};
+
+const void *ipcb_calls(void)
+{
+    return &calls;
 }

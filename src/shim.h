@@ -57,6 +57,8 @@ typedef int... shmatt_t;
 #define IPCB_ANY_SIZE ...
 #define IPCB_CHUNK ...
 #define IPCB_RECV_RARE ...
+#define IPCB_RECV_NOWAIT ...
+#define IPCB_PACK_SHIFT ...
 
 struct ipc_perm {
     key_t __key;
@@ -189,9 +191,8 @@ int ipcb_msgsnd(int msqid, long mtype, const char *data, size_t len, int flags,
 struct ipcb_rmsg *ipcb_msgrcv(int msqid, size_t maxsize, long msgtyp, int flags,
                               long long timeout_ns);
 int ipcb_send(int msqid, long mtype, const char *data, size_t len, int flags);
-struct ipcb_rmsg *ipcb_recv(int msqid, long msgtyp, int flags);
-/* ipcb_recv in one integer each way, its message in an arena of buffers shared by
- * all threads (or in a slot that ipcb_rslot returns): see shim.c. */
+/* ipcb_msgrcv's common case in one integer each way, its message in an arena of
+ * buffers shared by all threads (or in a slot that ipcb_rslot returns): see shim.c. */
 long long ipcb_recv_packed(long long arg);
 struct ipcb_rmsg *ipcb_rslot(size_t k);
 char *ipcb_arena(size_t *size);
@@ -227,3 +228,6 @@ int ipcb_shmat(int shmid, int shmflg, void **at);
 int ipcb_shmat_move(int shmid, int shmflg, void **from, void *to);
 int ipcb_shmdt(void *addr);
 int ipcb_shmctl(int shmid, int cmd, struct shmid_ds *buf);
+
+/* The address of the table of shim functions that ipcbind._accel calls (calls.h). */
+const void *ipcb_calls(void);

@@ -1023,6 +1023,10 @@ def _huge_int_file(e: Env) -> str:
     return e.file("huge.json", '{"version": ' + "9" * 5000 + "}")
 
 
+def _restore(*args: str) -> List[str]:
+    return ["restore", "--own-namespace", *args]
+
+
 def _dump(e: Env, *args: str) -> List[str]:
     e.own_namespace()
     return ["dump", *args]
@@ -1061,17 +1065,17 @@ COMMANDS = (
     Cli("dump-into-a-missing-directory", lambda e: _dump(e, "-o", "no/f"), 3,
         "no such file: no/f"),
     Cli("restore-no-file", lambda e: ["restore"], 2, "required"),
-    Cli("restore-missing-file", lambda e: ["restore", str(e.tmp / "none")], 3, "no such file"),
-    Cli("restore-a-directory", lambda e: ["restore", str(e.tmp)], 1, "directory"),
-    Cli("restore-dev-null", lambda e: ["restore", "/dev/null"], 5, "not JSON"),
-    Cli("restore-a-binary-file", lambda e: ["restore", _binary(e)], 5, "UTF-8"),
-    Cli("restore-another-json-format", lambda e: ["restore", _other_json(e)], 5,
+    Cli("restore-missing-file", lambda e: _restore(str(e.tmp / "none")), 3, "no such file"),
+    Cli("restore-a-directory", lambda e: _restore(str(e.tmp)), 1, "directory"),
+    Cli("restore-dev-null", lambda e: _restore("/dev/null"), 5, "not JSON"),
+    Cli("restore-a-binary-file", lambda e: _restore(_binary(e)), 5, "UTF-8"),
+    Cli("restore-another-json-format", lambda e: _restore(_other_json(e)), 5,
         "not an ipcbind snapshot"),
-    Cli("restore-a-5000-digit-number", lambda e: ["restore", _huge_int_file(e)], 5,
+    Cli("restore-a-5000-digit-number", lambda e: _restore(_huge_int_file(e)), 5,
         "snapshot file"),
-    Cli("restore-version-2", lambda e: ["restore", e.file("v2", _version_2(e))], 5, "version"),
-    Cli("restore-edited", lambda e: ["restore", e.file("ed", _edited(e))], 5, "checksum"),
-    Cli("restore-into-itself", lambda e: ["restore", e.file("same", _snapshot_text(e))], 6,
+    Cli("restore-version-2", lambda e: _restore(e.file("v2", _version_2(e))), 5, "version"),
+    Cli("restore-edited", lambda e: _restore(e.file("ed", _edited(e))), 5, "checksum"),
+    Cli("restore-into-itself", lambda e: _restore(e.file("same", _snapshot_text(e))), 6,
         "exists"),
     Cli("semundo-no-pid", lambda e: ["semundo"], 2, "required"),
     Cli("semundo-pid-0", lambda e: ["semundo", "0"], 2, "not a pid"),
@@ -1106,7 +1110,7 @@ def test_restore_from_stdin_refuses_what_is_no_snapshot(
         stdin: bytes, env: Env, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    assert main(["restore", "-"], out=io.StringIO()) == 5
+    assert main(["restore", "-", "--own-namespace"], out=io.StringIO()) == 5
     assert capsys.readouterr().err.startswith("ipcbind: error: ")
 
 
@@ -1115,7 +1119,7 @@ def test_restore_from_a_closed_stdin_is_an_error_not_a_traceback(
     closed = io.TextIOWrapper(io.BytesIO(b""))
     closed.close()
     monkeypatch.setattr(sys, "stdin", closed)
-    assert main(["restore", "-"], out=io.StringIO()) == 1
+    assert main(["restore", "-", "--own-namespace"], out=io.StringIO()) == 1
     assert capsys.readouterr().err.startswith("ipcbind: error: ")
 
 
@@ -1129,7 +1133,7 @@ def test_dump_into_dev_null_succeeds(env: Env, capsys: pytest.CaptureFixture[str
 
 @pytest.mark.parametrize("argv, code", [
     (["peek", str(2 ** 70)], 2),
-    (["restore", "/dev/null"], 5),
+    (["restore", "/dev/null", "--own-namespace"], 5),
     (["semundo", "0"], 2),
 ], ids=["peek-2**70", "restore-dev-null", "semundo-pid-0"])
 def test_python_m_ipcbind_refuses_without_traceback(argv: List[str], code: int,

@@ -124,7 +124,7 @@ def test_freeze_of_our_own_namespace_exits_2(capsys: Any) -> None:
 
 
 def test_restore_of_a_missing_file_exits_3(tmp_path: Any, capsys: Any) -> None:
-    assert run("restore", tmp_path / "none.json")[0] == 3
+    assert run("restore", tmp_path / "none.json", "--own-namespace")[0] == 3
     assert capsys.readouterr().err == f"ipcbind: error: no such file: {tmp_path / 'none.json'}\n"
 
 
@@ -132,7 +132,7 @@ def test_restore_of_a_missing_file_exits_3(tmp_path: Any, capsys: Any) -> None:
 def test_restore_of_a_damaged_file_exits_5(tmp_path: Any, capsys: Any, content: bytes) -> None:
     path = tmp_path / "bad.json"
     path.write_bytes(content)
-    assert run("restore", path)[0] == 5
+    assert run("restore", path, "--own-namespace")[0] == 5
     err = capsys.readouterr().err
     assert err.startswith("ipcbind: error: ") and err.count("\n") == 1
 
@@ -316,6 +316,55 @@ def test_demo_runs_inside_the_namespace_given_by_pid() -> None:
     assert code == 0 and left == []
     assert out.splitlines()[-1] == f"removed queue {made}"
     assert made == 777  # the id armed in that namespace only
+
+
+def test_restore_without_a_target_is_refused_and_names_both_ways(tmp_path: Any,
+                                                                  capsys: Any) -> None:
+    path = tmp_path / "ns.json"
+    dump(Snapshot("2026-01-01T00:00:00.000000Z", 1, None, None,
+                  Limits(8192, 16384, 32000, 32000, 1024000000, 500, 32000),
+                  (QueueState(3, 0x33, 0, 0, 0, 0, 0o600, 16384, ()),), ()), path)
+    assert run("restore", path)[0] == 2
+    err = capsys.readouterr().err
+    assert "--pid PID" in err and "--own-namespace" in err
+
+
+@needs_ns_root
+def test_restore_says_which_namespace_it_restored_into(tmp_path: Any) -> None:
+    path = tmp_path / "ns.json"
+    with ns_child(_holder) as (pid, _):
+        dump(snapshot(pid), path)
+    with ns_child() as (other, _):
+        inode = os.stat(f"/proc/{other}/ns/ipc").st_ino
+        code, out = run("restore", path, "--pid", other)
+    assert code == 0
+    assert out.startswith(f"restored into the IPC namespace of pid {other} (ipc:[{inode}]): ")
+
+
+@needs_ns_root
+def test_dump_output_dev_stdout_appended_to_a_file_appends_the_snapshot_alone(
+        tmp_path: Any) -> None:
+    out = tmp_path / "log"
+    out.write_text("previous\n")
+    with ns_child(_holder) as (pid, made):
+        with open(out, "a") as f:
+            r = subprocess.run([sys.executable, "-m", "ipcbind", "dump", "--pid", str(pid),
+                                "-o", "/dev/stdout"], stdout=f, stderr=subprocess.PIPE,
+                               timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert text.startswith("previous\n")
+    assert [q.id for q in loads(text[len("previous\n"):]).queues] == [made["q"]]
+    assert b"wrote /dev/stdout" in r.stderr
+
+
+@needs_ns_root
+def test_dump_output_to_a_directory_names_the_directory(tmp_path: Any, capsys: Any) -> None:
+    with ns_child(_holder) as (pid, _):
+        code, _ = run("dump", "--pid", pid, "-o", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"ipcbind: error: {tmp_path}: Is a directory\n"
+    assert os.listdir(tmp_path) == []
 
 
 def test_version_prints_the_package_version() -> None:

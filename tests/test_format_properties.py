@@ -362,3 +362,47 @@ def test_snapshot_data_with_spare_base64_bits_set_is_refused() -> None:
     doc["queues"][0]["messages"][0]["data"] = "AB=="  # decodes to the same single NUL
     with pytest.raises(SnapshotFormatError, match=r"messages\[0\]\.data"):
         loads(_resealed(doc))
+
+
+@budget(100)
+@given(snapshots, st.data())
+def test_snapshot_file_with_a_member_given_twice_is_refused(snap: Snapshot,
+                                                            data: st.DataObject) -> None:
+    """A second member of the same name, before or after the real one and with any
+    value: readers disagree on which one counts, so the file is refused whatever the
+    checksum says."""
+    doc = json.loads(dumps(snap))
+    objects = [p for p in _paths(doc) if isinstance(_at(doc, p), dict)]
+    where = data.draw(st.sampled_from(objects), label="object")
+    target = _at(doc, where)
+    name = data.draw(st.sampled_from(sorted(set(target) - {"checksum"})), label="member")
+    value = data.draw(json_values, label="value")
+    placeholder = "\u0000twice\u0000"
+    members = list(target.items())
+    at = data.draw(st.integers(0, len(members)), label="position")
+    target.clear()
+    target.update(members[:at] + [(placeholder, value)] + members[at:])
+    text = json.dumps(doc).replace(json.dumps(placeholder), json.dumps(name))
+    # A checksum that matches what a reader keeping the last member would read: the
+    # file is refused for the duplicate, not for its checksum.
+    parsed = json.loads(text)
+    text = text.replace(json.dumps(parsed["checksum"]),
+                        json.dumps(json.loads(_resealed(parsed))["checksum"]))
+    assert load_or_refuse(text) is None
+
+
+def _at(doc: Any, path: Tuple[Any, ...]) -> Any:
+    for step in path:
+        doc = doc[step]
+    return doc
+
+
+@budget(40)
+@given(snapshots, st.integers(1, 3000), st.sampled_from(["[", '{"a": ']))
+def test_snapshot_file_nested_at_any_depth_is_refused_cleanly(snap: Snapshot, depth: int,
+                                                              opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    doc = json.loads(dumps(snap))
+    doc["queues"] = ["NESTED"]
+    text = json.dumps(doc).replace('"NESTED"', opener * depth + "0" + closer * depth)
+    assert load_or_refuse(text) is None

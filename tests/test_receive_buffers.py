@@ -115,7 +115,7 @@ def test_receives_nested_deeper_than_any_fixed_number_of_buffers_keep_their_mess
 
     for seq in range(depth):
         ipcbind.msgsnd(msq, 1 + seq, struct.pack(">Q", seq))
-    lent = [lib.ipcb_recv(msq, 0, IPC_NOWAIT) for _ in range(depth)]
+    lent = [lib.ipcb_msgrcv(msq, lib.IPCB_ANY_SIZE, 0, IPC_NOWAIT, -1) for _ in range(depth)]
     try:
         assert [m.err for m in lent] == [0] * depth
         got = [(m.mtype, struct.unpack(">Q", ffi.unpack(m.mtext, m.len))[0]) for m in lent]
@@ -126,13 +126,14 @@ def test_receives_nested_deeper_than_any_fixed_number_of_buffers_keep_their_mess
 
 
 def _received(r: int) -> Tuple[int, bytes]:
-    """The message of an ipcb_recv_packed result, given back to the shim."""
+    """The message of an ipcb_recv_packed result, given back to the shim (the layout
+    is src/shim.c's, in the constants syscalls takes from it)."""
     from ipcbind import syscalls
 
     if r >= 0:
         chunk = r & syscalls._CHUNK_MASK
-        got = (r >> 32, syscalls._ARENA[chunk + syscalls._TEXT:r & 0xFFFFFFFF])
-        syscalls._ARENA[chunk] = b"\0"
+        got = (r >> syscalls._SHIFT, syscalls._ARENA[chunk + syscalls._TEXT:r & syscalls._LOW])
+        syscalls._ARENA[chunk] = syscalls._GIVE_BACK
         return got
     assert r <= syscalls._RECV_RARE, f"errno {-r}"
     m = syscalls.lib.ipcb_rslot(syscalls._RECV_RARE - r)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
+import shutil
 import stat
+import tempfile
 import signal
 import subprocess
 import sys
@@ -599,3 +602,71 @@ def test_restore_whose_semget_fails_leaves_no_id_armed_for_the_next_object() -> 
             next_id = open("/proc/sys/kernel/sem_next_id").read().strip()
         assert _empty_namespace_objects(other) == ([], [])
     assert next_id == "-1"
+
+
+@pytest.mark.parametrize("path", ["/dev/stdout", "/proc/self/fd/1", "/dev/fd/1"])
+def test_dump_to_stdout_appended_to_a_file_appends_and_keeps_the_file(tmp_path: Any,
+                                                                     path: str) -> None:
+    out = tmp_path / "log.json"
+    out.write_text("previous\n")
+    code = ("import sys\n"
+            "from ipcbind.snapshot import dump, loads\n"
+            f"dump(loads(sys.stdin.read()), {path!r})\n")
+    with open(out, "a") as f:
+        done = subprocess.run([sys.executable, "-c", code], input=dumps(SAMPLE).encode(),
+                              stdout=f, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert text.startswith("previous\n") and loads(text[len("previous\n"):]) == SAMPLE
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_dump_over_a_file_keeps_its_owner_and_drops_setuid_and_setgid(tmp_path: Any) -> None:
+    target = tmp_path / "ns.json"
+    target.write_text("old")
+    os.chown(target, NOBODY, NOBODY)
+    os.chmod(target, 0o6755)
+    dump(SAMPLE, target)
+    st = os.stat(target)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o755)
+    assert load(target) == SAMPLE
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
+def test_dump_over_another_users_file_that_cannot_keep_its_owner_is_refused() -> None:
+    # A directory the other user can reach and write: pytest's own are root's only.
+    tmp_path = pathlib.Path(tempfile.mkdtemp(dir="/tmp"))
+    os.chmod(tmp_path, 0o777)
+    target = tmp_path / "ns.json"
+    target.write_text("old")
+    os.chmod(target, 0o666)
+
+    def attempt() -> int:
+        try:
+            dump(SAMPLE, target)
+        except PermissionError as e:
+            return 0 if "belongs to uid 0" in str(e) else 2
+        return 1
+
+    try:
+        assert run_in_child(attempt, uid=NOBODY) == 0
+        assert target.read_text() == "old" and os.stat(target).st_uid == 0
+        assert os.listdir(tmp_path) == ["ns.json"]
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def test_dump_to_a_directory_names_the_directory(tmp_path: Any) -> None:
+    with pytest.raises(IsADirectoryError) as got:
+        dump(SAMPLE, tmp_path)
+    assert got.value.filename == str(tmp_path) and os.listdir(tmp_path) == []
+
+
+@needs_ns_root
+def test_snapshot_progress_counts_messages_and_bytes_before_each_queue() -> None:
+    seen: List[str] = []
+    with ns_child(_populate) as (pid, _):
+        snapshot(pid, progress=lambda done, total, what: seen.append(f"{done}/{total} {what}"))
+    assert seen[0] == "0/4 queue 0 (1 messages, 5 B): 0/6 messages, 0 B/7.8 KiB done"
+    assert seen[1] == ("1/4 queue 4242 (5 messages, 7.8 KiB): 1/6 messages, 5 B/7.8 KiB done")
+    assert seen[-1] == "4/4 done"
