@@ -147,7 +147,7 @@ class IpcObject(Generic[_DS]):
     @classmethod
     def _key_arg(cls, call: str, key: Any) -> int:
         """``key`` as the C key_t the get call takes (given signed or unsigned)."""
-        return _sc._key(call, _sc._index(call, "key", key))
+        return _sc._key(call, _integer(f"{call}: key", key))
 
     @classmethod
     def _get(cls, key: Any, mode: Any, exclusive: bool, get: Get) -> Tuple[int, int, bool]:

@@ -12,6 +12,7 @@ import argparse
 import base64
 import errno
 import grp
+import io
 import json
 import os
 import pwd
@@ -22,7 +23,7 @@ import threading
 import warnings
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import psutil
 
@@ -281,14 +282,35 @@ def _ls_data(kinds: Sequence[str]) -> Dict[str, Any]:
     return data
 
 
+_LISTINGS: Dict[str, Callable[[], Sequence[Tuple[int, Any]]]] = {
+    "queue": list_queues, "set": list_semaphore_sets, "segment": list_segments}
+
+
+def _stat(kind: str, ident: int) -> Any:
+    """IPC_STAT of one object; without read permission, what the listing (*_STAT_ANY)
+    shows of it, as ``ls`` does."""
+    try:
+        if kind == "queue":
+            return sc.msgctl(ident, sc.IPC_STAT)
+        if kind == "segment":
+            return sc.shmctl(ident, sc.IPC_STAT)
+        return sc.semctl(ident, 0, sc.IPC_STAT)
+    except PermissionError:
+        for i, ds in _LISTINGS[kind]():
+            if i == ident:
+                return ds
+        raise
+
+
 def _one(kind: str, ident: int) -> Dict[str, Any]:
     """One object in full, by id."""
     with _about(kind, ident):
+        ds = _stat(kind, ident)
         if kind == "queue":
-            return _queue_doc(ident, sc.msgctl(ident, sc.IPC_STAT))
+            return _queue_doc(ident, ds)
         if kind == "segment":
-            return _segment_doc(ident, sc.shmctl(ident, sc.IPC_STAT))
-        return _set_doc(ident, sc.semctl(ident, 0, sc.IPC_STAT), detail=True)
+            return _segment_doc(ident, ds)
+        return _set_doc(ident, ds, detail=True)
 
 
 def cmd_ls(args: argparse.Namespace, out: IO[str]) -> int:
@@ -524,7 +546,7 @@ def _segment_doc(shmid: int, ds: ShmidDs) -> Dict[str, Any]:
 
 
 def _status(doc: Dict[str, Any]) -> str:
-    return " ".join(word for word in ("dest", "locked") if doc[word]) or "-"
+    return ",".join(word for word in ("dest", "locked") if doc[word]) or "-"
 
 
 def _segments_table(segments: List[Dict[str, Any]], fmt: str, creator: bool) -> str:
@@ -572,7 +594,7 @@ def _peek_segment(args: argparse.Namespace, out: IO[str]) -> int:
         raise CliError("--index is for queues; a segment takes --offset and --length", USAGE)
     with _inside(args.pid):
         size, data = _segment_bytes(args.id, args.offset, args.length)
-    if args.json:
+    if args.json or args.format == "json":
         _print_json({"pid": args.pid, "id": args.id, "segment": True, "size": size,
                      "offset": args.offset, "length": len(data),
                      "data": base64.b64encode(data).decode()}, out)
@@ -692,7 +714,7 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
 
 # ---- making, removing, sending, receiving, operating ----------------------------------
 
-_LIMITS_OF = {"queue": "MSGMNI", "set": "SEMMNI and SEMMNS", "segment": "SHMMNI and SHMALL"}
+_LIMITS_OF = {"queue": "MSGMNI", "set": "SEMMNI or SEMMNS", "segment": "SHMMNI or SHMALL"}
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -803,6 +825,8 @@ def _input(args: argparse.Namespace) -> List[bytes]:
     if args.data:
         texts = [os.fsencode(d) for d in args.data]
     elif args.file in (None, "-"):
+        if sys.stdin is None:
+            raise CliError("send: stdin is closed; give DATA arguments or --file", USAGE)
         texts = [sys.stdin.buffer.read()]
     else:
         with open(args.file, "rb") as f:
@@ -844,14 +868,36 @@ def cmd_receive(args: argparse.Namespace, out: IO[str]) -> int:
                 if args.type else ""
             why = "" if args.nowait else f" within {args.timeout} s"
             raise CliError(f"no message{which} in queue {args.id}{why}", WOULD_WAIT) from None
-    if args.json:
-        _print_json({"pid": args.pid, "id": args.id, **_message_doc(None, m.mtype, m.data)},
-                    out)
-    elif args.hex:
-        out.write(m.data.hex() + "\n")
-    else:
-        _write_bytes(out, m.data)
+    try:
+        if args.json:
+            _print_json({"pid": args.pid, "id": args.id,
+                         **_message_doc(None, m.mtype, m.data)}, out)
+        elif args.hex:
+            out.write(m.data.hex() + "\n")
+        else:
+            _write_bytes(out, m.data)
+        out.flush()
+    except OSError as e:
+        _give_back(args, out, m.mtype, m.data, e)
     return OK
+
+
+def _give_back(args: argparse.Namespace, out: IO[str], mtype: int, data: bytes,
+               e: OSError) -> None:
+    """A message taken but not written out goes back to its queue (at its end, the
+    only place msgsnd puts one); if even that fails, stderr gets it."""
+    if out is sys.stdout:
+        _drop_stdout()
+    why = e.strerror or type(e).__name__
+    try:
+        with _inside(args.pid):
+            MessageQueue.from_id(args.id).send(data, mtype, block=False)
+    except OSError as again:
+        raise CliError(f"could not write the message ({why}), nor send it back to queue "
+                       f"{args.id} ({again.strerror}): type {mtype}, {data.hex() or 'empty'}",
+                       FAILED) from None
+    raise CliError(f"could not write the message ({why}); it was sent back to queue "
+                   f"{args.id}, at its end", FAILED) from None
 
 
 def _write_bytes(out: IO[str], data: bytes) -> None:
@@ -960,6 +1006,8 @@ def _bounded(what: str, lo: int, hi: Optional[int] = None,
 
 _natural = _bounded("", 0)
 _positive = _bounded("", 1)
+_nsems = _bounded("a number of semaphores", 1, INT_MAX, " (a C int)")
+_bytes = _bounded("a size in bytes", 1, C_RANGES["size_t"][1], " (a C unsigned long)")
 _ident = _bounded("an id", 0, INT_MAX)
 _msqid = _bounded("a queue id", 0, INT_MAX)
 _index = _bounded("an index", 0, LONG_MAX, " (MSG_COPY takes it in a C long)")
@@ -1115,16 +1163,16 @@ def build_parser() -> argparse.ArgumentParser:
     made.add_argument("--mode", type=_mode, default=0o644,
                       help="permissions in octal (default 0644, as ipcmk)")
     k = kinds.add_parser("queue", parents=[common, with_json, made], help="a message queue")
-    k.add_argument("--qbytes", type=_positive,
+    k.add_argument("--qbytes", type=_bytes,
                    help="the queue's capacity in bytes (default msgmnb; above it needs "
                         "CAP_SYS_RESOURCE)")
     k = kinds.add_parser("set", parents=[common, with_json, made], help="a semaphore set")
-    k.add_argument("nsems", type=_positive, metavar="NSEMS", help="how many semaphores")
+    k.add_argument("nsems", type=_nsems, metavar="NSEMS", help="how many semaphores")
     k.add_argument("--values", type=_semval, nargs="+", metavar="V",
                    help="their initial values, one per semaphore (default all 0)")
     k = kinds.add_parser("segment", parents=[common, with_json, made],
                          help="a shared memory segment")
-    k.add_argument("size", type=_positive, metavar="SIZE", help="its size in bytes")
+    k.add_argument("size", type=_bytes, metavar="SIZE", help="its size in bytes")
     p.set_defaults(run=cmd_mk)
 
     p = sub.add_parser("rm", parents=[common, with_json],
@@ -1238,6 +1286,23 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+class _ClosedStdout(io.TextIOBase):
+    """What commands write to when stdout is closed (Python's sys.stdout is None then):
+    the first write fails as a write to a closed descriptor does, saying what it was."""
+
+    def write(self, text: str) -> int:
+        first = text.strip().split("\n")[0][:200]
+        raise OSError(errno.EBADF, f"stdout is closed; not written: {first}")
+
+
+def _drop_stdout() -> None:
+    """Whatever is still buffered for a stdout that cannot take it goes nowhere, so
+    that the interpreter's last flush does not fail too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class _Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
@@ -1253,7 +1318,7 @@ def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int
     ``argv`` None: the process's own arguments, and the process exits when this
     returns (a restore then leaves SIGINT and SIGTERM blocked, see _signals_blocked).
     """
-    out = out or sys.stdout
+    out = out or sys.stdout or cast(IO[str], _ClosedStdout())
     terminate = None
     if threading.current_thread() is threading.main_thread():
         terminate = signal.signal(signal.SIGTERM, _terminated)
@@ -1273,8 +1338,7 @@ def main(argv: Optional[List[str]] = None, out: Optional[IO[str]] = None) -> int
         return 128 + signum
     except BrokenPipeError:
         # The reader went away (ipcbind ls | head): nothing left to tell it.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_stdout()
         return FAILED
     except (OSError, ValueError, RestoreError, QueueChangedError, FreezeError,
             NamespaceReturnError) as e:

@@ -284,8 +284,11 @@ class IpcObject:
         return (f"{what} (key {self.key:#010x}, mode {self.mode:04o}, "
                 f"creator uid {self.cuid}, {extra})")
 
-    def ipcrm(self) -> str:
-        return f"ipcrm -{_IPCRM_FLAG[self.kind]} {self.id}"
+    def remedy(self) -> str:
+        """What makes it go: ipcrm, except for a segment that is removed already."""
+        if self.dest:
+            return "it goes when its last attachment is detached"
+        return f"remove it with: ipcrm -{_IPCRM_FLAG[self.kind]} {self.id}"
 
 
 _IPCRM_FLAG = {"queue": "q", "semset": "s", "segment": "m"}
@@ -427,7 +430,7 @@ def _host_leaks(watch: _LeakWatch) -> List[IpcObject]:
 
 def _leak_report(host: List[IpcObject], isolated: List[IpcObject]) -> str:
     lines = [f"test left {len(host) + len(isolated)} System V IPC object(s) behind:"]
-    lines += [f"  {obj.describe()} in the host namespace; remove it with: {obj.ipcrm()}"
+    lines += [f"  {obj.describe()} in the host namespace; {obj.remedy()}"
               for obj in host]
     lines += [f"  {obj.describe()} in the test's isolated namespace (gone with it)"
               for obj in isolated]

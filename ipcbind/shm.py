@@ -155,13 +155,17 @@ class SharedMemory(IpcObject[ShmidDs]):
             ValueError: the range reaches past the end of the segment.
             PermissionError: no read permission (EACCES, at the first read or write).
         """
+        offset = _nonnegative("read", "offset", offset)
+        count = None if size is None else _nonnegative("read", "size", size)
         att = self._own
         if att is None or att.closed:
             att = self._attachment(False)
-        offset = _nonnegative("read", "offset", offset)
         total = len(att)
-        end = total if size is None else offset + _nonnegative("read", "size", size)
-        if end > total or offset > total:
+        end = total if count is None else offset + count
+        if offset > total:
+            raise ValueError(f"read: offset {offset} is past the end of the {total}-byte "
+                             "segment")
+        if end > total:
             raise ValueError(f"read: {end - offset} bytes from offset {offset} reach past the "
                              f"end of the {total}-byte segment")
         data: bytes = _getitem(att, slice(offset, end))
@@ -174,9 +178,6 @@ class SharedMemory(IpcObject[ShmidDs]):
             ValueError: ``data`` would reach past the end; nothing is written then.
             PermissionError: no write permission (EACCES).
         """
-        att = self._own
-        if att is None or att.closed or att.readonly:
-            att = self._attachment(True)
         offset = _nonnegative("write", "offset", offset)
         if type(data) is bytes:
             n = len(data)
@@ -185,11 +186,17 @@ class SharedMemory(IpcObject[ShmidDs]):
                 raise TypeError("write: data must be a bytes-like object, not str "
                                 "(encode it first)")
             try:
-                data = memoryview(data).cast("B")
+                view = memoryview(data)
             except TypeError:
                 raise TypeError(f"write: data must be a bytes-like object, not "
                                 f"{type(data).__name__}") from None
+            if not view.c_contiguous:
+                raise TypeError("write: data must be a C-contiguous buffer")
+            data = view.cast("B")
             n = len(data)
+        att = self._own
+        if att is None or att.closed or att.readonly:
+            att = self._attachment(True)
         total = len(att)
         if offset + n > total:
             raise ValueError(f"write: {n} bytes at offset {offset} would reach past the end "

@@ -787,10 +787,15 @@ def _converting_first(name: str) -> Any:
 
 
 # madvise options that would take the mapping from under the attachment: without it
-# in a forked child, or poisoned, any access kills the process.
-_MADV_REFUSED = frozenset(getattr(mmap, n) for n in
-                          ("MADV_DONTFORK", "MADV_HWPOISON", "MADV_SOFT_OFFLINE")
-                          if hasattr(mmap, n))
+# in a forked child, poisoned, or a guard region (Linux 6.13), any access kills the
+# process. The values are the kernel's, for a Python whose mmap does not name them.
+_MADV_REFUSED = frozenset(getattr(mmap, n, v) for n, v in (
+    ("MADV_DONTFORK", 10), ("MADV_HWPOISON", 100), ("MADV_SOFT_OFFLINE", 101),
+    ("MADV_GUARD_INSTALL", 102)))
+# Only the options Python's mmap names are passed on: a kernel's newer ones may be
+# as fatal as MADV_GUARD_INSTALL, which no mmap module knew of when it came.
+_MADV_ALLOWED = frozenset(getattr(mmap, n) for n in dir(mmap)
+                          if n.startswith("MADV_")) - _MADV_REFUSED
 
 
 class Attachment(mmap.mmap):
@@ -813,7 +818,8 @@ class Attachment(mmap.mmap):
     - a segment removed (IPC_RMID) while attached stays readable and writable
       until the last detach: the kernel keeps it.
 
-    Not resizable; ``madvise`` refuses MADV_DONTFORK and the poisoning options.
+    Not resizable; ``madvise`` refuses MADV_DONTFORK, the poisoning and guard options
+    and any the mmap module does not name.
     """
 
     __slots__ = ("_shmid", "_readonly")
@@ -845,17 +851,33 @@ class Attachment(mmap.mmap):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Below protocol 2, pickle's fallback would call mmap(att) and complain that an
+        # attachment is not an integer.
+        raise TypeError(f"shmid {self._shmid}: an attachment cannot be pickled or copied, "
+                        "it is this process's mapping; pass the shmid (or the SharedMemory)")
+
+    def size(self) -> int:
+        """The segment's size in bytes (mmap's own would fstat a file, and an attachment
+        has none)."""
+        return len(self)
+
     def resize(self, newsize: int) -> None:
         """Refused: a segment's size is fixed when it is created."""
         raise io.UnsupportedOperation(f"shmid {self._shmid}: a shared memory segment "
                                       "cannot be resized")
 
     def madvise(self, option: int, *args: int) -> None:
-        """mmap.madvise, except the options that would unmap or poison the segment."""
+        """mmap.madvise, except the options that would unmap, poison or guard the
+        segment, and those that mmap does not name."""
         option = _index("madvise", "option", option)
         if option in _MADV_REFUSED:
             raise ValueError(f"madvise: option {option} would take the segment from under "
                              "the attachment; refused")
+        if option not in _MADV_ALLOWED:
+            raise ValueError(f"madvise: option {option} is not one of the mmap module's "
+                             "MADV_ constants; refused, as it might take the segment from "
+                             "under the attachment")
         super().madvise(option, *map(_plain, args))
 
     # Even in 3.13, flush converts its arguments after its check: then it syncs the

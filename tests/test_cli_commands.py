@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pwd
+import re
 import subprocess
 import sys
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
-from conftest import NOBODY, needs_root, run_in_child
+from conftest import NOBODY, needs_root, needs_stat_any, run_in_child
 from nschild import needs_ns_root, ns_child
 
 from ipcbind import syscalls as sc
 from ipcbind.cli import main
-from ipcbind.namespace import enter_namespace, list_queues, list_semaphore_sets
+from ipcbind.namespace import enter_namespace, list_queues, list_segments, list_semaphore_sets
 
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -151,7 +153,9 @@ def test_rm_tries_every_object_and_exits_with_the_first_failure(
                                   ["receive", "0", "--except"],
                                   ["receive", "0", "--timeout", "nan"],
                                   ["semop", "0"], ["semop", "0", "1"], ["semop", "0", "0:x"],
-                                  ["semop", "0", "0:40000"], ["semop", "0", "0:1", "-x"]])
+                                  ["semop", "0", "0:40000"], ["semop", "0", "0:1", "-x"],
+                                  ["mk", "segment", str(2 ** 64)], ["mk", "set", str(2 ** 31)],
+                                  ["mk", "queue", "--qbytes", str(2 ** 64)]])
 def test_bad_command_lines_of_the_changing_commands_exit_2(argv: List[str],
                                                            capsys: Any) -> None:
     assert run(*argv) == (2, "")
@@ -232,6 +236,53 @@ def test_receive_nowait_and_timeout_on_an_empty_queue_exit_8(msq: int, capsys: A
         f"ipcbind: error: no message of type 3 in queue {msq} within 0.05 s\n")
 
 
+@pytest.mark.parametrize("how", [[], ["--hex"], ["--json"]], ids=["raw", "hex", "json"])
+def test_receive_that_cannot_write_stdout_sends_the_message_back(msq: int, how: List[str]) -> None:
+    sc.msgsnd(msq, 7, b"first")
+    sc.msgsnd(msq, 1, b"second")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "ipcbind", "receive", str(msq), *how],
+                              stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        "ipcbind: error: could not write the message (No space left on device); it was sent "
+        f"back to queue {msq}, at its end\n")
+    assert [sc.msgrcv(msq, 100, 0, sc.IPC_NOWAIT) for _ in range(2)] == [
+        (1, b"second"), (7, b"first")]
+
+
+def _closing(fd: int) -> Callable[[], None]:
+    return lambda: os.close(fd)
+
+
+def test_receive_with_stdout_closed_sends_the_message_back(msq: int) -> None:
+    sc.msgsnd(msq, 3, b"kept")
+    done = subprocess.run([sys.executable, "-m", "ipcbind", "receive", str(msq)],
+                          preexec_fn=_closing(1), stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 1 and b"Traceback" not in done.stderr
+    assert b"sent back to queue" in done.stderr
+    assert sc.msgrcv(msq, 100, 0, sc.IPC_NOWAIT) == (3, b"kept")
+
+
+def test_mk_with_stdout_closed_exits_1_naming_what_it_made(made: List[Tuple[str, int]]) -> None:
+    done = subprocess.run([sys.executable, "-m", "ipcbind", "mk", "queue"],
+                          preexec_fn=_closing(1), stderr=subprocess.PIPE, timeout=60)
+    err = done.stderr.decode()
+    named = re.search(r"created message queue (\d+) ", err)
+    if named:
+        made.append(("queue", int(named.group(1))))
+    assert done.returncode == 1 and "Traceback" not in err, err
+    assert err.startswith("ipcbind: error: stdout is closed; not written: created message queue ")
+
+
+def test_send_with_stdin_closed_and_no_data_exits_2(msq: int) -> None:
+    done = subprocess.run([sys.executable, "-m", "ipcbind", "send", str(msq)],
+                          preexec_fn=_closing(0), stderr=subprocess.PIPE, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        2, b"ipcbind: error: send: stdin is closed; give DATA arguments or --file\n")
+    assert sc.msgctl(msq, sc.IPC_STAT).qnum == 0
+
+
 def test_receive_json_has_type_size_and_base64(msq: int) -> None:
     sc.msgsnd(msq, 6, b"\xff")
     code, out = run("receive", msq, "--json")
@@ -305,7 +356,7 @@ def test_mk_segment_is_what_ipcs_shows_and_rm_removes_it(made: List[Tuple[str, i
 def test_commands_refused_for_a_permission_exit_4_naming_the_object(msq: int,
                                                                    semset: int) -> None:
     q, s = f"message queue {msq}: ", f"semaphore set {semset}: "
-    argvs = [(["ls", "-q", "-i", str(msq)], q), (["send", str(msq), "x"], q),
+    argvs = [(["send", str(msq), "x"], q),
              (["receive", str(msq)], q), (["rm", "queue", str(msq)], q),
              (["semop", str(semset), "0:1"], s), (["rm", "set", str(semset)], s)]
 
@@ -326,17 +377,40 @@ def _no_room() -> None:
         f.write("0")
     with open("/proc/sys/kernel/sem", "w") as f:
         f.write("4 32000 32 32000")
+    with open("/proc/sys/kernel/shmmni", "w") as f:
+        f.write("0")
 
 
 @needs_ns_root
 @pytest.mark.parametrize("argv, says", [
     (["mk", "queue"], "no room for another message queue: MSGMNI reached"),
     (["mk", "set", "5"], "a semaphore set of 5 semaphores is beyond SEMMSL"),
+    (["mk", "segment", "1"], "no room for another shared memory segment: SHMMNI or SHMALL "
+                             "reached"),
 ])
 def test_mk_beyond_a_limit_exits_1_naming_the_limit(argv: List[str], says: str,
                                                     capsys: Any) -> None:
     with ns_child(_no_room) as (pid, _):
         assert run(*argv, "--pid", pid) == (1, "")
         with enter_namespace(pid):
-            left = [*list_queues(), *list_semaphore_sets()]
+            left = [*list_queues(), *list_semaphore_sets(), *list_segments()]
     assert says in capsys.readouterr().err and left == []
+
+
+@needs_stat_any
+@pytest.mark.parametrize("kind, flag", [("queue", "-q"), ("set", "-s"), ("segment", "-m")])
+def test_ls_i_without_read_permission_shows_what_ls_lists(msq: int, semset: int, seg: int,
+                                                          kind: str, flag: str) -> None:
+    ident = {"queue": msq, "set": semset, "segment": seg}[kind]
+
+    def child() -> int:
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            code, out = run("ls", flag, "-i", ident, "--json")
+        if code != 0:
+            print(code, err.getvalue(), file=sys.stderr)
+            return 1
+        doc = json.loads(out)
+        return 0 if (doc["id"], doc["mode"]) == (ident, "0600") and (
+            kind != "set" or doc["semaphores"] is None) else 2
+
+    assert run_in_child(child, uid=NOBODY) == 0

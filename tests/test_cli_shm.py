@@ -71,6 +71,21 @@ def test_ls_lists_the_namespaces_segments_with_status_and_processes() -> None:
     assert rows[str(made["dest"])][6] == "dest"
 
 
+def test_ls_row_of_a_segment_removed_and_locked_has_one_word_per_column(
+        shm: SharedMemory) -> None:
+    try:
+        sc.shmctl(shm.id, SHM_LOCK)
+    except PermissionError:
+        pytest.skip("SHM_LOCK needs CAP_IPC_LOCK or room under RLIMIT_MEMLOCK")
+    with shm.attach():
+        shm.remove()
+        code, out = run("ls", "-m")
+    assert code == 0
+    header, *rows = out.split("------ Shared Memory Segments --------\n")[1].splitlines()
+    [row] = [r.split() for r in rows if r.split()[1] == str(shm.id)]
+    assert len(row) == len(header.split()) and row[6] == "dest,locked"
+
+
 def test_ls_json_segment_agrees_with_shmctl(shm: SharedMemory) -> None:
     code, out = run("ls", "--json")
     assert code == 0
@@ -100,8 +115,9 @@ def test_peek_segment_without_a_length_shows_256_bytes_and_says_how_many_remain(
     assert lines[-1].strip() == "... 744 more (--length, --offset)"
 
 
-def test_peek_segment_json_gives_the_bytes_in_base64(shm: SharedMemory) -> None:
-    code, out = run("peek", "-m", "--json", shm.id, "--offset", 10, "--length", 256)
+@pytest.mark.parametrize("asks", [["--json"], ["--format", "json"]])
+def test_peek_segment_json_gives_the_bytes_in_base64(shm: SharedMemory, asks: List[str]) -> None:
+    code, out = run("peek", "-m", *asks, shm.id, "--offset", 10, "--length", 256)
     doc = json.loads(out)
     assert code == 0 and (doc["size"], doc["offset"], doc["length"]) == (1000, 10, 256)
     assert base64.b64decode(doc["data"]) == bytes(range(256))

@@ -301,6 +301,27 @@ def test_leaks_a_segment():
     result.stdout.fnmatch_lines([f"*shared memory segment {shmid} *5000 bytes*ipcrm -m {shmid}*"])
 
 
+def test_leak_check_says_a_segment_removed_but_attached_goes_with_its_detach(
+        pytester: pytest.Pytester, recorded: Path) -> None:
+    pytester.makepyfile(RECORD.format(path=str(recorded)) + """
+import ipcbind
+KEPT = []
+
+def test_keeps_an_attachment():
+    s = ipcbind.SharedMemory.create(4096)
+    record("m", s.id)
+    KEPT.append(s.attach())
+    s.remove()
+""")
+    result = _run_alone(pytester, "--ipc-leaks")
+    result.assert_outcomes(passed=1, errors=1)
+    [shmid] = _recorded(recorded, "m")
+    result.stdout.fnmatch_lines([f"*shared memory segment {shmid} *removed but still attached)"
+                                 " in the host namespace; it goes when its last attachment is "
+                                 "detached"])
+    assert "ipcrm -m" not in result.stdout.str()
+
+
 def test_leak_check_passes_a_segment_removed_and_detached(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import ipcbind

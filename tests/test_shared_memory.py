@@ -134,10 +134,11 @@ def test_read_past_the_end_is_refused(shm: SharedMemory) -> None:
     (lambda s: s.write(5), TypeError, "bytes-like"),
 ], ids=["read-size-negative", "read-offset-negative", "read-size-str", "write-offset-negative",
         "write-offset-float", "write-str", "write-int"])
-def test_read_and_write_refuse_bad_arguments(shm: SharedMemory, call: Callable[..., object],
-                                             exc: type, word: str) -> None:
+def test_read_and_write_refuse_bad_arguments_before_attaching(
+        shm: SharedMemory, call: Callable[..., object], exc: type, word: str) -> None:
     with pytest.raises(exc, match=word):  # type: ignore[misc]
         call(shm)
+    assert nattch(shm) == 0
     assert shm.read() == bytes(4096)
 
 

@@ -4,6 +4,7 @@ as a negative status), and gets a clear exception or works on the real segment."
 
 from __future__ import annotations
 
+import copy
 import gc
 import mmap
 import pickle
@@ -299,6 +300,13 @@ def test_a_readonly_attachment_refuses_writes_through_every_path(seg: int) -> No
     survives(body)
 
 
+def test_size_is_the_segments_as_for_an_mmap_of_a_file(make_segment: Callable[..., int]) -> None:
+    with ipc.shmat(make_segment(5000)) as a:
+        assert a.size() == 5000
+    with pytest.raises(ValueError):
+        a.size()
+
+
 def test_an_attachment_cannot_be_resized(seg: int) -> None:
     with ipc.shmat(seg) as a:
         with pytest.raises(OSError, match="resized"):
@@ -314,6 +322,26 @@ def test_madvise_dontfork_is_refused_so_a_child_keeps_the_mapping(seg: int) -> N
         assert reap(start_child(lambda: 0 if a[0] == 0 else 1)) == 0
 
 
+@pytest.mark.parametrize("option, says", [(102, "refused"), (101, "refused"),
+                                          (999, "not one of the mmap module's")],
+                         ids=["guard-install", "soft-offline", "unknown"])
+def test_madvise_refuses_guards_and_options_mmap_does_not_name(seg: int, option: int,
+                                                               says: str) -> None:
+    def body() -> None:
+        with ipc.shmat(seg) as a:
+            with pytest.raises(ValueError, match=says):
+                a.madvise(option, 0, 4096)
+            a[0] = 1
+    survives(body)
+
+
+def test_madvise_passes_the_options_mmap_names(seg: int) -> None:
+    with ipc.shmat(seg) as a:
+        a.madvise(mmap.MADV_WILLNEED)
+        a.madvise(mmap.MADV_DONTNEED, 0, 4096)
+        assert a[0] == 0
+
+
 def test_attachments_are_made_only_by_shmat() -> None:
     with pytest.raises(TypeError, match="shmat"):
         Attachment(-1, 4096)
@@ -323,6 +351,18 @@ def test_an_attachment_cannot_be_pickled(seg: int) -> None:
     with ipc.shmat(seg) as a:
         with pytest.raises(TypeError):
             pickle.dumps(a)
+
+
+@pytest.mark.parametrize("how", [*(f"pickle{p}" for p in range(pickle.HIGHEST_PROTOCOL + 1)),
+                                 "copy", "deepcopy"])
+def test_pickling_or_copying_an_attachment_says_why_not_at_every_protocol(
+        seg: int, how: str) -> None:
+    with ipc.shmat(seg) as a:
+        with pytest.raises(TypeError, match="attachment cannot be pickled or copied"):
+            if how.startswith("pickle"):
+                pickle.dumps(a, int(how[6:]))
+            else:
+                getattr(copy, how)(a)
 
 
 def _segments_mapped() -> list:

@@ -130,6 +130,19 @@ def test_shmdt_drops_nattch_and_sets_lpid_and_dtime(seg: int) -> None:
     assert ds.dtime >= before
 
 
+def test_a_forked_child_inherits_attachments_and_its_exec_detaches_them(seg: int) -> None:
+    """fork copies the attachments (nattch +1); execve detaches them, which makes the
+    child the segment's lpid. A vfork (CPython's subprocess since 3.10) copies none."""
+    with ipc.shmat(seg):
+        pid = os.fork()
+        if pid == 0:
+            os.execv("/bin/sh", ["sh", "-c", "exit 0"])
+        _, status = os.waitpid(pid, 0)
+        ds = ipc.shmctl(seg, IPC_STAT)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (ds.nattch, ds.lpid) == (1, pid)
+
+
 def test_rdonly_attach_is_read_only(seg: int) -> None:
     with ipc.shmat(seg, SHM_RDONLY) as a:
         assert a.readonly
