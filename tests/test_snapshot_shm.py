@@ -404,3 +404,19 @@ def _unreadable_segment() -> Dict[str, int]:
 def test_snapshot_without_read_permission_on_a_segment_names_it() -> None:
     with ns_child(_unreadable_segment) as (_, made):
         assert made["code"] == 3
+
+
+@needs_ns_root
+def test_cli_dump_and_restore_report_segments_and_their_bytes(tmp_path: Any) -> None:
+    path = tmp_path / "ns.json"
+    with ns_child(_two_segments) as (pid, made):
+        out = io.StringIO()
+        assert main(["dump", "--pid", str(pid), "-o", str(path), "--json"], out=out) == 0
+    counts = json.loads(out.getvalue())
+    assert (counts["segments"], counts["segment_bytes"], counts["segments_left_out"]) == (
+        2, 12288, 0)
+    with ns_child() as (other, _):
+        out = io.StringIO()
+        assert main(["restore", str(path), "--pid", str(other), "--json"], out=out) == 0
+        assert [i for i, _ in _segments(other)] == made
+    assert json.loads(out.getvalue())["segments"] == made
