@@ -20,23 +20,26 @@ from nschild import needs_ns_root, ns_child
 from sysv_helpers import wait_blocked, wait_until
 
 from ipcbind import syscalls as sc
-from ipcbind.namespace import enter_namespace, list_queues, list_semaphore_sets
+from ipcbind.namespace import enter_namespace, list_queues, list_segments, list_semaphore_sets
 from ipcbind.snapshot import (Limits, QueueState, RestoreConflictError, RestoreError,
-                              RestoreInterrupted, SemaphoreSetState, Snapshot, dump, restore,
-                              snapshot)
+                              RestoreInterrupted, SegmentState, SemaphoreSetState, Snapshot,
+                              dump, restore, snapshot)
 
 LIMITS = Limits(9000, 16384, 32000, 32000, 1024000000, 500, 32000)
 BIG = dataclasses.replace(LIMITS, msgmax=8192)  # the limits of a fresh namespace
 
 
-def _many(queues: int = 300, sets: int = 60) -> Snapshot:
+def _many(queues: int = 300, sets: int = 60, segments: int = 20) -> Snapshot:
     qs = tuple(QueueState(i * 3, 0x5100000 + i if i % 2 else 0, 0, 0, 0, 0, 0o640,
                           100000 if i == 7 else 16384,
                           tuple((t, bytes([i % 256]) * (i % 50)) for t in range(1, 6)))
                for i in range(queues))
     ss = tuple(SemaphoreSetState(i * 2 + 1, 0x5200000 + i, 0, 0, 0, 0, 0o600, (i % 7, 1))
                for i in range(sets))
-    return Snapshot("2026-01-01T00:00:00.000000Z", 1, None, None, LIMITS, qs, ss)
+    ms = tuple(SegmentState(i * 5, 0x5300000 + i if i % 3 else 0, 0, 0, 0, 0, 0o640,
+                            20000 + i, bytes([i]) * (20000 + i))
+               for i in range(segments))
+    return Snapshot("2026-01-01T00:00:00.000000Z", 1, None, None, LIMITS, qs, ss, ms)
 
 
 MANY = _many()
@@ -46,23 +49,26 @@ def _state(pid: int) -> Tuple[Any, ...]:
     """Everything a restore can change in the namespace of pid."""
     with enter_namespace(pid):
         proc = {n: open(f"/proc/sys/kernel/{n}").read().split()
-                for n in ("msgmax", "msgmnb", "msgmni", "sem", "msg_next_id", "sem_next_id")}
-        return tuple(i for i, _ in list_queues()), tuple(i for i, _ in list_semaphore_sets()), proc
+                for n in ("msgmax", "msgmnb", "msgmni", "sem", "msg_next_id", "sem_next_id",
+                          "shm_next_id")}
+        return (tuple(i for i, _ in list_queues()), tuple(i for i, _ in list_semaphore_sets()),
+                tuple(i for i, _ in list_segments()), proc)
 
 
 def _empty_as_fresh(pid: int) -> None:
-    queues, sets, proc = _state(pid)
-    assert (queues, sets) == ((), ()), "a restore that failed left objects"
+    queues, sets, segments, proc = _state(pid)
+    assert (queues, sets, segments) == ((), (), ()), "a restore that failed left objects"
     assert proc["msgmax"] == ["8192"] and proc["msgmnb"] == ["16384"]
-    assert proc["msg_next_id"] == ["-1"] and proc["sem_next_id"] == ["-1"]
+    assert proc["msg_next_id"] == proc["sem_next_id"] == proc["shm_next_id"] == ["-1"]
 
 
 def _complete(pid: int, snap: Snapshot) -> None:
     got = snapshot(pid)
     assert got.queues == snap.queues and got.semaphore_sets == snap.semaphore_sets
+    assert got.segments == snap.segments
     assert got.limits == snap.limits
-    _, _, proc = _state(pid)
-    assert proc["msg_next_id"] == ["-1"] and proc["sem_next_id"] == ["-1"]
+    proc = _state(pid)[-1]
+    assert proc["msg_next_id"] == proc["sem_next_id"] == proc["shm_next_id"] == ["-1"]
 
 
 def _cli(path: Any, pid: int, **kw: Any) -> "subprocess.Popen[bytes]":
@@ -130,7 +136,7 @@ def test_restore_killed_at_random_moments_leaves_all_or_nothing(
             elif p.returncode == -signal.SIGKILL:
                 # Killed after it completed, or else whatever it left, the next restore
                 # of the file cleans up first.
-                if snapshot(other).queues != MANY.queues:
+                if snapshot(other).segments != MANY.segments:
                     restore(MANY, other, set_limits=True)
                 _complete(other, MANY)
             else:
@@ -191,7 +197,7 @@ def _restore_then(other: int, at: int, sig: int, snap: Snapshot = MANY) -> int:
 def test_restore_killed_with_sigkill_is_cleaned_up_by_the_next_restore_of_the_snapshot() -> None:
     with ns_child() as (other, _):
         assert reap(_restore_then(other, 100, signal.SIGKILL)) == -signal.SIGKILL
-        queues, sets, proc = _state(other)
+        queues, sets, _, proc = _state(other)
         assert len(queues) == 101 and proc["msgmax"] == ["9000"]  # 100 queues and the marker
         done = restore(MANY, other, set_limits=True)
         _complete(other, MANY)
