@@ -1,9 +1,10 @@
 """Snapshot and restore of an IPC namespace's queues, semaphore sets and segments.
 
 :func:`snapshot` reads every queue (every message in order, with MSG_COPY, so
-nothing is taken) and every semaphore set of a namespace, with the limits that
-matter, and every shared memory segment with its bytes; :func:`dumps`/:func:`dump` write it in the documented JSON format (see
-README, "Snapshot file format") and :func:`loads`/:func:`load` read it back,
+nothing is taken), every semaphore set and every shared memory segment (its bytes
+through a read-only attach) of a namespace, with the limits that matter;
+:func:`dumps`/:func:`dump` write it in the documented JSON format (see
+docs/snapshots.md, "Snapshot file format") and :func:`loads`/:func:`load` read it back,
 rejecting damaged or foreign files with :class:`SnapshotFormatError`.
 :func:`restore` recreates it, with the same ids, in a namespace, all or nothing.
 
@@ -1289,9 +1290,10 @@ def restore(snap: Snapshot, pid: Optional[int] = None, *, set_limits: bool = Fal
 
     Each object gets its id through ``/proc/sys/kernel/msg_next_id`` / ``sem_next_id`` /
     ``shm_next_id``, then its key, its messages in order (or values, or bytes), and
-    last its owner, mode and qbytes. Setting the ids needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) over
-    the namespace. SIGINT and SIGTERM are held off while it works (in the main
-    thread): one that comes makes it stop at the next object and undo everything.
+    last its owner, mode and qbytes. Setting the ids needs CAP_SYS_ADMIN (or
+    CAP_CHECKPOINT_RESTORE) over the namespace. SIGINT and SIGTERM are held off while
+    it works (in the main thread): one that comes makes it stop at the next object
+    and undo everything.
     A restore killed outright (SIGKILL) leaves a staging marker, and the next restore
     of the same snapshot into that namespace removes what it left first.
 
