@@ -348,6 +348,17 @@ def test_a_long_string_with_escaped_quotes_outside_data_is_refused_naming_its_fi
     path.write_text(json.dumps(doc))
     with pytest.raises(SnapshotFormatError, match="frozen"):
         load(path)
+    with pytest.raises(SnapshotFormatError, match="frozen"):
+        load(_Trickle(path.read_bytes()))  # escapes split across reads
+
+
+def test_short_strings_with_escapes_split_across_reads_load_as_json_reads_them() -> None:
+    snap = dataclasses.replace(BIG_SNAP, frozen="sigstop")
+    # The same JSON with the value spelt with an escape, at every offset of a read.
+    raw = dumps(snap).encode().replace(b'"frozen": "sigstop"', b'"frozen": "sig\\u0073top"')
+    assert b"\\u0073" in raw
+    for skip in range(0, 4097, 257):
+        assert load(_Trickle(b" " * skip + raw)) == snap
 
 
 def test_a_file_above_max_size_is_refused_saying_its_size_and_how_to_raise_it(
