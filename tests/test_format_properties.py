@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipcbind.semundo import read_semundo
-from ipcbind.snapshot import (Limits, QueueState, SegmentState, SemaphoreSetState, Snapshot,
-                              SnapshotFormatError, dump, dumps, load, loads)
+from ipcbind.snapshot import (_INDEX_MASK, Limits, QueueState, SegmentState, SemaphoreSetState,
+                              Snapshot, SnapshotFormatError, dump, dumps, load, loads)
 from _hypothesis_profiles import budget
 
 U32 = 2 ** 32 - 1
@@ -73,9 +73,11 @@ segment_states = st.binary(min_size=1, max_size=64).flatmap(
 
 
 def _unique(objs: Any) -> Any:
-    """No id twice, no non-private key twice (IPC_PRIVATE may repeat)."""
+    """No index (id modulo the index range) twice, no non-private key twice
+    (IPC_PRIVATE may repeat): what the loader accepts."""
     return st.lists(objs, max_size=4,
-                    unique_by=(lambda o: o.id, lambda o: o.key or -1 - o.id)).map(tuple)
+                    unique_by=(lambda o: o.id & _INDEX_MASK,
+                               lambda o: o.key or -1 - o.id)).map(tuple)
 
 
 limits = st.builds(Limits, *[st.integers(0, INT_MAX)] * 7)
