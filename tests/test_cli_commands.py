@@ -95,6 +95,7 @@ def test_mk_set_with_too_few_values_exits_2_and_makes_nothing(capsys: Any) -> No
     assert len(list_semaphore_sets()) == before
 
 
+@needs_root
 def test_mk_queue_whose_qbytes_is_refused_removes_the_queue_it_made() -> None:
     key = 0x7B000000 | os.getpid()
 
@@ -397,6 +398,7 @@ def test_mk_beyond_a_limit_exits_1_naming_the_limit(argv: List[str], says: str,
     assert says in capsys.readouterr().err and left == []
 
 
+@needs_root
 @needs_stat_any
 @pytest.mark.parametrize("kind, flag", [("queue", "-q"), ("set", "-s"), ("segment", "-m")])
 def test_ls_i_without_read_permission_shows_what_ls_lists(msq: int, semset: int, seg: int,
