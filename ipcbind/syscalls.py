@@ -883,7 +883,9 @@ class Attachment(mmap.mmap):
     # Even in 3.13, flush converts its arguments after its check: then it syncs the
     # addresses its offset names, and fails with whatever msync says of them.
     flush = _converting_first("flush")
-    if sys.version_info < (3, 11):
+    # CPython fixed the others in 3.12 and within 3.11's patch releases (gh-103987):
+    # 3.11.2 still gave SIGSEGV here, so every 3.11 converts first.
+    if sys.version_info < (3, 12):
         __getitem__ = _converting_first("__getitem__")
         __setitem__ = _converting_first("__setitem__")
         read = _converting_first("read")
