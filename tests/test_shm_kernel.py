@@ -32,7 +32,7 @@ from ipcbind import (
     SHM_STAT_ANY,
     SHM_UNLOCK,
 )
-from conftest import index_of, needs_root, needs_stat_any, run_in_child, unused_segment_key
+from conftest import NOBODY, index_of, needs_root, needs_stat_any, run_in_child, unused_segment_key
 from sysv_helpers import IS_ROOT, proc_int, run_as_stranger
 
 PAGE = mmap.PAGESIZE
@@ -164,10 +164,23 @@ def test_rdonly_attach_and_detach_change_only_atime_dtime_and_lpid(seg: int) -> 
     assert changed == {"atime", "dtime"} or changed == {"atime", "dtime", "lpid"}
 
 
-def test_shm_exec_attaches(seg: int) -> None:
-    with ipc.shmat(seg, SHM_EXEC) as a:
+def test_shm_exec_attaches_a_segment_with_execute_permission(
+        make_segment: Callable[..., int]) -> None:
+    with ipc.shmat(make_segment(mode=0o700), SHM_EXEC) as a:
         a[0] = 7
         assert a[0] == 7
+
+
+def test_shm_exec_needs_execute_permission(make_segment: Callable[..., int]) -> None:
+    """Read and write permission are not enough for SHM_EXEC (root passes any check)."""
+    shmid = make_segment(mode=0o666)
+    if os.geteuid() != 0:
+        assert errno_of(lambda: ipc.shmat(shmid, SHM_EXEC)) == errno.EACCES
+        return
+
+    def child() -> int:
+        return errno_of(lambda: ipc.shmat(shmid, SHM_EXEC))
+    assert run_in_child(child, uid=NOBODY) == errno.EACCES
 
 
 def test_shm_rnd_without_an_address_has_no_effect(seg: int) -> None:
