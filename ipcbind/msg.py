@@ -19,7 +19,8 @@ from __future__ import annotations
 import errno
 import time
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NamedTuple, Optional,
+                    Tuple)
 
 from . import syscalls as _sc
 from ._base import IpcObject
@@ -110,13 +111,16 @@ def _messages(mtypes: List[int], text: bytes, ends: List[int]) -> List[Message]:
     return [_new(Message, (t, text[s:e])) for t, s, e in zip(mtypes, starts, ends)]
 
 
-def copy_all(msqid: int, attempts: int = COPY_ATTEMPTS) -> List[Message]:
+def copy_all(msqid: int, attempts: int = COPY_ATTEMPTS,
+             copied: Optional[Callable[[int], None]] = None) -> List[Message]:
     """Copies of every message of queue ``msqid``, in order, taking none: the one
     whole-queue copy of the package, with its one retry policy.
 
     Each attempt is one call into C that copies every message by position
     (MSG_COPY) and checks that the queue did not change meanwhile (see
-    :meth:`MessageQueue.peek_all`); a torn copy is taken again.
+    :meth:`MessageQueue.peek_all`); a torn copy is taken again. ``copied``, if
+    given, is called from another thread with the count of messages copied so far
+    by the attempt under way, a few times a second while a long copy runs.
 
     Raises:
         QueueChangedError: each of ``attempts`` copies was torn.
@@ -124,9 +128,9 @@ def copy_all(msqid: int, attempts: int = COPY_ATTEMPTS) -> List[Message]:
             :func:`ipcbind.errors.gone`; EACCES; ENOSYS).
     """
     for _ in range(attempts):
-        copied = _sc._msgcopy_all(msqid)
-        if copied is not None:
-            return _messages(*copied)
+        got = _sc._msgcopy_all(msqid, copied)
+        if got is not None:
+            return _messages(*got)
     raise QueueChangedError(msqid, attempts)
 
 

@@ -1060,14 +1060,20 @@ def _msgrcv_many(msqid: int, max_count: int, maxsize: Optional[int], msgtyp: int
             raise _failure(err, f"receive_many(msqid={msqid})", timeout)
 
 
-def _msgcopy_all(msqid: int) -> Optional[Tuple[List[int], bytes, List[int]]]:
+def _msgcopy_all(msqid: int, copied: Optional[Callable[[int], None]] = None,
+                 interval: float = 0.25) -> Optional[Tuple[List[int], bytes, List[int]]]:
     """Copy every message with MSG_COPY in one call into C, taking none.
 
     Returns ``(mtypes, text, ends)``, or None when IPC_STAT before and after differ,
     the queue ran short, or the first or last message is no longer the one copied:
     the copy may be torn and should be taken again.
+
+    ``copied``, if given, is called with the number of messages copied so far every
+    ``interval`` seconds while the copy runs (from another thread: the copy is one
+    call into C, which a consistent copy needs), and never after this returns.
     """
-    b = lib.ipcb_msgcopy_all(msqid)
+    b = lib.ipcb_msgcopy_all(msqid, ffi.NULL) if copied is None else _copy_watched(
+        msqid, copied, interval)
     if b == ffi.NULL:
         raise MemoryError("peek_all: no memory for the copy buffers")
     mtypes, text, ends, err, changed = _take_batch(b)
@@ -1076,6 +1082,40 @@ def _msgcopy_all(msqid: int) -> Optional[Tuple[List[int], bytes, List[int]]]:
     if changed:
         return None
     return mtypes, text, ends
+
+
+def _copy_watched(msqid: int, copied: Callable[[int], None], interval: float) -> Any:
+    """ipcb_msgcopy_all with a thread that reports its count of copied messages."""
+    import threading  # here: import ipcbind does not need it
+
+    count = ffi.new("size_t *")
+    stop = threading.Event()
+    failed: List[BaseException] = []
+
+    def watch() -> None:
+        seen = 0
+        while not stop.wait(interval):
+            now = int(count[0])
+            if now != seen:
+                seen = now
+                try:
+                    copied(now)
+                except BaseException as e:  # raised in the copying thread, below
+                    failed.append(e)
+                    return
+
+    watcher = threading.Thread(target=watch, name=f"ipcbind-copy-{msqid}", daemon=True)
+    watcher.start()
+    try:
+        b = lib.ipcb_msgcopy_all(msqid, count)
+    finally:
+        stop.set()
+        watcher.join()
+    if failed:
+        if b != ffi.NULL:
+            _take_batch(b)  # gives the lent batch back
+        raise failed[0]
+    return b
 
 
 def _semop1(semid: int, num: int, op: int, flg: int, timeout: Optional[float]) -> None:

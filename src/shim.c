@@ -836,8 +836,9 @@ static int still_at(struct rslot *s, int msqid, size_t i, const struct ipcb_batc
  * differ, or when the first or last message is no longer the one copied: IPC_STAT
  * times have a resolution of one second, so a consumer taking the head and a
  * producer adding a message of the same size, within a second, change nothing
- * IPC_STAT shows; they do change the head, or the tail. */
-struct ipcb_batch *ipcb_msgcopy_all(int msqid)
+ * IPC_STAT shows; they do change the head, or the tail.
+ * copied, unless NULL, counts the messages copied so far, for a progress report. */
+struct ipcb_batch *ipcb_msgcopy_all(int msqid, size_t *copied)
 {
     struct ipcb_tls *t = tls();
     struct ipcb_batch *b;
@@ -891,6 +892,9 @@ struct ipcb_batch *ipcb_msgcopy_all(int msqid)
             b->err = errno;
             return b;
         }
+        /* Read by another thread while this one copies: see _msgcopy_all. */
+        if (copied)
+            __atomic_store_n(copied, i + 1, __ATOMIC_RELAXED);
     }
     if (n && (!still_at(s, msqid, 0, b, 0, size) || !still_at(s, msqid, n - 1, b, n - 1, size))) {
         b->changed = 1;

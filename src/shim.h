@@ -201,7 +201,7 @@ size_t ipcb_msgsnd_many(int msqid, size_t from, size_t count, const long *mtypes
                         int *err);
 struct ipcb_batch *ipcb_msgrcv_many(int msqid, size_t max_count, size_t maxsize,
                                     long msgtyp, int flags, long long timeout_ns);
-struct ipcb_batch *ipcb_msgcopy_all(int msqid);
+struct ipcb_batch *ipcb_msgcopy_all(int msqid, size_t *copied);
 int ipcb_msgctl(int msqid, int cmd, struct msqid_ds *buf);
 
 int ipcb_semget(key_t key, int nsems, int semflg);
