@@ -94,7 +94,8 @@ _TAKEN_AT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
 _TAKEN_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 Progress = Callable[[int, int, str], None]
-"""progress(done, total, what): called before each object is read or recreated."""
+"""progress(done, total, what): called before each object is read or recreated, and
+while a queue is copied (see :func:`snapshot`)."""
 
 
 # ---- the data ---------------------------------------------------------------------
@@ -275,11 +276,12 @@ def _read(kind: str, ident: int, read: Callable[[], _State]) -> Optional[_State]
         raise
 
 
-def _read_queue(msqid: int, retries: int) -> Optional[QueueState]:
+def _read_queue(msqid: int, retries: int,
+                copied: Optional[Callable[[int], None]] = None) -> Optional[QueueState]:
     def read() -> QueueState:
         ds = sc.msgctl(msqid, sc.IPC_STAT)
         try:
-            messages = tuple(copy_all(msqid, retries))
+            messages = tuple(copy_all(msqid, retries, copied))
         except OSError as e:
             better = _copy_limited(msqid, e)
             if better is e:
@@ -334,7 +336,9 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
         freeze: stop the namespace's processes while reading (see :func:`freeze_namespace`);
             needs ``pid`` in another namespace than ours.
         retries: how many times a queue that changed while it was read is read again.
-        progress: called as ``progress(done, total, what)`` before each object.
+        progress: called as ``progress(done, total, what)`` before each object, and
+            while a long queue is copied a few times a second with the same ``done``
+            and a ``what`` that counts its messages copied (from another thread).
         interrupt_blocked_semops: freeze even processes in semop or semtimedop, which
             then fail with EINTR (see :func:`freeze_namespace`).
 
@@ -366,9 +370,12 @@ def snapshot(pid: Optional[int] = None, *, freeze: bool = False, retries: int = 
         counts = _Counts(sum(ds.qnum for _, ds in listed), sum(ds.cbytes for _, ds in listed))
         queues = []
         for n, (msqid, ds) in enumerate(listed):
+            copied = None
             if progress:
-                progress(n, total, f"queue {msqid}{counts.next(ds.qnum, ds.cbytes)}")
-            q = _read_queue(msqid, retries)
+                about = f"queue {msqid}{counts.next(ds.qnum, ds.cbytes)}"
+                progress(n, total, about)
+                copied = _copied(progress, n, total, about, ds.qnum)
+            q = _read_queue(msqid, retries, copied)
             if q is not None:
                 queues.append(q)
         sets = []
@@ -1256,6 +1263,14 @@ class _Restorer:
         self.sets.clear()
         self.segments.clear()
         return left
+
+
+def _copied(progress: Progress, n: int, total: int, about: str,
+            qnum: int) -> Callable[[int], None]:
+    """What reports the messages copied so far of one queue, while its copy runs."""
+    def report(done: int) -> None:
+        progress(n, total, f"{about}; copying {done}/{qnum}")
+    return report
 
 
 class _Counts:
