@@ -687,6 +687,8 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
         raise CliError("restore needs exactly one target: --pid PID (the IPC namespace of "
                        "that process) or --own-namespace (this process's own, often the "
                        "host's)", USAGE)
+    if args.file == "-" and sys.stdin is None:
+        raise CliError("restore: stdin is closed; give the snapshot file's path", USAGE)
     snap = load(sys.stdin.buffer if args.file == "-" else args.file, max_size=args.max_size)
     inode = namespace_id(args.pid)[1]
     where = (f"the IPC namespace of pid {args.pid}" if args.pid is not None

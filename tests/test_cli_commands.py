@@ -284,6 +284,13 @@ def test_send_with_stdin_closed_and_no_data_exits_2(msq: int) -> None:
     assert sc.msgctl(msq, sc.IPC_STAT).qnum == 0
 
 
+def test_restore_from_a_closed_stdin_exits_2_and_restores_nothing() -> None:
+    done = subprocess.run([sys.executable, "-m", "ipcbind", "restore", "-", "--own-namespace"],
+                          preexec_fn=_closing(0), stderr=subprocess.PIPE, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        2, b"ipcbind: error: restore: stdin is closed; give the snapshot file's path\n")
+
+
 def test_receive_json_has_type_size_and_base64(msq: int) -> None:
     sc.msgsnd(msq, 6, b"\xff")
     code, out = run("receive", msq, "--json")
