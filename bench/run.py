@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import ipcbind
-from ipcbind import syscalls
-from ipcbind.syscalls import ACCELERATOR_VARIABLE
+from ipcbind import _seam
+from ipcbind._seam import ACCELERATOR_VARIABLE
 
 try:
     import sysv_ipc
@@ -125,7 +125,7 @@ def cffi_loop(case: str, ident: int, n: int) -> Measure:
 
 def worker(case: str, ident: int, n: int) -> None:
     """The child of cffi_loop: prints CPU ns per pair of ``case`` on object ``ident``."""
-    if syscalls._ACCEL is not None:
+    if _seam.ACCEL is not None:
         sys.exit(f"bench worker: the accelerator is on ({ACCELERATOR_VARIABLE} is not 0)")
     if case == "sndrcv":
         q = ipcbind.MessageQueue.from_id(ident)
@@ -340,7 +340,7 @@ CASES = {
 def private_namespace() -> Optional[str]:
     """Move into a fresh IPC namespace with a large msgmnb; None, or why not."""
     try:
-        syscalls._unshare_ipc()
+        _seam.unshare_ipc()
         with open("/proc/sys/kernel/msgmnb", "w") as f:
             f.write(str(MSGMNB))
     except OSError as e:
@@ -417,7 +417,7 @@ def describe_machine() -> None:
     print(f"Linux {platform.release()} {platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, ipcbind {ipcbind.__version__}, "
           f"sysv_ipc {sysv_ipc.VERSION}, gcc {gcc.stdout.strip()}")
-    if syscalls._ACCEL is not None:
+    if _seam.ACCEL is not None:
         state = "on"
     elif os.environ.get(ACCELERATOR_VARIABLE) == "0":
         state = f"off ({ACCELERATOR_VARIABLE}=0), so the ipcbind column is the cffi path too"

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Callable, Tuple
 
+from ipcbind import _seam
 from ipcbind import syscalls as sc
 from ipcbind.snapshot import dumps, loads, restore, snapshot
 
@@ -28,7 +29,7 @@ def _namespace(fill: Callable[[], None]) -> Tuple[int, int]:
         code = 1
         try:
             os.close(ctl_w)
-            sc._unshare_ipc()
+            _seam.unshare_ipc()
             fill()
             os.write(ready_w, b"1")
             os.read(ctl_r, 1)

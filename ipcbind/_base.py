@@ -15,7 +15,7 @@ from abc import abstractmethod
 from errno import EACCES
 from typing import Any, Callable, ClassVar, Generic, Optional, Protocol, Tuple, Type, TypeVar
 
-from . import syscalls as _sc
+from ._args import c_key
 from ._limits import INT_MAX, unsigned_key
 from .errors import gone, no_such_object
 from .syscalls import IPC_CREAT, IPC_EXCL, IPC_PRIVATE
@@ -147,7 +147,7 @@ class IpcObject(Generic[_DS]):
     @classmethod
     def _key_arg(cls, call: str, key: Any) -> int:
         """``key`` as the C key_t the get call takes (given signed or unsigned)."""
-        return _sc._key(call, _integer(f"{call}: key", key))
+        return c_key(call, _integer(f"{call}: key", key))
 
     @classmethod
     def _get(cls, key: Any, mode: Any, exclusive: bool, get: Get) -> Tuple[int, int, bool]:

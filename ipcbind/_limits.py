@@ -20,6 +20,7 @@ __all__ = [
     "SEMVMX",
     "SEMADJ_MIN",
     "SEMADJ_MAX",
+    "INDEX_BITS",
     "unsigned_key",
     "msgmax",
 ]
@@ -50,6 +51,9 @@ SEMVMX = 32767
 
 SEMADJ_MIN, SEMADJ_MAX = C_RANGES["short"]
 """A semaphore's undo adjustment (semadj) is a C short."""
+
+INDEX_BITS = (15, 24)
+"""An id's low bits are its index: 15 bits, or 24 with the ipcmni_extend boot option."""
 
 
 def unsigned_key(key: int) -> int:

@@ -22,7 +22,9 @@ from itertools import accumulate
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, NamedTuple, Optional,
                     Tuple)
 
+from . import _seam
 from . import syscalls as _sc
+from ._args import deadline as _deadline
 from ._base import IpcObject
 from ._limits import LONG_MAX, msgmax
 from .errors import (NoMessageError, QueueChangedError, TooBigError, partial_receive,
@@ -37,9 +39,6 @@ from .syscalls import (
     MSG_NOERROR,
     Buffer,
     MsqidDs,
-    _msgsnd_failed,
-    _receive,
-    _send,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +63,9 @@ class Message(NamedTuple):
 
 # Building a Message through tuple.__new__ skips the NamedTuple's Python-level __new__.
 _new = tuple.__new__
+# The hot path's calls, looked up once.
+_send = _seam.send
+_receive = _seam.receive
 
 COPY_ATTEMPTS = 5
 """How many complete MSG_COPY passes a copy of a whole queue makes before it gives up
@@ -100,7 +102,7 @@ def _send_failed(err: int, msqid: int, mtype: int, data: bytes, flags: int) -> N
     """Raise what :meth:`MessageQueue.send` raises for the error ``err`` of a send;
     after EINTR (the signal handlers have run by now, per PEP 475), send again."""
     try:
-        _msgsnd_failed(err, msqid, mtype, data, flags)
+        _seam.msgsnd_failed(err, msqid, mtype, data, flags)
     except OSError as e:
         raise _better_send_error("send", e, mtype, data)
 
@@ -128,7 +130,7 @@ def copy_all(msqid: int, attempts: int = COPY_ATTEMPTS,
             :func:`ipcbind.errors.gone`; EACCES; ENOSYS).
     """
     for _ in range(attempts):
-        got = _sc._msgcopy_all(msqid, copied)
+        got = _seam.msgcopy_all(msqid, copied)
         if got is not None:
             return _messages(*got)
     raise QueueChangedError(msqid, attempts)
@@ -226,7 +228,7 @@ class MessageQueue(IpcObject[MsqidDs]):
         self._send_timed(data, mtype, block, timeout)
 
     def _send_timed(self, data: Buffer, mtype: int, block: bool, timeout: float) -> None:
-        _sc._deadline("send", timeout)  # refuses what is no timeout before "== 0" below
+        _deadline("send", timeout)  # refuses what is no timeout before "== 0" below
         if not block:
             raise ValueError("send: a timeout needs block=True")
         try:
@@ -267,7 +269,7 @@ class MessageQueue(IpcObject[MsqidDs]):
                 number of messages sent before it.
         """
         if timeout is not None:
-            _sc._deadline("send_many", timeout)
+            _deadline("send_many", timeout)
             if not block:
                 raise ValueError("send_many: a timeout needs block=True")
         try:
@@ -286,7 +288,7 @@ class MessageQueue(IpcObject[MsqidDs]):
         ends = _ends(chunks, len(text))
         flags = IPC_NOWAIT if not block or timeout == 0 else 0
         try:
-            sent = _sc._msgsnd_many(self._id, mtypes, text, ends, flags,
+            sent = _seam.msgsnd_many(self._id, mtypes, text, ends, flags,
                                     None if timeout == 0 else timeout)
         except OSError as e:
             sent = getattr(e, "sent", 0)
@@ -328,7 +330,7 @@ class MessageQueue(IpcObject[MsqidDs]):
         if timeout is None:
             return _new(Message, _sc.msgrcv(self._id, maxsize, mtype,
                                             flags if block else flags | IPC_NOWAIT))
-        _sc._deadline("receive", timeout)
+        _deadline("receive", timeout)
         if not block:
             raise ValueError("receive: a timeout needs block=True")
         if timeout == 0:
@@ -365,7 +367,7 @@ class MessageQueue(IpcObject[MsqidDs]):
             raise ValueError(f"receive_many: max_count must be >= 1, got {max_count}")
         flags = _receive_flags("receive_many", mtype, except_type, maxsize, truncate)
         if timeout is not None:
-            _sc._deadline("receive_many", timeout)
+            _deadline("receive_many", timeout)
         if not block:
             if timeout is not None:
                 raise ValueError("receive_many: a timeout needs block=True")
@@ -373,8 +375,9 @@ class MessageQueue(IpcObject[MsqidDs]):
         elif timeout == 0:
             flags |= IPC_NOWAIT
         try:
-            mtypes, text, ends, err = _sc._msgrcv_many(self._id, max_count, maxsize, mtype,
-                                                       flags, None if timeout == 0 else timeout)
+            mtypes, text, ends, err = _seam.msgrcv_many(
+                self._id, max_count, _seam.receive_size("receive_many", maxsize), mtype, flags,
+                None if timeout == 0 else timeout)
         except NoMessageError:
             if timeout == 0:
                 raise timeout_error(f"receive_many(msqid={self._id})", timeout) from None
@@ -411,7 +414,7 @@ class MessageQueue(IpcObject[MsqidDs]):
             timeout: seconds to wait at most, then ``TimeoutError``.
         """
         flags = _receive_flags("receive_async", mtype, except_type, maxsize, truncate)
-        deadline = _sc._deadline("receive_async", timeout)
+        deadline = _deadline("receive_async", timeout)
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -603,4 +606,4 @@ def _bad_pair(pairs: Any) -> Exception:
     return TypeError("send_many: messages must be (mtype, data) pairs")
 
 
-_sc._accelerate_queue(MessageQueue, Message, _send_failed)
+_seam.accelerate_queue(MessageQueue, Message, _send_failed)

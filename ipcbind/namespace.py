@@ -29,6 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Uni
 
 import psutil
 
+from . import _seam
 from . import syscalls as sc
 from .errors import GONE_ERRNOS, NamespaceReturnError
 from .syscalls import MsqidDs, SemidDs, ShmidDs
@@ -169,7 +170,7 @@ def enter_namespace(pid: int) -> Iterator[NamespaceId]:
                 # The check in finally looks at where the thread really is, so a
                 # signal landing right after setns cannot skip the way back.
                 try:
-                    sc._setns_ipc(target)
+                    _seam.setns_ipc(target)
                 except PermissionError as e:
                     err = e.errno or errno.EPERM
                     raise PermissionError(
@@ -190,7 +191,7 @@ def _return_home(original: int, home: NamespaceId, pid: int) -> None:
     try:
         if namespace_id() == home:
             return
-        sc._setns_ipc(original)
+        _seam.setns_ipc(original)
         now = namespace_id()
     except OSError as e:
         try:

@@ -146,14 +146,14 @@ def wait_for_messages(queue: Queue, count: int,
         OSError: the queue does not exist or was removed while waiting.
     """
     __tracebackhide__ = True
-    from . import syscalls as sc
+    from ._args import deadline as _deadline
 
     q = _as_queue(queue)
     if isinstance(count, bool) or not isinstance(count, int):
         raise TypeError(f"wait_for_messages: count must be an int, not {type(count).__name__}")
     if count < 0:
         raise ValueError(f"wait_for_messages: count must be >= 0, got {count}")
-    deadline = sc._deadline("wait_for_messages", timeout)
+    deadline = _deadline("wait_for_messages", timeout)
     pause = 0.001
     while len(q) < count:
         left = None if deadline is None else deadline - time.monotonic()
@@ -197,11 +197,11 @@ def _forget_undo_ledger() -> None:
     for the calling thread; in a single-threaded process that applies and frees
     the whole process's undo list, so the ledger's entries no longer exist.
     """
-    from . import syscalls as sc
+    from . import _seam
 
     if _single_threaded():
-        for semid in sc._ledger():
-            sc._ledger_drop(semid)
+        for semid in _seam.ledger():
+            _seam.ledger_drop(semid)
 
 
 @dataclass(frozen=True)
@@ -531,14 +531,14 @@ def ipc_namespace(request: pytest.FixtureRequest) -> Iterator[IpcNamespace]:
     the host namespace and gets ``isolated=False``. Only the thread running the
     test moves; processes and threads it starts inherit the namespace.
     """
-    from . import syscalls as sc
+    from . import _seam
 
     watch = request.node.stash.get(_WATCH, None)
     if watch is not None:
         watch.host_at_entry = _snapshot()
     home = _NamespaceRef()
     try:
-        sc._unshare_ipc()
+        _seam.unshare_ipc()
     except OSError as e:
         home.close()
         reason = (f"no isolated IPC namespace: unshare(CLONE_NEWIPC) failed ({e.strerror}); "
@@ -555,7 +555,7 @@ def ipc_namespace(request: pytest.FixtureRequest) -> Iterator[IpcNamespace]:
             watch.in_namespace = list(_snapshot().values())
     finally:
         try:
-            sc._setns_ipc(home.fd)
+            _seam.setns_ipc(home.fd)
         except OSError as e:
             pytest.exit(f"could not move the test thread back to its IPC namespace ({e}); "
                         "every later test would run in the wrong one",

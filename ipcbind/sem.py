@@ -22,6 +22,8 @@ from errno import EINVAL
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ._base import IpcObject, _integer
+from ._seam import (accelerate_semaphore, semop1, semop_pack, semop_packed, semop_packed_failed,
+                    semop_packed_undo)
 from ._limits import SEMVMX, unsigned_key
 from .errors import timeout_error
 from .syscalls import (
@@ -39,12 +41,6 @@ from .syscalls import (
     SETVAL,
     SemidDs,
     SemOp,
-    _accelerate_semaphore,
-    _semop1,
-    _semop_pack,
-    _semop_packed,
-    _semop_packed_failed,
-    _semop_packed_undo,
     semctl,
     semget,
     semop,
@@ -299,8 +295,8 @@ class Semaphore:
         self._num = index
         # The fast path's packed arguments for the usual delta of 1, made once:
         # packing costs Python about as much as the C call itself.
-        self._take1 = _semop_pack(self._semid, index, -1)
-        self._give1 = _semop_pack(self._semid, index, 1)
+        self._take1 = semop_pack(self._semid, index, -1)
+        self._give1 = semop_pack(self._semid, index, 1)
 
     @property
     def set(self) -> SemaphoreSet:
@@ -332,17 +328,17 @@ class Semaphore:
                 when the undo adjustment would leave -32768..32767.
         """
         if delta is _ONE and block and timeout is None:
-            err = (_semop_packed_undo if undo else _semop_packed)(self._take1)
+            err = (semop_packed_undo if undo else semop_packed)(self._take1)
             if err:
-                _semop_packed_failed(err, self._semid, self._num, -1, SEM_UNDO if undo else 0)
+                semop_packed_failed(err, self._semid, self._num, -1, SEM_UNDO if undo else 0)
             return
         if type(delta) is not int or not 0 < delta <= SEMVMX:
             delta = _amount("acquire", delta)
         if block and timeout is None:
-            packed = _semop_pack(self._semid, self._num, -delta)
-            err = (_semop_packed_undo if undo else _semop_packed)(packed)
+            packed = semop_pack(self._semid, self._num, -delta)
+            err = (semop_packed_undo if undo else semop_packed)(packed)
             if err:
-                _semop_packed_failed(err, self._semid, self._num, -delta, SEM_UNDO if undo else 0)
+                semop_packed_failed(err, self._semid, self._num, -delta, SEM_UNDO if undo else 0)
         else:
             self._wait("acquire", -delta, SEM_UNDO if undo else 0, timeout, block)
 
@@ -363,10 +359,10 @@ class Semaphore:
         else:
             if type(delta) is not int or not 0 < delta <= SEMVMX:
                 delta = _amount("release", delta)
-            packed = _semop_pack(self._semid, self._num, delta)
-        err = (_semop_packed_undo if undo else _semop_packed)(packed)
+            packed = semop_pack(self._semid, self._num, delta)
+        err = (semop_packed_undo if undo else semop_packed)(packed)
         if err:
-            _semop_packed_failed(err, self._semid, self._num, delta, SEM_UNDO if undo else 0)
+            semop_packed_failed(err, self._semid, self._num, delta, SEM_UNDO if undo else 0)
 
     def wait_zero(self, timeout: Optional[float] = None, block: bool = True) -> None:
         """Wait until the value is zero.
@@ -377,7 +373,7 @@ class Semaphore:
             ValueError: a timeout with ``block=False``.
         """
         if block and timeout is None:
-            _semop1(self._semid, self._num, 0, 0, None)
+            semop1(self._semid, self._num, 0, 0, None)
         else:
             self._wait("wait_zero", 0, 0, timeout, block)
 
@@ -386,10 +382,10 @@ class Semaphore:
         if not block:
             if timeout is not None:
                 raise ValueError(f"{what}: a timeout cannot be combined with block=False")
-            _semop1(self._semid, self._num, op, flags | IPC_NOWAIT, None)
+            semop1(self._semid, self._num, op, flags | IPC_NOWAIT, None)
             return
         try:
-            _semop1(self._semid, self._num, op, flags, timeout)
+            semop1(self._semid, self._num, op, flags, timeout)
         except BlockingIOError:
             # Without IPC_NOWAIT, EAGAIN from semtimedop means the timeout expired.
             raise timeout_error(f"{what}(semid={self._semid}, index={self._num})",
@@ -425,15 +421,15 @@ class Semaphore:
 
     # acquire(1, undo=True) and release(1, undo=True), without a second Python call.
     def __enter__(self) -> Semaphore:
-        err = _semop_packed_undo(self._take1)
+        err = semop_packed_undo(self._take1)
         if err:
-            _semop_packed_failed(err, self._semid, self._num, -1, SEM_UNDO)
+            semop_packed_failed(err, self._semid, self._num, -1, SEM_UNDO)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        err = _semop_packed_undo(self._give1)
+        err = semop_packed_undo(self._give1)
         if err:
-            _semop_packed_failed(err, self._semid, self._num, 1, SEM_UNDO)
+            semop_packed_failed(err, self._semid, self._num, 1, SEM_UNDO)
 
     def __repr__(self) -> str:
         return f"<Semaphore {self._num} of set {self._semid}>"
@@ -450,4 +446,4 @@ class Semaphore:
         return (operator.getitem, (self._set, self._num))
 
 
-_accelerate_semaphore(Semaphore)
+accelerate_semaphore(Semaphore)

@@ -21,6 +21,7 @@ import os
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from . import _seam
 from . import syscalls
 from ._limits import INT_MAX, SEMADJ_MAX, SEMADJ_MIN
 from .errors import OutOfRangeError, SemundoNotSupportedError, TooBigError, gone, syscall_error
@@ -435,19 +436,19 @@ def tracked_semundo() -> Semundo:
             ledger knows it, as far as its highest semaphore used).
     """
     result: Semundo = {}
-    for semid, adjs in syscalls._ledger().items():
+    for semid, adjs in _seam.ledger().items():
         try:
             nsems = syscalls.semctl(semid, 0, IPC_STAT).nsems
         except OSError as e:
             if gone(e):
-                syscalls._ledger_drop(semid)
+                _seam.ledger_drop(semid)
                 continue
             if e.errno not in (errno.EACCES, errno.EPERM):
                 raise
             nsems = len(adjs)
         if len(adjs) > nsems:
             # A set with fewer semaphores holds the id now: the ledger's set is gone.
-            syscalls._ledger_drop(semid)
+            _seam.ledger_drop(semid)
             continue
         if any(adjs):
             result[semid] = adjs + [0] * (nsems - len(adjs))

@@ -43,8 +43,9 @@ from typing import (IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, 
 
 import psutil
 
+from . import _seam
 from . import syscalls as sc
-from ._limits import INT_MAX, SEMVMX, U32_MAX, msgmax
+from ._limits import INDEX_BITS, INT_MAX, SEMVMX, U32_MAX, msgmax
 from .errors import (BlockedCall, FreezeError, FreezeRefusedError, FreezeWarning,
                      RestoreConflictError, RestoreError, SegmentLeftOutWarning,
                      SnapshotFormatError, gone)
@@ -768,7 +769,7 @@ _MARK_TYPE = 0x6970636272657374
 _MARK_HEAD = "ipcbind-restore 1"
 # A namespace holds one object per index, an id's low bits (15 on a kernel booted
 # without ipcmni_extend): ids 0 and 32768 cannot both exist.
-_INDEX_MASK = (1 << sc._INDEX_BITS[0]) - 1
+_INDEX_MASK = (1 << INDEX_BITS[0]) - 1
 # The kinds, as /proc/sys/kernel/<kind>_next_id names them.
 _KINDS = ("msg", "sem", "shm")
 
@@ -1147,7 +1148,7 @@ class _Restorer:
             ends.append(end)
         text = b"".join(data for _, data in q.messages)
         try:
-            sent = sc._msgsnd_many(msqid, mtypes, text, ends, sc.IPC_NOWAIT, None)
+            sent = _seam.msgsnd_many(msqid, mtypes, text, ends, sc.IPC_NOWAIT, None)
         except OSError as e:
             i = getattr(e, "sent", 0)
             size = len(q.messages[i][1]) if i < len(q.messages) else 0

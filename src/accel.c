@@ -17,7 +17,7 @@
  * the call. Only when that finds no message, no room or a semaphore too low, and
  * the caller wants to wait, is the call made again without the GIL, blocking.
  *
- * Built for CPython with the GIL only (setup.py); ipcbind.syscalls loads it unless
+ * Built for CPython with the GIL only (setup.py); ipcbind._seam loads it unless
  * IPCBIND_ACCELERATOR=0, and works without it. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -3,7 +3,7 @@
  * The accelerator is a separate extension module: it never links a copy of the
  * shim, whose per-thread receive buffers and SEM_UNDO ledger must exist once per
  * process. The shim hands out the table's address (ipcb_calls(), reached through
- * cffi); ipcbind.syscalls passes that address to the accelerator once, at import.
+ * cffi); ipcbind._seam passes that address to the accelerator once, at import.
  * size lets the accelerator refuse a table from a shim built with another layout. */
 #ifndef IPCB_CALLS_H
 #define IPCB_CALLS_H

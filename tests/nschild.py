@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 import pytest
 from conftest import reap
 
-from ipcbind import syscalls as sc
+from ipcbind import _seam
 
 needs_ns_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (CAP_SYS_ADMIN) to make and enter IPC namespaces")
@@ -30,7 +30,7 @@ def _child(setup: Callable[[], Any], loop: Optional[Callable[[Any], None]], ctl:
            out: int) -> None:
     code = 70
     try:
-        sc._unshare_ipc()
+        _seam.unshare_ipc()
         result = setup()
         os.write(out, json.dumps({"ok": result}).encode() + b"\n")
         os.close(out)

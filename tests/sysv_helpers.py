@@ -22,7 +22,7 @@ def proc_int(name: str) -> int:
 def unshare_with_msg_limits(msgmax: int, msgmnb: int) -> None:
     """Move the calling thread into a fresh IPC namespace (root) and raise its message
     limits there: the host's stay as they are."""
-    from ipcbind.syscalls import _unshare_ipc
+    from ipcbind._seam import unshare_ipc as _unshare_ipc
     _unshare_ipc()
     for name, value in (("msgmax", msgmax), ("msgmnb", msgmnb)):
         with open(f"/proc/sys/kernel/{name}", "w") as f:

@@ -35,7 +35,7 @@ def method_kinds(**env: str) -> List[str]:
         import ipcbind
         for cls, name in {ACCELERATED!r}:
             print(type(getattr(ipcbind, cls).__dict__[name]).__name__)
-        print(ipcbind.syscalls._ACCEL is not None)
+        print(ipcbind._seam.ACCEL is not None)
         """)
     clean = {k: v for k, v in os.environ.items() if k != "IPCBIND_ACCELERATOR"}
     done = subprocess.run([sys.executable, "-c", code], env=dict(clean, **env),
@@ -58,7 +58,7 @@ def test_accelerator_refuses_a_table_of_calls_of_another_layout(q: MessageQueue)
     # ipcbind then runs without it, with a warning.
     from ipcbind._ffi import ffi
 
-    accel = ipcbind.syscalls._ACCEL
+    accel = ipcbind._seam.ACCEL
     if accel is None:
         pytest.skip("the accelerator is off or not built")
     other = ffi.new("size_t[8]")  # a table whose size field says 0 bytes
@@ -112,9 +112,9 @@ def test_methods_of_a_subclass_use_its_queue(make_mq: Callable[..., MessageQueue
 def test_release_by_keyword_with_undo_returns_the_adjustment(semset: int) -> None:
     sem = SemaphoreSet.from_id(semset)[0]
     sem.release(delta=2, undo=True)
-    assert ipcbind.syscalls._ledger() == {semset: [-2]}
+    assert ipcbind._seam.ledger() == {semset: [-2]}
     sem.acquire(delta=2, undo=True)
-    assert ipcbind.syscalls._ledger() == {}
+    assert ipcbind._seam.ledger() == {}
 
 
 # ---- blocking without a timeout releases the GIL ------------------------------------------

@@ -30,6 +30,7 @@ import pytest
 import ipcbind
 from ipcbind import (GETALL, GETVAL, IPC_CREAT, IPC_NOWAIT, IPC_PRIVATE, IPC_SET,
                      IPC_STAT, MSG_COPY, SETALL, SETVAL, MessageQueue, SemaphoreSet)
+from ipcbind import _seam
 from ipcbind import syscalls as sc
 from ipcbind.cli import main
 from ipcbind.namespace import (enter_namespace, list_queues, list_segments, list_semaphore_sets,
@@ -101,14 +102,14 @@ def isolated() -> Iterator[bool]:
     home = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            sc._unshare_ipc()
+            _seam.unshare_ipc()
         except PermissionError:
             yield False
             return
         try:
             yield True
         finally:
-            sc._setns_ipc(home)
+            _seam.setns_ipc(home)
     finally:
         os.close(home)
 

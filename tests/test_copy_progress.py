@@ -8,7 +8,7 @@ from typing import Iterator, List
 
 import pytest
 
-from ipcbind import MessageQueue, syscalls
+from ipcbind import MessageQueue, _seam
 from ipcbind.msg import copy_all
 
 # MSG_COPY walks the queue from its head on every call: 8,000 messages take about
@@ -26,7 +26,7 @@ def long_queue() -> Iterator[MessageQueue]:
 def test_a_long_copy_reports_counts_that_only_grow_up_to_the_queue_length(
         long_queue: MessageQueue) -> None:
     reports: List[int] = []
-    got = syscalls._msgcopy_all(long_queue.id, reports.append, 0.001)
+    got = _seam.msgcopy_all(long_queue.id, reports.append, 0.001)
     assert got is not None and len(got[0]) == LONG
     # Each report is a count the C loop had reached: more than none, at most all.
     assert all(0 < r <= LONG for r in reports)
@@ -39,7 +39,7 @@ def test_a_long_copy_reports_counts_that_only_grow_up_to_the_queue_length(
 def test_no_report_comes_after_the_copy_returned(long_queue: MessageQueue) -> None:
     reports: List[int] = []
     before = threading.active_count()
-    syscalls._msgcopy_all(long_queue.id, reports.append, 0.001)
+    _seam.msgcopy_all(long_queue.id, reports.append, 0.001)
     seen = len(reports)
     time.sleep(0.05)
     assert len(reports) == seen
@@ -55,7 +55,7 @@ def test_an_exception_in_the_report_is_raised_by_the_copy_and_the_queue_is_untou
         raise Stop(done)
 
     with pytest.raises(Stop):
-        syscalls._msgcopy_all(long_queue.id, refuse, 0.001)
+        _seam.msgcopy_all(long_queue.id, refuse, 0.001)
     assert len(long_queue) == LONG
     # The lent copy buffers went back: the next copy gets them.
     assert len(copy_all(long_queue.id)) == LONG

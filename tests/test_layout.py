@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from ipcbind.syscalls import ffi
+from ipcbind._seam import ffi
 
 STRUCTS = ["ipc_perm", "msqid_ds", "semid_ds", "sembuf", "msginfo", "seminfo", "shmid_ds",
            "shminfo", "shm_info"]

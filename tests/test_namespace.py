@@ -14,6 +14,7 @@ from conftest import NOBODY, needs_root, needs_stat_any, run_in_child
 from nschild import needs_ns_root, ns_child
 
 from ipcbind import namespace as ns_module
+from ipcbind import _seam
 from ipcbind import syscalls as sc
 from ipcbind.namespace import (
     NamespaceReturnError,
@@ -169,7 +170,7 @@ def test_threads_started_inside_enter_namespace_start_in_that_namespace() -> Non
 @needs_root
 def test_entering_without_cap_sys_admin_raises_permission_error_saying_so() -> None:
     def preexec() -> None:
-        sc._unshare_ipc()
+        _seam.unshare_ipc()
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
@@ -253,7 +254,7 @@ def test_listing_while_another_process_makes_and_removes_objects_keeps_using_sta
     # those calls must not pass for a refusal: the listing would then need read
     # permission for good. Each round here starts with nothing learnt.
     def child(pid: int, kept: int) -> int:
-        sc._setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
+        _seam.setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and ns_module._stat_any_works.get("msg") is not False:
             ns_module._stat_any_works.clear()
@@ -277,7 +278,7 @@ def test_listing_without_stat_any_raises_permission_error_for_an_unreadable_obje
     # Plain MSG_STAT needs read permission: an object the caller cannot read must not
     # go unlisted in silence.
     def child(pid: int) -> int:
-        sc._setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
+        _seam.setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
@@ -334,7 +335,7 @@ def test_list_segments_reads_with_plain_shm_stat_where_shm_stat_any_is_refused()
 @needs_stat_any
 def test_list_segments_without_stat_any_raises_permission_error_for_an_unreadable_one() -> None:
     def child(pid: int) -> int:
-        sc._setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
+        _seam.setns_ipc(os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY))
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)

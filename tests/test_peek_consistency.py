@@ -9,7 +9,7 @@ import struct
 from typing import Callable, List, Optional, Tuple
 
 import ipcbind
-from ipcbind import GETNCNT, IPC_NOWAIT, MSG_COPY, SETVAL, syscalls
+from ipcbind import GETNCNT, IPC_NOWAIT, MSG_COPY, SETVAL, _seam
 from sysv_helpers import wait_until
 
 N = 200
@@ -69,14 +69,14 @@ def test_copy_of_whole_queue_is_never_torn_by_a_rotating_consumer(
             ipcbind.semctl(gate, 0, SETVAL, 30000)
             wait_until(lambda: _head(msq) != start, what="the rotator turning")
             for _ in range(COPIES_PER_ROUND):
-                got = syscalls._msgcopy_all(msq)
+                got = _seam.msgcopy_all(msq)
                 if got is not None:
                     raced += 1
                     torn += not _untorn(_seqs(got))
             ipcbind.semctl(gate, 0, SETVAL, 0)
             wait_until(lambda: ipcbind.semctl(gate, 0, GETNCNT) == 1,
                        what="the rotator waiting at the gate")
-            still: Optional[Copy] = syscalls._msgcopy_all(msq)
+            still: Optional[Copy] = _seam.msgcopy_all(msq)
             assert still is not None, "a copy of a queue nobody touches was refused"
             assert _seqs(still) == list(range(_head(msq), _head(msq) + N))
     finally:

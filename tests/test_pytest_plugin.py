@@ -570,7 +570,7 @@ UNDO_HELD = """
 import threading
 import ipcbind, pytest
 from ipcbind import IPC_CREAT, IPC_PRIVATE, IPC_RMID, GETVAL, SETVAL, SEM_UNDO
-from ipcbind.syscalls import _ledger
+from ipcbind._seam import ledger as _ledger
 
 @pytest.fixture(scope="module")
 def held():

@@ -80,7 +80,7 @@ def test_handler_receiving_between_call_and_copy_neither_loses_nor_duplicates(
 
 def test_copy_in_handler_between_call_and_read_leaves_the_outer_copy_intact(
         make_queue: Callable[..., int]) -> None:
-    from ipcbind import syscalls
+    from ipcbind import _seam
 
     outer, inner = make_queue(), make_queue()
     for seq in range(50):
@@ -89,12 +89,12 @@ def test_copy_in_handler_between_call_and_read_leaves_the_outer_copy_intact(
     in_handler = []
 
     def copy_other(signum: int, frame: object) -> None:
-        in_handler.append(syscalls._msgcopy_all(inner))
+        in_handler.append(_seam.msgcopy_all(inner))
 
     old = signal.signal(signal.SIGALRM, copy_other)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)  # longer than one copy
-        copies = [syscalls._msgcopy_all(outer) for _ in range(300)]
+        copies = [_seam.msgcopy_all(outer) for _ in range(300)]
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -127,17 +127,17 @@ def test_receives_nested_deeper_than_any_fixed_number_of_buffers_keep_their_mess
 
 def _received(r: int) -> Tuple[int, bytes]:
     """The message of an ipcb_recv_packed result, given back to the shim (the layout
-    is src/shim.c's, in the constants syscalls takes from it)."""
-    from ipcbind import syscalls
+    is src/shim.c's, in the constants the seam takes from it)."""
+    from ipcbind import _seam
 
     if r >= 0:
-        chunk = r & syscalls._CHUNK_MASK
-        got = (r >> syscalls._SHIFT, syscalls._ARENA[chunk + syscalls._TEXT:r & syscalls._LOW])
-        syscalls._ARENA[chunk] = syscalls._GIVE_BACK
+        chunk = r & _seam._CHUNK_MASK
+        got = (r >> _seam._SHIFT, _seam._ARENA[chunk + _seam._TEXT:r & _seam._LOW])
+        _seam._ARENA[chunk] = _seam._GIVE_BACK
         return got
-    assert r <= syscalls._RECV_RARE, f"errno {-r}"
-    m = syscalls.lib.ipcb_rslot(syscalls._RECV_RARE - r)
-    got = (m.mtype, syscalls.ffi.unpack(m.mtext, m.len))
+    assert r <= _seam._RECV_RARE, f"errno {-r}"
+    m = _seam.lib.ipcb_rslot(_seam._RECV_RARE - r)
+    got = (m.mtype, _seam.ffi.unpack(m.mtext, m.len))
     m.lent = 0
     return got
 
@@ -145,7 +145,7 @@ def _received(r: int) -> Tuple[int, bytes]:
 @pytest.mark.parametrize("depth", [1, 5, 40])
 def test_packed_receives_nested_without_giving_back_keep_their_messages(
         msq: int, depth: int) -> None:
-    from ipcbind.syscalls import _RECV_NOWAIT, _recv_packed
+    from ipcbind._seam import _RECV_NOWAIT, _recv_packed
 
     for seq in range(depth):
         ipcbind.msgsnd(msq, 1 + seq, struct.pack(">Q", seq))
@@ -159,7 +159,7 @@ def test_receive_slots_beyond_the_arena_come_from_malloc_and_keep_their_messages
         make_queue: Callable[..., int]) -> None:
     # Two threads keep 700 slots lent each: 1400 fixed buffers, more than the arena's
     # 1024 chunks, so some are allocated outside it and take the slower result.
-    from ipcbind.syscalls import _RECV_NOWAIT, _recv_packed
+    from ipcbind._seam import _RECV_NOWAIT, _recv_packed
 
     per_thread = 700
     queues = [make_queue(), make_queue()]
@@ -186,7 +186,7 @@ def test_receive_slots_beyond_the_arena_come_from_malloc_and_keep_their_messages
 def test_threads_give_their_arena_chunks_back_when_they_exit(q: ipcbind.MessageQueue) -> None:
     # Without that, 1100 threads that received one message each would have used up
     # the arena's 1024 chunks, and the last one's message would come outside it.
-    from ipcbind.syscalls import _RECV_NOWAIT, _recv_packed
+    from ipcbind._seam import _RECV_NOWAIT, _recv_packed
 
     got: List[ipcbind.Message] = []
     for i in range(1100):
@@ -223,7 +223,7 @@ def test_receive_by_type_takes_the_right_message_for_any_mtype(
                     reason="needs root (to unshare an IPC namespace and raise msgmax)")
 def test_receive_takes_messages_longer_than_the_fixed_buffer_and_short_ones_after() -> None:
     def child() -> int:
-        from ipcbind.syscalls import _RECV_NOWAIT, _recv_packed
+        from ipcbind._seam import _RECV_NOWAIT, _recv_packed
 
         unshare_with_msg_limits(msgmax=200000, msgmnb=400000)
         with ipcbind.MessageQueue.create() as q:

@@ -16,7 +16,7 @@ import pytest
 
 import ipcbind as ipc
 from ipcbind import IPC_RMID, IPC_STAT, SHM_RDONLY, Attachment
-from ipcbind.syscalls import ffi
+from ipcbind._seam import ffi
 from conftest import reap, run_in_child, start_child
 
 SIZE = 3 * mmap.PAGESIZE + 17
@@ -381,12 +381,12 @@ def test_shmat_of_a_removed_segment_maps_nothing(seg: int) -> None:
 
 def test_shmat_interrupted_half_way_leaves_nothing_attached(seg: int) -> None:
     def body() -> None:
-        from ipcbind import syscalls
+        from ipcbind import _seam
 
         def interrupted(call: str, shmid: int) -> int:
             assert nattch(seg) == 1  # the first attachment, made by the kernel's choice
             raise KeyboardInterrupt
-        syscalls._segment_size = interrupted
+        _seam.segment_size = interrupted
         with pytest.raises(KeyboardInterrupt):
             ipc.shmat(seg)
         assert nattch(seg) == 0 and not _segments_mapped()

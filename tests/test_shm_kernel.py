@@ -311,7 +311,7 @@ def test_ipc_info_gives_the_namespaces_limits() -> None:
 @needs_root
 def test_shm_info_counts_the_segments_in_use() -> None:
     def child() -> int:  # in a namespace of its own, which nobody else changes
-        from ipcbind.syscalls import _unshare_ipc
+        from ipcbind._seam import unshare_ipc as _unshare_ipc
         _unshare_ipc()
         assert ipc.shmctl(0, SHM_INFO)[1].used_ids == 0
         ipc.shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0o600)
@@ -389,7 +389,7 @@ def test_ipc_set_and_ipc_rmid_by_a_stranger_are_eperm(seg: int) -> None:
 @needs_root
 def test_shm_next_id_arms_the_next_segments_id() -> None:
     def child() -> int:
-        from ipcbind.syscalls import _unshare_ipc
+        from ipcbind._seam import unshare_ipc as _unshare_ipc
         _unshare_ipc()
         with open("/proc/sys/kernel/shm_next_id", "w") as f:
             f.write("4242")

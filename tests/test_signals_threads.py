@@ -295,7 +295,7 @@ GET_AND_CTL_FAILURES = {
     "semctl-GETALL-removed-EINVAL": (lambda o: ipc.semctl(o.gone_s, 0, ipc.GETALL),
                                      errno.EINVAL),
     "semctl-unknown-cmd-EINVAL": (lambda o: ipc.semctl(o.s, 0, 0x7FFF), errno.EINVAL),
-    "setns-EBADF": (lambda o: ipc.syscalls._setns_ipc(-1), errno.EBADF),
+    "setns-EBADF": (lambda o: ipc._seam.setns_ipc(-1), errno.EBADF),
 }
 
 
@@ -559,20 +559,20 @@ def test_a_handler_receiving_in_the_same_thread_does_not_overwrite_the_message(
 
 def test_a_handler_batch_receiving_does_not_overwrite_a_batch(
         make_queue: Callable[..., int], usr1: Callable[..., None]) -> None:
-    from ipcbind.syscalls import _msgcopy_all, _msgrcv_many
+    from ipcbind._seam import ANY_SIZE, msgcopy_all as _msgcopy_all, msgrcv_many as _msgrcv_many
     q, other, ack = make_queue(), make_queue(), make_queue()
     for i in range(3):
         ipc.msgsnd(other, 50 + i, b"peeked %d" % i)
 
     def handler(signum: int, frame: Any) -> None:
         _msgcopy_all(other)
-        _msgrcv_many(other, 0, None, 0, IPC_NOWAIT, None)
+        _msgrcv_many(other, 0, ANY_SIZE, 0, IPC_NOWAIT, None)
     usr1(handler)
     pid = start_child(send_and_signal(q, ack, 40))
     got = []
     try:
         for _ in range(40):
-            mtypes, text, ends, err = _msgrcv_many(q, 1, None, 0, 0, None)
+            mtypes, text, ends, err = _msgrcv_many(q, 1, ANY_SIZE, 0, 0, None)
             got.append((mtypes, text, ends, err))
             ipc.msgsnd(ack, 1, b"")
     finally:
