@@ -39,8 +39,19 @@ Buffer = Union[bytes, bytearray, memoryview, Any]
 
 # ---- the kernel's structures -----------------------------------------------------
 
+class _Struct:
+    """What the structures share: pickling and copying by their fields (a frozen
+    dataclass with ``__slots__`` cannot be rebuilt by setting its attributes)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        fields = getattr(self, "__dataclass_fields__")
+        return type(self), tuple(getattr(self, name) for name in fields)
+
+
 @dataclass(frozen=True)
-class _IpcPerm:
+class _IpcPerm(_Struct):
     """The ``struct ipc_perm`` every object's structure begins with: ``key`` unsigned
     (0..2**32-1), as ``ipcs`` prints it; owner and creator; ``mode`` the permission bits."""
 
@@ -81,7 +92,7 @@ class SemidDs(_IpcPerm):
 
 
 @dataclass(frozen=True)
-class MsgInfo:
+class MsgInfo(_Struct):
     """``struct msginfo``. With IPC_INFO the fields are the limits; with MSG_INFO,
     ``msgpool`` counts queues in use, ``msgmap`` messages and ``msgtql`` bytes queued."""
 
@@ -97,7 +108,7 @@ class MsgInfo:
 
 
 @dataclass(frozen=True)
-class SemInfo:
+class SemInfo(_Struct):
     """``struct seminfo``. With IPC_INFO the fields are the limits; with SEM_INFO,
     ``semusz`` counts sets in use and ``semaem`` semaphores in use."""
 
@@ -137,7 +148,7 @@ class ShmidDs(_IpcPerm):
 
 
 @dataclass(frozen=True)
-class ShmInfo:
+class ShmInfo(_Struct):
     """``struct shminfo``, the limits IPC_INFO gives: largest segment (``shmmax``, bytes),
     smallest (``shmmin``), most segments (``shmmni``), most attached per process
     (``shmseg``, not enforced by Linux), and all segments' pages together (``shmall``)."""
@@ -151,7 +162,7 @@ class ShmInfo:
 
 
 @dataclass(frozen=True)
-class ShmUsage:
+class ShmUsage(_Struct):
     """``struct shm_info``, what SHM_INFO gives: segments in use (``used_ids``), their
     pages (``shm_tot``), pages resident (``shm_rss``) and swapped (``shm_swp``)."""
 

@@ -3,6 +3,7 @@ create-or-open, the creator process and ``with``, the key's form, ids, equality,
 
 from __future__ import annotations
 
+import copy
 import errno
 import pickle
 import random
@@ -164,6 +165,21 @@ def test_a_pickled_object_is_the_same_object_but_not_its_creator(
     with back:
         pass
     assert kind.exists(obj.id)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_stat_structure_pickles_and_copies_to_an_equal_one(
+        kind: Kind, make: Callable[..., IpcObject[Any]], protocol: int) -> None:
+    ds = make().stat()
+    back = pickle.loads(pickle.dumps(ds, protocol))
+    assert type(back) is type(ds) and back == ds and copy.copy(ds) == ds == copy.deepcopy(ds)
+
+
+@pytest.mark.parametrize("cmd", ["msgctl", "semctl", "shmctl"])
+def test_an_info_structure_pickles_to_an_equal_one(cmd: str) -> None:
+    call = getattr(ipcbind, cmd)
+    _, info = call(0, 0, ipcbind.IPC_INFO) if cmd == "semctl" else call(0, ipcbind.IPC_INFO)
+    assert pickle.loads(pickle.dumps(info)) == info
 
 
 def test_repr_names_the_class_the_id_the_key_and_the_creator(
