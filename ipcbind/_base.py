@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Generic, Optional, Protocol, Tuple, 
 from ._args import c_key
 from ._limits import INT_MAX, unsigned_key
 from .errors import gone, no_such_object
-from .syscalls import IPC_CREAT, IPC_EXCL, IPC_PRIVATE
+from .syscalls import IPC_CREAT, IPC_EXCL, IPC_PRIVATE, IPC_RMID, IPC_STAT
 
 __all__ = ["IpcObject"]
 
@@ -55,8 +55,8 @@ class IpcObject(Generic[_DS]):
 
     - ``_kind``: the kind's name in messages, e.g. ``"message queue"``;
     - ``_id_name``: the C name of its id, e.g. ``"msqid"``;
-    - ``_stat_id(ident) -> ds``: its IPC_STAT call (a struct with a ``key``);
-    - ``_remove_id(ident)``: its IPC_RMID call;
+    - ``_ctl(ident, cmd)``: its *ctl call with that command (IPC_STAT gives a struct
+      with a ``key``, IPC_RMID removes);
     - its get call, given to :meth:`_get` as ``get(key, flags) -> id`` with the
       kind's other arguments (nsems, size) bound.
 
@@ -83,12 +83,8 @@ class IpcObject(Generic[_DS]):
             _id_name = "shmid"
 
             @staticmethod
-            def _stat_id(ident: int) -> ShmidDs:
-                return shmctl(ident, IPC_STAT)
-
-            @staticmethod
-            def _remove_id(ident: int) -> None:
-                shmctl(ident, IPC_RMID)
+            def _ctl(ident: int, cmd: int) -> Any:
+                return shmctl(ident, cmd)
 
             @classmethod
             def create(cls, size, key=IPC_PRIVATE, mode=0o600, exclusive=False):
@@ -116,13 +112,20 @@ class IpcObject(Generic[_DS]):
 
     @staticmethod
     @abstractmethod
-    def _stat_id(ident: int) -> _DS:
-        """IPC_STAT of the object with this id."""
+    def _ctl(ident: int, cmd: int) -> Any:
+        """The kind's *ctl call of the object with this id, with a command that needs
+        no argument."""
 
-    @staticmethod
-    @abstractmethod
-    def _remove_id(ident: int) -> None:
+    @classmethod
+    def _stat_id(cls, ident: int) -> _DS:
+        """IPC_STAT of the object with this id."""
+        ds: _DS = cls._ctl(ident, IPC_STAT)
+        return ds
+
+    @classmethod
+    def _remove_id(cls, ident: int) -> None:
         """IPC_RMID of the object with this id."""
+        cls._ctl(ident, IPC_RMID)
 
     @classmethod
     def _checked_id(cls, ident: Any) -> int:

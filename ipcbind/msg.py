@@ -32,8 +32,6 @@ from .errors import (NoMessageError, QueueChangedError, TooBigError, partial_rec
 from .syscalls import (
     IPC_NOWAIT,
     IPC_PRIVATE,
-    IPC_RMID,
-    IPC_STAT,
     MSG_COPY,
     MSG_EXCEPT,
     MSG_NOERROR,
@@ -157,13 +155,8 @@ class MessageQueue(IpcObject[MsqidDs]):
     _id_name = "msqid"
 
     @staticmethod
-    def _stat_id(ident: int) -> MsqidDs:
-        ds: MsqidDs = _sc.msgctl(ident, IPC_STAT)
-        return ds
-
-    @staticmethod
-    def _remove_id(ident: int) -> None:
-        _sc.msgctl(ident, IPC_RMID)
+    def _ctl(ident: int, cmd: int) -> Any:
+        return _sc.msgctl(ident, cmd)
 
     # ---- making one ----------------------------------------------------------------
 

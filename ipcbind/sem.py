@@ -95,13 +95,8 @@ class SemaphoreSet(IpcObject[SemidDs]):
         self._nsems = nsems
 
     @staticmethod
-    def _stat_id(ident: int) -> SemidDs:
-        ds: SemidDs = semctl(ident, 0, IPC_STAT)
-        return ds
-
-    @staticmethod
-    def _remove_id(ident: int) -> None:
-        semctl(ident, 0, IPC_RMID)
+    def _ctl(ident: int, cmd: int) -> Any:
+        return semctl(ident, 0, cmd)
 
     def _learn(self, ds: SemidDs) -> None:
         super()._learn(ds)

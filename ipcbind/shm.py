@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from . import syscalls as _sc
 from ._base import IpcObject, _integer
-from .syscalls import IPC_PRIVATE, IPC_RMID, IPC_STAT, SHM_RDONLY, Attachment, Buffer, ShmidDs
+from .syscalls import IPC_PRIVATE, SHM_RDONLY, Attachment, Buffer, ShmidDs
 
 __all__ = ["SharedMemory"]
 
@@ -57,13 +57,8 @@ class SharedMemory(IpcObject[ShmidDs]):
         self._own: Optional[Attachment] = None
 
     @staticmethod
-    def _stat_id(ident: int) -> ShmidDs:
-        ds: ShmidDs = _sc.shmctl(ident, IPC_STAT)
-        return ds
-
-    @staticmethod
-    def _remove_id(ident: int) -> None:
-        _sc.shmctl(ident, IPC_RMID)
+    def _ctl(ident: int, cmd: int) -> Any:
+        return _sc.shmctl(ident, cmd)
 
     def _learn(self, ds: ShmidDs) -> None:
         super()._learn(ds)
