@@ -15,7 +15,7 @@ import importlib
 import mmap
 import os
 from errno import EACCES, EAGAIN, EINTR, EINVAL, ETIMEDOUT
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 try:
     from ._ffi import ffi, lib
@@ -26,7 +26,7 @@ except ModuleNotFoundError as e:  # the unbuilt source tree, e.g. python -m from
         f"ipcbind's compiled shim is missing from {__file__.rsplit('/', 1)[0]}: that is the "
         "source tree, not a built copy. Run from another directory to use the installed "
         "ipcbind, or build it in place with 'pip install -e .'") from e
-from ._args import c_key, check_int, deadline, explain, index, remaining_ns
+from ._args import NO_TIMEOUT, c_key, check_int, deadline, explain, index, remaining_ns
 from ._limits import INDEX_BITS, unsigned_key
 from .errors import syscall_error, timeout_error
 
@@ -85,82 +85,82 @@ _PERM_BITS = 0o777
 _SHM_DEST: int = lib.SHM_DEST
 _SHM_LOCKED: int = lib.SHM_LOCKED
 
-Values = Dict[str, int]
-"""A kernel structure's fields by name, as the public dataclasses name them."""
-
 
 # ---- the kernel's structures, as Python values ----------------------------------------
+# Each reader gives a structure's values in the order of the public dataclass's
+# fields: the ipc_perm part (key unsigned, mode the permission bits), then the rest.
 
-def _perm(p: Any) -> Values:
-    return {"key": unsigned_key(p.__key), "uid": p.uid, "gid": p.gid, "cuid": p.cuid,
-            "cgid": p.cgid, "mode": p.mode & _PERM_BITS}
-
-
-def _msqid_ds(ds: Any) -> Values:
-    return dict(_perm(ds.msg_perm), qnum=ds.msg_qnum, cbytes=ds.__msg_cbytes,
-                qbytes=ds.msg_qbytes, lspid=ds.msg_lspid, lrpid=ds.msg_lrpid,
-                stime=ds.msg_stime, rtime=ds.msg_rtime, ctime=ds.msg_ctime)
+def _perm(p: Any) -> Tuple[int, ...]:
+    return unsigned_key(p.__key), p.uid, p.gid, p.cuid, p.cgid, p.mode & _PERM_BITS
 
 
-def _semid_ds(ds: Any) -> Values:
-    return dict(_perm(ds.sem_perm), nsems=ds.sem_nsems, otime=ds.sem_otime,
-                ctime=ds.sem_ctime)
+def _msqid_ds(ds: Any) -> Tuple[int, ...]:
+    return _perm(ds.msg_perm) + (ds.msg_qnum, ds.__msg_cbytes, ds.msg_qbytes, ds.msg_lspid,
+                                 ds.msg_lrpid, ds.msg_stime, ds.msg_rtime, ds.msg_ctime)
 
 
-def _shmid_ds(ds: Any) -> Values:
+def _semid_ds(ds: Any) -> Tuple[int, ...]:
+    return _perm(ds.sem_perm) + (ds.sem_nsems, ds.sem_otime, ds.sem_ctime)
+
+
+def _shmid_ds(ds: Any) -> Tuple[int, ...]:
     mode = ds.shm_perm.mode
-    return dict(_perm(ds.shm_perm), segsz=ds.shm_segsz, nattch=ds.shm_nattch,
-                cpid=ds.shm_cpid, lpid=ds.shm_lpid, atime=ds.shm_atime, dtime=ds.shm_dtime,
-                ctime=ds.shm_ctime, dest=bool(mode & _SHM_DEST),
-                locked=bool(mode & _SHM_LOCKED))
-
-
-def _all_fields(cdata: Any) -> Values:
-    """Every field of a structure the shim declares, by its C name."""
-    return {name: getattr(cdata, name) for name, _ in ffi.typeof(cdata).item.fields}
+    return _perm(ds.shm_perm) + (ds.shm_segsz, ds.shm_nattch, ds.shm_cpid, ds.shm_lpid,
+                                 ds.shm_atime, ds.shm_dtime, ds.shm_ctime,
+                                 bool(mode & _SHM_DEST), bool(mode & _SHM_LOCKED))
 
 
 class _Kind:
     """What the *ctl calls of one kind of object need: its C call into a structure
-    (``call(id, cmd, ds, semnum)``), the structure, its ipc_perm field, its STAT_ANY
+    (``call(id, cmd, ds)``), the structure, its ipc_perm field, its STAT_ANY
     command, its reader, and the structures of its IPC_INFO-like commands."""
 
     __slots__ = ("call", "ds", "perm", "stat_any", "values", "infos")
 
-    def __init__(self, call: Callable[[int, int, Any, int], int], ds: str, perm: str,
-                 stat_any: int, values: Callable[[Any], Values], infos: Dict[int, str]) -> None:
+    def __init__(self, call: Callable[[int, int, Any], int], ds: str, perm: str,
+                 stat_any: int, values: Callable[[Any], Tuple[int, ...]],
+                 infos: Dict[int, str]) -> None:
         self.call = call
-        self.ds = ds
+        self.ds = ffi.typeof(ds)
         self.perm = perm
         self.stat_any = stat_any
         self.values = values
-        self.infos = infos
+        self.infos = {cmd: ffi.typeof(info) for cmd, info in infos.items()}
 
 
 _KINDS = {
-    "msg": _Kind(lambda i, c, ds, _: lib.ipcb_msgctl(i, c, ds), "struct msqid_ds *",
+    "msg": _Kind(lib.ipcb_msgctl, "struct msqid_ds *",
                  "msg_perm", MSG_STAT_ANY, _msqid_ds,
                  {IPC_INFO: "struct msginfo *", MSG_INFO: "struct msginfo *"}),
-    "sem": _Kind(lambda i, c, ds, n: lib.ipcb_semctl_ds(i, n, c, ds), "struct semid_ds *",
+    "sem": _Kind(lambda i, c, ds: lib.ipcb_semctl_ds(i, 0, c, ds), "struct semid_ds *",
                  "sem_perm", SEM_STAT_ANY, _semid_ds,
                  {IPC_INFO: "struct seminfo *", SEM_INFO: "struct seminfo *"}),
-    "shm": _Kind(lambda i, c, ds, _: lib.ipcb_shmctl(i, c, ds), "struct shmid_ds *",
+    "shm": _Kind(lib.ipcb_shmctl, "struct shmid_ds *",
                  "shm_perm", SHM_STAT_ANY, _shmid_ds,
                  {IPC_INFO: "struct shminfo *", SHM_INFO: "struct shm_info *"}),
 }
 
 
-def ctl(kind: str, call: str, ident: int, cmd: int, semnum: int = 0) -> Tuple[int, Values]:
+def ctl(kind: str, call: str, ident: int, cmd: int, cls: Any, semnum: int = 0) -> Tuple[int, Any]:
     """msgctl/semctl/shmctl of ``kind`` ("msg", "sem", "shm") with a structure:
-    ``(result, the structure's values)``. IPC_INFO and *_INFO fill their own
-    structure, whose fields come by their C names."""
+    ``(result, cls of the structure's values)``. IPC_INFO and *_INFO fill their own
+    structure, whose fields ``cls`` names by their C names. ``semnum`` goes to semctl,
+    whose other structure commands ignore it."""
     k = _KINDS[kind]
     info = k.infos.get(cmd)
-    ds = ffi.new(info or k.ds)
-    r = k.call(ident, cmd, ffi.cast(k.ds, ds) if info else ds, semnum)
+    call_into = k.call if not semnum else (
+        lambda i, c, ds: lib.ipcb_semctl_ds(i, semnum, c, ds))
+    if info is None:
+        ds = ffi.new(k.ds)
+        r = call_into(ident, cmd, ds)
+        if r < 0:
+            raise syscall_error(-r, call)
+        return r, cls(*k.values(ds))
+    filled = ffi.new(info)
+    r = call_into(ident, cmd, ffi.cast(k.ds, filled))
     if r < 0:
         raise syscall_error(-r, call)
-    return r, (_all_fields(ds) if info else k.values(ds))
+    return r, cls(*(getattr(filled, name) for name in cls.__slots__))
 
 
 def _current(call: str, k: _Kind, ident: int, ds: Any) -> None:
@@ -171,14 +171,14 @@ def _current(call: str, k: _Kind, ident: int, ds: Any) -> None:
     SEM_STAT_ANY / SHM_STAT_ANY and the call itself is left to the kernel to allow or
     refuse.
     """
-    r = k.call(ident, IPC_STAT, ds, 0)
+    r = k.call(ident, IPC_STAT, ds)
     if r >= 0:
         return
     err = -r
     if err == EACCES:
         refused = True
         for bits in INDEX_BITS:
-            r = k.call(ident & ((1 << bits) - 1), k.stat_any, ds, 0)
+            r = k.call(ident & ((1 << bits) - 1), k.stat_any, ds)
             if r == ident:
                 return
             refused = refused and r == -EINVAL
@@ -194,12 +194,13 @@ def _current(call: str, k: _Kind, ident: int, ds: Any) -> None:
     raise syscall_error(err, call)
 
 
-def current(kind: str, call: str, ident: int) -> Values:
-    """The object's current values, read as :func:`_current` reads them."""
+def current(kind: str, call: str, ident: int, field: str) -> int:
+    """One field (by its C name) of the object's current structure, read as
+    :func:`_current` reads it."""
     k = _KINDS[kind]
     ds = ffi.new(k.ds)
     _current(call, k, ident, ds)
-    return k.values(ds)
+    return int(getattr(ds, field))
 
 
 def _put(call: str, target: Any, field: str, name: str, value: Any) -> None:
@@ -235,7 +236,7 @@ def ctl_set(kind: str, call: str, ident: int, changes: Mapping[str, int]) -> Non
     _assign(call, ds, k.perm, changes)
     _current(call, k, ident, ds)
     _assign(call, ds, k.perm, changes)
-    r = k.call(ident, IPC_SET, ds, 0)
+    r = k.call(ident, IPC_SET, ds)
     if r < 0:
         raise syscall_error(-r, call)
 
@@ -277,21 +278,43 @@ def _failure(err: int, call: str, timeout: Optional[float]) -> OSError:
     return timeout_error(call, timeout) if err == ETIMEDOUT else syscall_error(err, call)
 
 
-def _retried(what: str, call: str, timeout: Optional[float], attempt: Callable[[int], int],
-             **args: Tuple[Any, str]) -> None:
-    """Run ``attempt(nanoseconds left)``, which returns 0 or an errno, until it succeeds
-    or fails with another errno than EINTR, raised as ``call``'s failure; an argument
-    cffi refused is explained from ``args`` (name=(value, C type))."""
-    end = deadline(what, timeout)
+# What _retried needs to explain a refused argument: (name, C type) of each of a C
+# function's arguments before the timeout, None for those Python made itself.
+_MSGSND_ARGS = (("msqid", "int"), ("mtype", "long"), None, None, ("flags", "int"))
+_MSGRCV_ARGS = (("msqid", "int"), None, ("msgtyp", "long"), ("flags", "int"))
+_SEMOP_ARGS = (("semid", "int"), None, None)
+_SEMOP1_ARGS = (("semid", "int"), ("sem_num", "unsigned short"), ("sem_op", "short"),
+                ("sem_flg", "short"))
+
+
+def _retried(what: str, spec: Tuple[Optional[Tuple[str, str]], ...], timeout: Optional[float],
+             r: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args, nanoseconds left)`` until it succeeds or fails with another errno than
+    EINTR, which is raised as the failure of ``what`` of the id ``args[0]``; returns what
+    ``fn`` returned. ``fn`` returns 0 or an errno, or a lent message whose ``err`` says
+    which (given back here on failure). ``r`` is what a first call without timeout
+    returned, or None to make the first call here: the callers make that first call
+    themselves, which spares the common case a call of this function. ``spec`` names the
+    arguments, to explain one that cffi refused."""
+    end = None if timeout is None else deadline(what, timeout)
     try:
         while True:
-            err = attempt(remaining_ns(end))
+            if r is None:
+                r = fn(*args, NO_TIMEOUT if end is None else remaining_ns(end))
+            if type(r) is int:
+                err = r
+            else:
+                err = r.err
+                if err:
+                    r.lent = 0
             if not err:
-                return
+                return r
             if err != EINTR:
-                raise _failure(err, call, timeout)
+                raise _failure(err, f"{what}({spec[0][0]}={args[0]})", timeout)  # type: ignore
+            r = None
     except (TypeError, OverflowError) as e:
-        raise explain(what, e, **args) from None
+        raise explain(what, e, **{name_type[0]: (value, name_type[1])
+                                  for name_type, value in zip(spec, args) if name_type}) from None
 
 
 def as_buffer(call: str, data: Any) -> Any:
@@ -322,9 +345,16 @@ def msgsnd_failed(err: int, msqid: int, mtype: int, data: Any, flags: int) -> No
 
 def msgsnd(msqid: int, mtype: int, data: Any, flags: int, timeout: Optional[float]) -> None:
     """msgsnd of ``data`` (bytes, or what :func:`as_buffer` made)."""
-    _retried("msgsnd", f"msgsnd(msqid={msqid})", timeout,
-             lambda ns: lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, ns),
-             msqid=(msqid, "int"), mtype=(mtype, "long"), flags=(flags, "int"))
+    err = None
+    if timeout is None:
+        try:
+            err = lib.ipcb_msgsnd(msqid, mtype, data, len(data), flags, NO_TIMEOUT)
+        except (TypeError, OverflowError):
+            pass  # made again and explained below
+        if err == 0:
+            return
+    _retried("msgsnd", _MSGSND_ARGS, timeout, err, lib.ipcb_msgsnd, msqid, mtype, data,
+             len(data), flags)
 
 
 _unpack = ffi.unpack
@@ -364,20 +394,17 @@ def msgrcv(msqid: int, size: int, msgtyp: int, flags: int, timeout: Optional[flo
            cls: Any) -> Any:
     """msgrcv into a buffer of ``size`` bytes (:data:`ANY_SIZE`: any message);
     ``(mtype, data)`` in a ``cls``, as :func:`_lent_message` makes it."""
-    got: List[Any] = []
-
-    def attempt(ns: int) -> int:
-        m = lib.ipcb_msgrcv(msqid, size, msgtyp, flags, ns)
-        err: int = m.err
-        if err:
-            m.lent = 0
+    m = None
+    if timeout is None:
+        try:
+            m = lib.ipcb_msgrcv(msqid, size, msgtyp, flags, NO_TIMEOUT)
+        except (TypeError, OverflowError):
+            pass  # made again and explained below
         else:
-            got.append(_lent_message(m, cls))
-        return err
-
-    _retried("msgrcv", f"msgrcv(msqid={msqid})", timeout, attempt,
-             msqid=(msqid, "int"), msgtyp=(msgtyp, "long"), flags=(flags, "int"))
-    return got[0]
+            if not m.err:
+                return _lent_message(m, cls)
+    m = _retried("msgrcv", _MSGRCV_ARGS, timeout, m, lib.ipcb_msgrcv, msqid, size, msgtyp, flags)
+    return _lent_message(m, cls)
 
 
 # MessageQueue.receive's common case without the accelerator: one integer each way
@@ -558,31 +585,36 @@ def _copy_watched(msqid: int, copied: Callable[[int], None], interval: float) ->
 
 # ---- semaphores -------------------------------------------------------------------------
 
-def _sembufs(ops: Sequence[Any]) -> Any:
+def _sembufs(ops: Any) -> Any:
     try:
-        return ffi.new("struct sembuf[]", ops)
+        seq = ops if isinstance(ops, (list, tuple)) else list(ops)
+    except TypeError:
+        raise TypeError(f"semop: ops must be an iterable of (sem_num, sem_op[, sem_flg]), "
+                        f"not {type(ops).__name__}") from None
+    # cffi would also take (sem_num,) or a dict, filling the missing fields with 0.
+    for i, op in enumerate(seq):
+        if not isinstance(op, (tuple, list)) or not 2 <= len(op) <= 3:
+            raise TypeError(f"semop: ops[{i}] must be (sem_num, sem_op[, sem_flg]), got {op!r}")
+    try:
+        return ffi.new("struct sembuf[]", seq)
     except (TypeError, ValueError, OverflowError):
         pass
-    for i, op in enumerate(ops):
+    for i, op in enumerate(seq):
         for name, value, ctype in zip(("sem_num", "sem_op", "sem_flg"), op,
                                       ("unsigned short", "short", "short")):
             check_int("semop", f"ops[{i}].{name}", value, ctype)
-    raise TypeError(f"semop: ops could not be converted: {ops!r}")
+    raise TypeError(f"semop: ops could not be converted: {seq!r}")
 
 
-def semop(semid: int, ops: Sequence[Any], timeout: Optional[float]) -> None:
-    """semop/semtimedop of ``ops``, a sequence of checked 2- or 3-tuples."""
+def semop(semid: int, ops: Iterable[Any], timeout: Optional[float]) -> None:
+    """semop/semtimedop of ``ops``, (sem_num, sem_op[, sem_flg]) tuples."""
     buf = _sembufs(ops)
-    _retried("semop", f"semop(semid={semid})", timeout,
-             lambda ns: lib.ipcb_semop(semid, buf, len(buf), ns), semid=(semid, "int"))
+    _retried("semop", _SEMOP_ARGS, timeout, None, lib.ipcb_semop, semid, buf, len(buf))
 
 
 def semop1(semid: int, num: int, op: int, flg: int, timeout: Optional[float]) -> None:
     """semop with a single operation, without building an array in Python."""
-    _retried("semop", f"semop(semid={semid})", timeout,
-             lambda ns: lib.ipcb_semop1(semid, num, op, flg, ns),
-             semid=(semid, "int"), sem_num=(num, "unsigned short"), sem_op=(op, "short"),
-             sem_flg=(flg, "short"))
+    _retried("semop", _SEMOP1_ARGS, timeout, None, lib.ipcb_semop1, semid, num, op, flg)
 
 
 # The semaphore hot path: a C function of a single argument is called by cffi
@@ -694,7 +726,7 @@ def shmat(call: str, shmid: int, flags: int, cls: Any) -> Any:
 
 def segment_size(call: str, shmid: int) -> int:
     """The size of a segment this process holds attached (so the id cannot change)."""
-    return current("shm", call, shmid)["segsz"]
+    return current("shm", call, shmid, "shm_segsz")
 
 
 # ---- namespaces, signals -------------------------------------------------------------------

@@ -180,11 +180,11 @@ def _ctl_result(kind: str, call: str, ident: int, cmd: int, cls: Any, stat_cmds:
     """What a *ctl call with a structure returns: ``cls`` of it for IPC_STAT, ``(id,
     cls)`` for the ``stat_cmds`` (by index), None for the ``none_cmds``, else the
     kernel's result; a failure raises."""
-    r, values = _seam.ctl(kind, call, ident, cmd, semnum)
+    r, ds = _seam.ctl(kind, call, ident, cmd, cls, semnum)
     if cmd == IPC_STAT:
-        return cls(**values)
+        return ds
     if cmd in stat_cmds:
-        return r, cls(**values)
+        return r, ds
     if cmd in none_cmds:
         return None
     return r
@@ -259,8 +259,8 @@ def msgrcv(msqid: int, maxsize: Optional[int] = None, msgtyp: int = 0, flags: in
     MSG_COPY (and IPC_NOWAIT) ``msgtyp`` is a 0-based index and the message stays.
     ``timeout`` (seconds) bounds the wait and raises ``TimeoutError``.
     """
-    got: Tuple[int, bytes] = _seam.msgrcv(msqid, _seam.receive_size("msgrcv", maxsize), msgtyp,
-                                          flags, timeout, tuple)
+    size = _seam.ANY_SIZE if maxsize is None else _seam.receive_size("msgrcv", maxsize)
+    got: Tuple[int, bytes] = _seam.msgrcv(msqid, size, msgtyp, flags, timeout, tuple)
     return got
 
 
@@ -291,19 +291,6 @@ def semget(key: int, nsems: int, flags: int = 0) -> int:
 SemOp = Union[Tuple[int, int], Tuple[int, int, int]]
 
 
-def _sem_ops(ops: Iterable[SemOp]) -> Any:
-    try:
-        seq = ops if isinstance(ops, (list, tuple)) else list(ops)
-    except TypeError:
-        raise TypeError(f"semop: ops must be an iterable of (sem_num, sem_op[, sem_flg]), "
-                        f"not {type(ops).__name__}") from None
-    # cffi would also take (sem_num,) or a dict, filling the missing fields with 0.
-    for i, op in enumerate(seq):
-        if not isinstance(op, (tuple, list)) or not 2 <= len(op) <= 3:
-            raise TypeError(f"semop: ops[{i}] must be (sem_num, sem_op[, sem_flg]), got {op!r}")
-    return seq
-
-
 def semop(semid: int, ops: Iterable[SemOp], timeout: Optional[float] = None) -> None:
     """semop(2) / semtimedop(2): apply all ``ops`` atomically, or none of them.
 
@@ -311,14 +298,14 @@ def semop(semid: int, ops: Iterable[SemOp], timeout: Optional[float] = None) -> 
     IPC_NOWAIT and SEM_UNDO. ``timeout`` in seconds uses semtimedop (0: do not wait);
     when it expires the kernel's EAGAIN is raised (``BlockingIOError``).
     """
-    _seam.semop(semid, _sem_ops(ops), timeout)
+    _seam.semop(semid, ops, timeout)
 
 
 _SEM_INT_CMDS = frozenset((GETVAL, GETPID, GETNCNT, GETZCNT))
 
 
 def _nsems(call: str, semid: int) -> int:
-    return _seam.current("sem", call, semid)["nsems"]
+    return _seam.current("sem", call, semid, "sem_nsems")
 
 
 def semctl(semid: int, semnum: int, cmd: int, arg: Any = None) -> Any:
