@@ -22,24 +22,25 @@ from __future__ import annotations
 from ..errors import (BlockedCall, FreezeError, FreezeRefusedError, FreezeWarning,
                       RestoreConflictError, RestoreError, SegmentLeftOutWarning,
                       SnapshotFormatError)
-from .capture import snapshot
+from . import fields as _fields
 from . import fileformat as _fileformat
+from .capture import snapshot
 from .fileformat import dump, dumps, load, loads
 from .freeze import blocked_semops, freeze_namespace
 from .model import Limits, QueueState, Restored, SegmentState, SemaphoreSetState, Snapshot
 from .restoring import RestoreInterrupted, restore
 
+# Private, and here for the tests that forge files and ids.
+from .blobs import _digest as _digest
+from .model import _INDEX_MASK as _INDEX_MASK
+
 # The constants are named again here, where the API reference finds their docstrings.
-FORMAT = _fileformat.FORMAT
+FORMAT = _fields.FORMAT
 """The value of the ``format`` field of every snapshot file."""
-VERSION = _fileformat.VERSION
+VERSION = _fields.VERSION
 """The snapshot file format version this ipcbind writes (it reads 1 too: no segments)."""
 DEFAULT_MAX_SIZE = _fileformat.DEFAULT_MAX_SIZE
 """The largest snapshot file :func:`load` reads unless told otherwise (1 GiB)."""
-
-# Private, and here for the tests that forge files and ids.
-from .fileformat import _digest as _digest
-from .model import _INDEX_MASK as _INDEX_MASK
 
 __all__ = [
     "FORMAT",
