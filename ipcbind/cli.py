@@ -36,8 +36,9 @@ from .namespace import (NamespaceReturnError, enter_namespace, list_queues,
                         list_segments, list_semaphore_sets, namespace_id, shares_namespace)
 from .semundo import read_semundo
 from .snapshot import (DEFAULT_MAX_SIZE, FreezeError, FreezeWarning, RestoreConflictError,
-                       RestoreError, SegmentLeftOutWarning, SnapshotFormatError, _copy_limited,
-                       blocked_semops, dump, dumps, load, restore, snapshot)
+                       RestoreError, SegmentLeftOutWarning, SnapshotFormatError, blocked_semops,
+                       dump, dumps, load, restore, snapshot)
+from .snapshot.capture import _copy_limited
 from .syscalls import MsqidDs, SemidDs, ShmidDs
 
 JSON_VERSION = 1

@@ -87,9 +87,10 @@ if not any(n.startswith("ipcbind/_ffi.") and n.endswith(".so") for n in names):
 compiled = {n.split(".")[0] for n in names if n.endswith(".so")}
 if compiled - {"ipcbind/_ffi", "ipcbind/_accel"}:
     problems.append(f"holds unknown compiled modules {sorted(compiled)}")
-for path in sorted((here / "ipcbind").glob("*.py")) + [here / "ipcbind" / "py.typed"]:
-    if f"ipcbind/{path.name}" not in names:
-        problems.append(f"lacks ipcbind/{path.name}")
+for path in sorted((here / "ipcbind").rglob("*.py")) + [here / "ipcbind" / "py.typed"]:
+    name = path.relative_to(here).as_posix()
+    if name not in names:
+        problems.append(f"lacks {name}")
 entry = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
 if not entry or b"ipcbind = ipcbind.cli:main" not in zipfile.ZipFile(wheel).read(entry[0]):
     problems.append("no console script ipcbind")

@@ -24,7 +24,7 @@ import pytest
 import ipcbind
 from ipcbind import IPC_NOWAIT, cli
 from ipcbind.namespace import enter_namespace
-import ipcbind.snapshot as snapshot_module
+import ipcbind.snapshot.freeze as freeze_module
 from ipcbind.snapshot import (BlockedCall, FreezeRefusedError, FreezeWarning, blocked_semops,
                               freeze_namespace, snapshot)
 from sysv_helpers import _read, wait_until
@@ -405,7 +405,7 @@ def test_a_thread_found_in_a_semop_only_after_its_stop_is_named_in_a_freeze_warn
     # The look before the stop sees only threads asleep; counting none as asleep
     # stands for a thread that entered its semop just after that look.
     p = start_probe("semop", None)
-    monkeypatch.setattr(snapshot_module, "_ASLEEP", frozenset())
+    monkeypatch.setattr(freeze_module, "_ASLEEP", frozenset())
     with pytest.warns(FreezeWarning, match=rf"pid {p.pid} \(probe\) in semop when it was "
                                            "stopped: if it was waiting there, the call "
                                            "fails with EINTR"):
@@ -418,7 +418,7 @@ def test_dump_freeze_prints_a_freeze_warning_as_one_line(
         start_probe: StartProbe, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     p = start_probe("semop", None)
-    monkeypatch.setattr(snapshot_module, "_ASLEEP", frozenset())
+    monkeypatch.setattr(freeze_module, "_ASLEEP", frozenset())
     assert cli.main(["dump", "--pid", str(p.pid), "--freeze"]) == 0
     err = capsys.readouterr().err
     assert f"ipcbind: warning: pid {p.pid} (probe) in semop when it was stopped" in err
