@@ -219,13 +219,14 @@ def _put(call: str, target: Any, field: str, name: str, value: Any) -> None:
 
 
 def _assign(call: str, ds: Any, perm: str, changes: Mapping[str, int]) -> None:
-    """Write ``changes`` into ``ds``: uid, gid and mode into its ipc_perm, qbytes into a
-    queue's msg_qbytes."""
+    """Write ``changes`` into ``ds``: uid, gid and mode into its ipc_perm, then qbytes
+    into a queue's msg_qbytes (so a bad owner or mode is the error named first, whatever
+    the mapping's order)."""
     for name, value in changes.items():
-        if name == "qbytes":
-            _put(call, ds, "msg_qbytes", name, value)
-        else:
+        if name != "qbytes":
             _put(call, getattr(ds, perm), name, name, value)
+    if "qbytes" in changes:
+        _put(call, ds, "msg_qbytes", "qbytes", changes["qbytes"])
 
 
 def ctl_set(kind: str, call: str, ident: int, changes: Mapping[str, int]) -> None:
@@ -257,7 +258,7 @@ def get(call: str, key: int, flags: int, *size: Tuple[str, int, str]) -> int:
         raise explain(call, e, **{name: (value, ctype) for name, value, ctype in size},
                       flags=(flags, "int")) from None
     if r < 0:
-        raise syscall_error(-r, f"{call}(key={key:#x})")
+        raise syscall_error(-r, f"{call}(key={key if type(key) is int else k:#x})")
     return int(r)
 
 

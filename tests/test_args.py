@@ -123,6 +123,27 @@ def test_msgctl_ipc_set_value_that_is_not_a_c_value_changes_nothing(msq: int) ->
     assert (s.mode, s.qbytes) == (0o600, ipc.msgctl(0, ipc.IPC_INFO)[1].msgmnb)
 
 
+def test_msgctl_ipc_set_names_a_bad_mode_before_a_bad_qbytes_in_any_order(msq: int) -> None:
+    for bad in ({"qbytes": -1, "mode": "x"}, {"mode": "x", "qbytes": -1}):
+        raises_before_syscall(TypeError, lambda: ipc.msgctl(msq, IPC_SET, bad), "mode")
+
+
+def test_a_get_of_a_missing_key_given_by_index_names_the_key() -> None:
+    key = 0x7FFF1235
+    while True:  # a key nothing holds now
+        try:
+            ipc.msgget(key)
+        except FileNotFoundError:
+            break
+        key += 1
+
+    class Key:
+        def __index__(self) -> int:
+            return key
+    with pytest.raises(FileNotFoundError, match=f"msgget.key={key:#x}"):
+        ipc.msgget(Key())
+
+
 def test_semctl_ipc_set_needs_a_mapping(semset: int) -> None:
     raises_before_syscall(TypeError, lambda: ipc.semctl(semset, 0, IPC_SET, None), "mapping")
     raises_before_syscall(TypeError, lambda: ipc.semctl(semset, 0, IPC_SET, 0o644), "mapping")

@@ -4,6 +4,7 @@ rules (values refused before any call, errors naming the call and the id)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import mmap
 import os
@@ -160,7 +161,8 @@ def test_rdonly_attach_and_detach_change_only_atime_dtime_and_lpid(seg: int) -> 
     with ipc.shmat(seg, SHM_RDONLY) as r:
         assert r[:4] == b"data"
     after = ipc.shmctl(seg, IPC_STAT)
-    changed = {f for f in before.__slots__ if getattr(before, f) != getattr(after, f)}
+    changed = {f.name for f in dataclasses.fields(before)
+               if getattr(before, f.name) != getattr(after, f.name)}
     assert changed == {"atime", "dtime"} or changed == {"atime", "dtime", "lpid"}
 
 
